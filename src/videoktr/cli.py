@@ -1,0 +1,83 @@
+"""The `videoktr` command: one thin function per subcommand; the work lives in the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _init_model(args: argparse.Namespace) -> int:
+    from .models.factory import SIZES, create_model_dir
+
+    corpus = None
+    if args.corpus:
+        from pathlib import Path
+
+        path = Path(args.corpus)
+        if not path.is_file():
+            print(f"error: --corpus file not found: {path}", file=sys.stderr)
+            return 2
+        corpus = path.read_text(encoding="utf-8").splitlines()
+    out = create_model_dir(args.output, size=args.size, corpus=corpus, seed=args.seed)
+    spec = SIZES[args.size]
+    print(f"wrote a randomly initialised Qwen2.5-VL ({args.size}: hidden {spec.hidden_size}, "
+          f"{spec.num_layers} layers, vision depth {spec.vision_depth}) to {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    print(
+        "videoktr train: not available yet. The core (videoktr.core), model factory (videoktr init-model) and "
+        "attribution (videoktr.attribution) are in place; the trainer is tracked as the next issue.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="videoktr",
+        description="Train video-language models with Video-KTR (key-token RL), offline and on CPU or GPU.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("init-model", help="write a randomly initialised Qwen2.5-VL model directory (offline)",
+                       description="Build a Qwen2.5-VL-architecture model offline: a byte-level BPE tokenizer "
+                       "trained here, a processor with image and video processors, random weights. The "
+                       "directory loads with from_pretrained like any checkpoint.")
+    p.add_argument("--size", choices=["tiny", "small"], default="tiny",
+                   help="tiny: <1M parameters, for tests; small: the default CPU training run's model")
+    p.add_argument("--output", required=True, help="directory to write (created if missing)")
+    p.add_argument("--corpus", default=None,
+                   help="text file (one text a line) to train the tokenizer on, in addition to a built-in corpus")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weight initialisation")
+    p.set_defaults(func=_init_model)
+
+    p = sub.add_parser("train", help="train with GRPO or Video-KTR (not available yet)")
+    p.add_argument("--config", default=None, help="YAML file with the run's configuration")
+    p.add_argument("--output-dir", default=None, help="run directory")
+    p.set_defaults(func=_train)
+
+    try:
+        from .eval import cli as eval_cli
+    except ImportError:
+        eval_cli = None
+    if eval_cli is not None and hasattr(eval_cli, "add_arguments"):
+        p = sub.add_parser("eval", help="evaluate a model or rescore predictions on video benchmarks",
+                           description="Evaluate on Video-Holmes, VideoMMMU, MMVU, TempCompass, VideoMME and more.")
+        eval_cli.add_arguments(p)
+        p.set_defaults(func=eval_cli.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""Key-token attribution for a batch of sampled responses (paper Sec. 3.1-3.2): the one place where the
+perturbations meet the model forward. Used by the trainer, by analysis tools and by benchmarks.
+
+`attribute` runs the vision tower once per unique video, builds the visually perturbed and temporally
+perturbed encoder outputs, and evaluates both (and, if the caller has no log-probs yet, the unperturbed
+input) in ONE batched no-grad forward. It returns per-token scores per signal with the set of positions
+where each score is defined: a response whose prompt has no video has no visual or temporal score at all
+(excluded from those signals, never zero-scored). `select_key_tokens` turns scores into the key-token mask
+(top r% per signal, union) or soft weights, with the statistics the trainer logs.
+
+Batch layout (TRL's): prompt_ids [B, P] left-padded, completion_ids [B, C] right-padded; videos belong to
+rows in order of appearance of their placeholder runs (`video_grid_thw` [V, 3], `second_per_grid_ts` [V]).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+from .core import (
+    DISTANCES,
+    WEIGHTINGS,
+    global_top_ratio_mask,
+    group_top_ratio_mask,
+    lm_head_distribution_distance,
+    lm_head_logprobs,
+    logprob_shift,
+    quantile_threshold_mask,
+    selection_stats,
+    soft_token_weights,
+    top_ratio_mask,
+    union_masks,
+)
+from .models.adapters import adapter_for
+from .models.perturb import (
+    TEMPORAL_STRATEGIES,
+    VISUAL_STRATEGIES,
+    permute_groups,
+    replace_features,
+    temporal_permutation,
+    zero_features,
+    zero_fraction,
+)
+
+SIGNALS = ("visual", "temporal", "entropy")
+SELECTION_SCOPES = ("response", "group", "global", "quantile")
+
+
+@dataclass
+class AttributionOptions:
+    """How scores are computed (paper Sec. 3.1, RQ5, RQ7). Field docs are the config help strings."""
+
+    signals: tuple[str, ...] = ("visual", "temporal", "entropy")
+    visual_strategy: str = "zero"  # see models.perturb.VISUAL_STRATEGIES
+    visual_fraction: float = 0.5  # share of visual tokens zeroed by "zero_fraction"
+    temporal_strategy: str = "shuffle"  # see models.perturb.TEMPORAL_STRATEGIES
+    segment_groups: int = 2  # temporal groups per segment for "segment"
+    distance: str = "logprob"  # "logprob" (|Δ log p|, paper) or a full-distribution distance in core.DISTANCES
+    signed: bool = False  # official code: logp_full - logp_perturbed without the absolute value
+    temperature: float = 1.0  # logits are divided by this before log-softmax (match the sampling temperature)
+    chunk_size: int = 1024  # rows per chunk when applying the LM head
+
+    def validate(self) -> None:
+        bad = [s for s in self.signals if s not in SIGNALS]
+        if bad or not self.signals:
+            raise ValueError(f"signals must be a non-empty subset of {SIGNALS}, got {list(self.signals)}")
+        if self.visual_strategy not in VISUAL_STRATEGIES:
+            raise ValueError(f"visual_strategy must be one of {VISUAL_STRATEGIES}, got {self.visual_strategy!r}")
+        if self.temporal_strategy not in TEMPORAL_STRATEGIES:
+            raise ValueError(
+                f"temporal_strategy must be one of {TEMPORAL_STRATEGIES}, got {self.temporal_strategy!r}")
+        if self.distance != "logprob" and self.distance not in DISTANCES:
+            raise ValueError(f"distance must be 'logprob' or one of {DISTANCES}, got {self.distance!r}")
+        if self.signed and self.distance != "logprob":
+            raise ValueError("signed=True only applies to distance='logprob'")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+@dataclass
+class Attribution:
+    """Per-token results for B responses of up to C tokens.
+
+    scores[s] [B, C] float32: the score of signal s; valid[s] [B, C] bool: where it is defined.
+    logp [B, C]: log-probability of each response token under the unperturbed input; entropy [B, C] or None.
+    """
+
+    scores: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    logp: torch.Tensor
+    entropy: torch.Tensor | None
+    seconds: float
+    permutations: list[torch.Tensor] = field(default_factory=list)  # temporal permutation per video
+
+
+def _videos_per_row(prompt_ids: torch.Tensor, video_token_id: int, grid_thw: torch.Tensor, merge: int) -> list[list[int]]:
+    """Which videos (indices into grid_thw) belong to each row: placeholder counts consumed in order."""
+    tokens_per_video = (grid_thw.prod(-1) // merge**2).tolist()
+    counts = (prompt_ids == video_token_id).sum(-1).tolist()
+    rows, v = [], 0
+    for b, n in enumerate(counts):
+        mine = []
+        while n > 0:
+            if v >= len(tokens_per_video):
+                raise ValueError(f"row {b} has more video placeholder tokens than the batch has video features")
+            mine.append(v)
+            n -= tokens_per_video[v]
+            v += 1
+        if n != 0:
+            raise ValueError(f"row {b}: video placeholder count does not match video_grid_thw")
+        rows.append(mine)
+    if v != len(tokens_per_video):
+        raise ValueError(f"batch has {len(tokens_per_video)} videos but placeholders for {v}")
+    return rows
+
+
+def _unique_videos(pixels: list[torch.Tensor], grid_thw: torch.Tensor) -> list[int]:
+    """For each video, the index of the first identical video (same grid and pixels): the G responses to one
+    prompt carry G copies of one clip, which is encoded once."""
+    first: list[int] = []
+    for i, p in enumerate(pixels):
+        match = i
+        for j in set(first):
+            if torch.equal(grid_thw[i], grid_thw[j]) and pixels[j].shape == p.shape and torch.equal(pixels[j], p):
+                match = j
+                break
+        first.append(match)
+    return first
+
+
+def perturbed_features(
+    features: list[torch.Tensor],
+    groups: list[int],
+    kind: str,
+    options: AttributionOptions,
+    generator: torch.Generator | None,
+    donors: Sequence[torch.Tensor] = (),
+    owner: list[int] | None = None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Perturb each video's features (one draw per unique video, shared by its copies).
+
+    features: per video [N_v, D]; groups: temporal groups per video; owner[v]: index of the first identical
+    video. Returns (perturbed features per video, temporal permutation per video (identity for visual)).
+    """
+    owner = owner if owner is not None else list(range(len(features)))
+    out: dict[int, torch.Tensor] = {}
+    perms: dict[int, torch.Tensor] = {}
+    for v in sorted(set(owner)):
+        f = features[v]
+        perm = torch.arange(groups[v])
+        if kind == "temporal":
+            perm = temporal_permutation(groups[v], options.temporal_strategy, generator, options.segment_groups)
+            out[v] = permute_groups(f, groups[v], perm)
+        elif options.visual_strategy == "zero":
+            out[v] = zero_features(f)
+        elif options.visual_strategy == "zero_fraction":
+            out[v] = zero_fraction(f, options.visual_fraction, generator)
+        else:  # replace: another unique video of this batch, else a donor from earlier batches
+            others = [features[u] for u in sorted(set(owner)) if u != v] + list(donors)
+            if not others:
+                raise ValueError(
+                    "visual_strategy='replace' needs another video: the batch has one unique video and no donor "
+                    "features were given (the trainer keeps a bank of earlier batches' features)")
+            pick = int(torch.randint(len(others), (1,), generator=generator))
+            out[v] = replace_features(f, others[pick])
+        perms[v] = perm
+    return [out[o] for o in owner], [perms[o] for o in owner]
+
+
+@torch.no_grad()
+def attribute(
+    model,
+    prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
+    completion_ids: torch.Tensor,
+    completion_mask: torch.Tensor,
+    pixel_values_videos: torch.Tensor | None = None,
+    video_grid_thw: torch.Tensor | None = None,
+    second_per_grid_ts: torch.Tensor | None = None,
+    options: AttributionOptions | None = None,
+    logp: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    donors: Sequence[torch.Tensor] = (),
+    video_features: list[torch.Tensor] | None = None,
+) -> Attribution:
+    """Score every response token under each enabled signal.
+
+    prompt_ids/prompt_mask [B, P]; completion_ids/completion_mask [B, C]; logp/entropy [B, C]: pass the
+    values the trainer already computed to skip the unperturbed rows (with distance="logprob"); otherwise the
+    unperturbed input is evaluated in the same forward. video_features: precomputed encoder outputs per video.
+    """
+    options = options or AttributionOptions()
+    options.validate()
+    start = time.perf_counter()
+    adapter = adapter_for(model)
+    device = completion_ids.device
+    B, P = prompt_ids.shape
+    C = completion_ids.shape[1]
+    cmask = completion_mask.bool()
+    perturb_kinds = [s for s in ("visual", "temporal") if s in options.signals]
+    need_full = logp is None or options.distance != "logprob" or ("entropy" in options.signals and entropy is None)
+
+    has_video = torch.zeros(B, dtype=torch.bool, device=device)
+    videos_of_row: list[list[int]] = [[] for _ in range(B)]
+    features: list[torch.Tensor] = []
+    owner: list[int] = []
+    groups: list[int] = []
+    if video_grid_thw is not None and video_grid_thw.numel():
+        videos_of_row = _videos_per_row(prompt_ids, adapter.video_token_id, video_grid_thw, adapter.spatial_merge_size)
+        has_video = torch.tensor([bool(v) for v in videos_of_row], device=device)
+        groups = adapter.num_groups(video_grid_thw).tolist()
+        if video_features is None:
+            pixels = adapter.split_pixels(pixel_values_videos, video_grid_thw)
+            owner = _unique_videos(pixels, video_grid_thw)
+            uniq = sorted(set(owner))
+            encoded = adapter.encode_videos(model, torch.cat([pixels[u] for u in uniq]), video_grid_thw[uniq])
+            by_owner = dict(zip(uniq, encoded))
+            features = [by_owner[o] for o in owner]
+        else:
+            features = list(video_features)
+            owner = list(range(len(features)))
+
+    # Assemble the rows of the single forward: [unperturbed?] + [visual] + [temporal] (perturbed parts only for
+    # rows with a video). Each part lists (row index, features of that row's videos).
+    parts: list[tuple[str, list[int], list[torch.Tensor]]] = []
+    if need_full:
+        parts.append(("full", list(range(B)), features))
+    video_rows = [b for b in range(B) if videos_of_row[b]]
+    permutations: list[torch.Tensor] = []
+    for kind in perturb_kinds:
+        if not video_rows:
+            continue
+        pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner)
+        if kind == "temporal":
+            permutations = perms
+        parts.append((kind, video_rows, pert))
+
+    hidden_by_part: dict[str, torch.Tensor] = {}
+    if parts:
+        rows, feats, grids, secs = [], [], [], []
+        for _, part_rows, part_feats in parts:
+            for b in part_rows:
+                rows.append(b)
+                for v in videos_of_row[b]:
+                    feats.append(part_feats[v])
+                    grids.append(video_grid_thw[v])
+                    if second_per_grid_ts is not None:
+                        secs.append(second_per_grid_ts[v])
+        idx = torch.tensor(rows, device=device)
+        input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
+        attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
+        kwargs = {}
+        if feats:
+            kwargs.update(adapter.video_kwargs(feats))
+            kwargs["video_grid_thw"] = torch.stack(grids)
+            if secs:
+                kwargs["second_per_grid_ts"] = torch.stack(secs)
+        out = model.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            mm_token_type_ids=adapter.mm_token_type_ids(input_ids),
+            use_cache=False,
+            **kwargs,
+        )
+        # hidden state at position P-1+t predicts completion token t
+        hidden = out.last_hidden_state[:, P - 1 : P - 1 + C] / options.temperature  # [R, C, H]
+        start_row = 0
+        for name, part_rows, _ in parts:
+            hidden_by_part[name] = hidden[start_row : start_row + len(part_rows)]
+            start_row += len(part_rows)
+
+    head = model.lm_head
+    bias = getattr(head, "bias", None)
+    if need_full:
+        full_logp, full_ent = lm_head_logprobs(
+            hidden_by_part["full"], head.weight, completion_ids, bias=bias,
+            chunk_size=options.chunk_size, with_entropy=True)
+        logp = full_logp if logp is None else logp
+        entropy = full_ent if entropy is None else entropy
+
+    scores: dict[str, torch.Tensor] = {}
+    valid: dict[str, torch.Tensor] = {}
+    rows_t = torch.tensor(video_rows, dtype=torch.long, device=device)
+    for kind in perturb_kinds:
+        score = torch.zeros(B, C, dtype=torch.float32, device=device)
+        if video_rows:
+            h = hidden_by_part[kind]
+            if options.distance == "logprob":
+                pert_logp = lm_head_logprobs(h, head.weight, completion_ids[rows_t], bias=bias,
+                                             chunk_size=options.chunk_size)
+                score[rows_t] = logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed)
+            else:
+                score[rows_t] = lm_head_distribution_distance(
+                    hidden_by_part["full"][rows_t], h, head.weight, options.distance, bias=bias,
+                    chunk_size=options.chunk_size)
+        scores[kind] = score
+        valid[kind] = cmask & has_video[:, None]
+    if "entropy" in options.signals:
+        scores["entropy"] = entropy.float()
+        valid["entropy"] = cmask.clone()
+    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, permutations)
+
+
+@dataclass
+class SelectionOptions:
+    """How scores become the key-token mask (paper Sec. 3.2, RQ4, RQ6)."""
+
+    ratio: float = 0.2  # r: share of each response's tokens kept per signal, in (0, 1]
+    scope: str = "response"  # "response" (exact top-r per response), "group", "global", "quantile" (official)
+    weighting: str = "binary"  # "binary" (paper) or a soft scheme in core.WEIGHTINGS
+
+    def validate(self) -> None:
+        if not (0.0 < self.ratio <= 1.0):
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.scope not in SELECTION_SCOPES:
+            raise ValueError(f"selection scope must be one of {SELECTION_SCOPES}, got {self.scope!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+
+
+def select_key_tokens(
+    attribution: Attribution,
+    options: SelectionOptions | None = None,
+    group_ids: torch.Tensor | None = None,
+    all_gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    rank: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
+    """Scores -> (token weights [B, C] float, per-signal masks, statistics).
+
+    Binary weighting: the union of each signal's top-r tokens (paper Eq. 2's m_{i,t}). Soft weighting: the
+    per-token maximum of each signal's soft weights (RQ4). group_ids [B] for scope "group"/"quantile";
+    all_gather/rank for scope "global" (one threshold across processes).
+    """
+    options = options or SelectionOptions()
+    options.validate()
+    masks: dict[str, torch.Tensor] = {}
+    for name, score in attribution.scores.items():
+        valid = attribution.valid[name]
+        if options.scope == "response":
+            masks[name] = top_ratio_mask(score, valid, options.ratio)
+        elif options.scope == "group":
+            masks[name] = group_top_ratio_mask(score, valid, options.ratio, _groups(group_ids, score))
+        elif options.scope == "quantile":
+            masks[name] = quantile_threshold_mask(score, valid, options.ratio, _groups(group_ids, score))
+        else:
+            masks[name] = global_top_ratio_mask(score, valid, options.ratio, all_gather=all_gather, rank=rank)
+    stats = selection_stats(masks, combined_valid(attribution.valid))
+    if options.weighting == "binary":
+        weights = union_masks(masks).float()
+    else:
+        soft = [soft_token_weights(attribution.scores[n], attribution.valid[n], options.weighting)
+                for n in attribution.scores]
+        weights = torch.stack(soft).amax(0)
+    return weights, masks, stats
+
+
+def _groups(group_ids: torch.Tensor | None, score: torch.Tensor) -> torch.Tensor:
+    if group_ids is None:
+        raise ValueError("selection scope 'group'/'quantile' needs group_ids (the prompt index of each response)")
+    return group_ids.to(score.device)
+
+
+def combined_valid(valid: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Positions where at least one signal is defined [B, C]."""
+    out = None
+    for v in valid.values():
+        out = v.clone() if out is None else out | v
+    return out

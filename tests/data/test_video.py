@@ -1,0 +1,60 @@
+"""PyAV decode/encode round trip, frame sampling, fps metadata and clear errors for bad files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from videoktr.data.video import VideoDecodeError, read_video, sample_indices, seconds_per_temporal_group, write_video
+
+
+def _clip(n=20, size=32):
+    frames = np.zeros((n, size, size, 3), dtype=np.uint8)
+    for i in range(n):
+        frames[i, :, :, i % 3] = 40 + (10 * i) % 200  # distinct flat colour per frame
+    return frames
+
+
+def test_round_trip_samples_at_2fps_with_metadata(tmp_path):
+    frames = _clip(20)
+    path = write_video(tmp_path / "a.mp4", frames, fps=4.0)  # 5 s of video
+    clip = read_video(path, target_fps=2.0, min_frames=4, max_frames=16)
+    assert clip.num_frames == 10 and clip.frames.shape == (10, 32, 32, 3)
+    assert clip.source_fps == pytest.approx(4.0) and clip.fps == pytest.approx(2.0)
+    assert clip.duration == pytest.approx(5.0)
+    # lossless-quality encode: decoded frames equal the originals they were sampled from
+    for k, i in enumerate(clip.indices):
+        assert np.abs(clip.frames[k].astype(int) - frames[i].astype(int)).max() <= 2
+    meta = clip.metadata()
+    assert meta.sampled_fps == pytest.approx(2.0) and meta.total_num_frames == 10
+
+
+def test_frame_count_is_clamped_and_even():
+    assert len(sample_indices(400, 30.0, 2.0, 4, 16)) == 16  # long clip: capped
+    assert len(sample_indices(30, 30.0, 2.0, 4, 16)) == 4  # 1 s clip: at least min_frames
+    assert len(sample_indices(105, 30.0, 2.0, 4, 16)) == 6  # 3.5 s -> 7 frames -> even 6
+    idx = sample_indices(3, 30.0, 2.0, 4, 16)  # fewer source frames than min: repeats, stays in range
+    assert len(idx) == 4 and max(idx) <= 2
+    with pytest.raises(ValueError, match="min_frames"):
+        sample_indices(10, 2.0, 2.0, 1, 16)
+
+
+def test_sampled_fps_reflects_clamping(tmp_path):
+    path = write_video(tmp_path / "long.mp4", _clip(48, 16), fps=2.0)  # 24 s at 2 fps -> capped to 16 frames
+    clip = read_video(path, target_fps=2.0, max_frames=16)
+    assert clip.num_frames == 16 and clip.fps == pytest.approx(16 / 24)
+    assert seconds_per_temporal_group(clip.fps) == pytest.approx(2 / (16 / 24))
+
+
+def test_missing_and_corrupt_files_name_the_file(tmp_path):
+    with pytest.raises(VideoDecodeError, match="not found.*missing.mp4"):
+        read_video(tmp_path / "missing.mp4")
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 50)
+    with pytest.raises(VideoDecodeError, match="corrupt.mp4"):
+        read_video(bad)
+
+
+def test_write_rejects_bad_shapes(tmp_path):
+    with pytest.raises(ValueError, match=r"\[F, H, W, 3\]"):
+        write_video(tmp_path / "x.mp4", np.zeros((4, 8, 8), dtype=np.uint8), fps=2.0)

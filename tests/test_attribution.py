@@ -1,0 +1,229 @@
+"""Attribution on the tiny model: one batched no-grad pass, checked against unbatched plain forwards."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from builders import encode_prompts, make_completions, random_frames
+
+import videoktr.attribution as attribution_module
+from videoktr.attribution import AttributionOptions, SelectionOptions, attribute, select_key_tokens
+
+FRAMES_A = random_frames(11)
+FRAMES_B = random_frames(12)
+ROWS = [
+    ("Which colour appeared first?", FRAMES_A),
+    ("Which colour appeared first?", FRAMES_A),  # same clip: encoded once
+    ("How many shapes appeared?", FRAMES_B),
+    ("What is two plus two?", None),  # no video: no visual/temporal score
+]
+RESPONSES = [
+    "<think>red then blue</think><answer>red</answer>",
+    "<think>blue first</think><answer>blue</answer>",
+    "<think>three</think><answer>3</answer>",
+    "<answer>4</answer>",
+]
+
+
+@pytest.fixture(scope="module")
+def batch(tiny):
+    _, processor = tiny
+    prompts = encode_prompts(processor, ROWS)
+    completion_ids, completion_mask = make_completions(processor, RESPONSES)
+    return dict(
+        prompt_ids=prompts["input_ids"], prompt_mask=prompts["attention_mask"],
+        completion_ids=completion_ids, completion_mask=completion_mask,
+        pixel_values_videos=prompts["pixel_values_videos"], video_grid_thw=prompts["video_grid_thw"],
+        second_per_grid_ts=prompts["second_per_grid_ts"],
+    )
+
+
+def _reference_logp(model, processor, row, completion, frames_override=None, zero_video=False):
+    """Plain single-row forward (no padding, standard pixel path) -> float64 log p of the completion tokens."""
+    question, frames = ROWS[row]
+    if frames_override is not None:
+        frames = frames_override
+    single = encode_prompts(processor, [(question, frames)])
+    comp = completion[completion != processor.tokenizer.pad_token_id]
+    ids = torch.cat([single["input_ids"][0], comp])[None]
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids),
+                  mm_token_type_ids=torch.cat([single["mm_token_type_ids"][0], torch.zeros_like(comp)])[None].int())
+    if frames is not None:
+        kwargs.update(video_grid_thw=single["video_grid_thw"], second_per_grid_ts=single["second_per_grid_ts"])
+        if zero_video:
+            feats = model.model.get_video_features(single["pixel_values_videos"], single["video_grid_thw"]).pooler_output
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            kwargs["mm_encoder_outputs"] = {"video": BaseModelOutputWithPooling(
+                pooler_output=tuple(torch.zeros_like(f) for f in feats))}
+        else:
+            kwargs["pixel_values_videos"] = single["pixel_values_videos"]
+    with torch.no_grad():
+        logits = model(**kwargs).logits[0].double()
+    P = single["input_ids"].shape[1]
+    logp = logits[P - 1 : P - 1 + len(comp)].log_softmax(-1)
+    return logp.gather(-1, comp[:, None]).squeeze(-1), logp
+
+
+def test_unperturbed_logp_and_entropy_match_plain_forward(tiny, batch):
+    model, processor = tiny
+    result = attribute(model, **batch)
+    for b in range(len(ROWS)):
+        n = int(batch["completion_mask"][b].sum())
+        ref, full = _reference_logp(model, processor, b, batch["completion_ids"][b])
+        assert torch.allclose(result.logp[b, :n].double(), ref, atol=1e-4)
+        ent = -(full.exp() * full).sum(-1)
+        assert torch.allclose(result.entropy[b, :n].double(), ent, atol=1e-4)
+
+
+def test_visual_score_matches_zeroed_features_reference(tiny, batch):
+    model, processor = tiny
+    result = attribute(model, **batch, options=AttributionOptions(signals=("visual",)))
+    for b in range(3):
+        n = int(batch["completion_mask"][b].sum())
+        full, _ = _reference_logp(model, processor, b, batch["completion_ids"][b])
+        zero, _ = _reference_logp(model, processor, b, batch["completion_ids"][b], zero_video=True)
+        assert torch.allclose(result.scores["visual"][b, :n].double(), (full - zero).abs(), atol=1e-4)
+    assert result.scores["visual"][b].abs().sum() > 0
+
+
+def test_temporal_score_equals_reencoding_shuffled_frames(tiny, batch):
+    model, processor = tiny
+    result = attribute(model, **batch, options=AttributionOptions(signals=("temporal",)),
+                       generator=torch.Generator().manual_seed(3))
+    assert len(result.permutations) == 3
+    assert torch.equal(result.permutations[0], result.permutations[1])  # copies of one clip share a draw
+    for b in range(3):
+        perm = result.permutations[b].tolist()
+        assert perm != list(range(len(perm)))
+        frames = ROWS[b][1]
+        order = np.concatenate([[2 * g, 2 * g + 1] for g in perm])
+        n = int(batch["completion_mask"][b].sum())
+        full, _ = _reference_logp(model, processor, b, batch["completion_ids"][b])
+        shuf, _ = _reference_logp(model, processor, b, batch["completion_ids"][b], frames_override=frames[order])
+        assert torch.allclose(result.scores["temporal"][b, :n].double(), (full - shuf).abs(), atol=1e-4)
+
+
+def test_identity_permutation_gives_zero_temporal_scores(tiny, batch, monkeypatch):
+    model, _ = tiny
+    monkeypatch.setattr(attribution_module, "temporal_permutation", lambda n, *a, **k: torch.arange(n))
+    result = attribute(model, **batch, options=AttributionOptions(signals=("temporal",)))
+    assert result.scores["temporal"].abs().max().item() < 1e-5
+
+
+def test_row_without_video_is_excluded_not_zero_scored(tiny, batch):
+    model, _ = tiny
+    result = attribute(model, **batch)
+    mask = batch["completion_mask"].bool()
+    for s in ("visual", "temporal"):
+        assert not result.valid[s][3].any()
+        assert torch.equal(result.valid[s][:3], mask[:3])
+    assert torch.equal(result.valid["entropy"], mask)
+    weights, masks, stats = select_key_tokens(result)
+    assert not masks["visual"][3].any() and masks["entropy"][3].any()  # row 3 still gets entropy tokens
+
+
+def test_batch_without_any_video(tiny):
+    model, processor = tiny
+    prompts = encode_prompts(processor, [ROWS[3]])
+    cids, cmask = make_completions(processor, RESPONSES[3:])
+    result = attribute(model, prompts["input_ids"], prompts["attention_mask"], cids, cmask)
+    assert not result.valid["visual"].any() and not result.valid["temporal"].any()
+    weights, _, _ = select_key_tokens(result)
+    assert weights.sum() == math.ceil(0.2 * int(cmask.sum()))
+
+
+def test_vision_tower_runs_once_per_unique_video_and_one_decoder_pass(tiny, batch):
+    model, _ = tiny
+    calls = {"visual": [], "decoder": 0}
+    h1 = model.model.visual.register_forward_hook(lambda m, a, k, o: calls["visual"].append(k["grid_thw"].shape[0]),
+                                                  with_kwargs=True)
+    h2 = model.model.language_model.register_forward_hook(lambda *a: calls.__setitem__("decoder", calls["decoder"] + 1))
+    try:
+        attribute(model, **batch)
+    finally:
+        h1.remove()
+        h2.remove()
+    assert calls["visual"] == [2]  # one call, two unique clips for three video rows
+    assert calls["decoder"] == 1  # unperturbed + visual + temporal rows in one forward
+
+
+def test_precomputed_logp_skips_unperturbed_rows(tiny, batch):
+    model, _ = tiny
+    base = attribute(model, **batch)
+    again = attribute(model, **batch, logp=base.logp, entropy=base.entropy,
+                      generator=torch.Generator().manual_seed(0))
+    ref = attribute(model, **batch, generator=torch.Generator().manual_seed(0))
+    for s in ("visual", "temporal", "entropy"):
+        assert torch.allclose(again.scores[s], ref.scores[s], atol=1e-5)
+
+
+def test_signed_and_distance_variants(tiny, batch):
+    model, processor = tiny
+    signed = attribute(model, **batch, options=AttributionOptions(signals=("visual",), signed=True))
+    plain = attribute(model, **batch, options=AttributionOptions(signals=("visual",)))
+    assert torch.allclose(signed.scores["visual"].abs(), plain.scores["visual"], atol=1e-6)
+    assert (signed.scores["visual"] < 0).any() or (signed.scores["visual"] > 0).any()
+    kl = attribute(model, **batch, options=AttributionOptions(signals=("visual",), distance="kl"))
+    b, n = 2, int(batch["completion_mask"][2].sum())
+    _, full = _reference_logp(model, processor, b, batch["completion_ids"][b])
+    _, zero = _reference_logp(model, processor, b, batch["completion_ids"][b], zero_video=True)
+    ref = (full.exp() * (full - zero)).sum(-1)
+    assert torch.allclose(kl.scores["visual"][b, :n].double(), ref, atol=1e-4)
+
+
+def test_replace_strategy_uses_another_clip_or_donor(tiny, batch):
+    model, processor = tiny
+    opts = AttributionOptions(signals=("visual",), visual_strategy="replace")
+    result = attribute(model, **batch, options=opts, generator=torch.Generator().manual_seed(0))
+    assert (result.scores["visual"][:3] > 0).any()
+    one = encode_prompts(processor, [ROWS[0]])
+    cids, cmask = make_completions(processor, RESPONSES[:1])
+    args = (model, one["input_ids"], one["attention_mask"], cids, cmask, one["pixel_values_videos"],
+            one["video_grid_thw"], one["second_per_grid_ts"])
+    with pytest.raises(ValueError, match="replace"):
+        attribute(*args, options=opts)
+    donor = torch.randn(16, model.config.text_config.hidden_size)
+    assert attribute(*args, options=opts, donors=[donor]).scores["visual"].sum() > 0
+
+
+def test_selection_counts_union_and_stats(tiny, batch):
+    model, _ = tiny
+    result = attribute(model, **batch)
+    weights, masks, stats = select_key_tokens(result, SelectionOptions(ratio=0.2))
+    n = batch["completion_mask"].sum(-1).tolist()
+    for b in range(4):
+        k = math.ceil(0.2 * n[b] - 1e-9)
+        assert int(masks["entropy"][b].sum()) == k
+        if b < 3:
+            assert int(masks["visual"][b].sum()) == k and int(masks["temporal"][b].sum()) == k
+    union = masks["visual"] | masks["temporal"] | masks["entropy"]
+    assert torch.equal(weights.bool(), union)
+    assert stats["update_ratio"] == pytest.approx(union.sum().item() / sum(n))
+    soft, _, _ = select_key_tokens(result, SelectionOptions(weighting="sigmoid"))
+    assert soft.min() >= 0 and soft.max() <= 1 and (soft[batch["completion_mask"] == 0] == 0).all()
+    groups = torch.tensor([0, 0, 1, 2])
+    gw, gm, _ = select_key_tokens(result, SelectionOptions(scope="group"), group_ids=groups)
+    assert int(gm["entropy"][:2].sum()) == math.ceil(0.2 * (n[0] + n[1]) - 1e-9)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(signals=("visual", "audio")), "signals"),
+    (dict(signals=()), "signals"),
+    (dict(visual_strategy="blur"), "visual_strategy"),
+    (dict(temporal_strategy="sideways"), "temporal_strategy"),
+    (dict(distance="emd"), "distance"),
+    (dict(distance="kl", signed=True), "signed"),
+])
+def test_bad_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AttributionOptions(**kwargs).validate()
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5])
+def test_ratio_outside_range(ratio):
+    with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
+        SelectionOptions(ratio=ratio).validate()

@@ -186,12 +186,15 @@ def attribute(
     generator: torch.Generator | None = None,
     donors: Sequence[torch.Tensor] = (),
     video_features: list[torch.Tensor] | None = None,
+    video_keys: Sequence | None = None,
 ) -> Attribution:
     """Score every response token under each enabled signal.
 
     prompt_ids/prompt_mask [B, P]; completion_ids/completion_mask [B, C]; logp/entropy [B, C]: pass the
     values the trainer already computed to skip the unperturbed rows (with distance="logprob"); otherwise the
-    unperturbed input is evaluated in the same forward. video_features: precomputed encoder outputs per video.
+    unperturbed input is evaluated in the same forward. video_features: precomputed encoder outputs per video
+    (e.g. the trainer's policy pass, detached); video_keys: an identifier per video (equal keys = the same clip,
+    which then shares one perturbation draw); without keys, identical pixels are detected.
     """
     options = options or AttributionOptions()
     options.validate()
@@ -223,6 +226,11 @@ def attribute(
         else:
             features = list(video_features)
             owner = list(range(len(features)))
+        if video_keys is not None:
+            if len(video_keys) != len(groups):
+                raise ValueError(f"video_keys has {len(video_keys)} entries for {len(groups)} videos")
+            first: dict = {}
+            owner = [first.setdefault(k, i) for i, k in enumerate(video_keys)]
 
     # Assemble the rows of the single forward: [unperturbed?] + [visual] + [temporal] (perturbed parts only for
     # rows with a video). Each part lists (row index, features of that row's videos).

@@ -1,0 +1,269 @@
+"""A video-aware GRPO trainer on TRL, with Video-KTR's key-token mask (paper Eq. 2).
+
+TRL 1.16's GRPOTrainer wires images only: a video in the prompt reaches generation but is dropped from the
+old/reference/policy log-prob passes. `VideoGRPOTrainer` closes that gap with three overrides:
+
+- `_tokenize_prompts`: decodes each prompt's video with the project's loader and runs the processor with fps
+  metadata (TRL's tokenize path drops it), so `second_per_grid_ts` is right in every pass; it records the
+  video of every row (`RowVideo`), which travels with the batch through TRL's buffering and shuffling.
+- `_get_per_token_logps_and_entropies` (old and reference passes) and `_compute_loss` (policy pass): the
+  vision tower runs once per unique clip of the batch, its outputs are scattered to the rows through
+  `mm_encoder_outputs=`, and TRL's fused LM head returns per-token log-probs and entropies.
+- `_compute_loss` then builds the key-token mask for method "ktr" (entropy from this same pass; visual and
+  temporal scores from one batched no-grad pass over the *detached* encoder outputs of this pass, so the
+  vision tower is never re-run for attribution) and applies `core.masked_clipped_loss` (Eq. 2).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from trl import GRPOTrainer
+
+from ..attribution import AttributionOptions, SelectionOptions, attribute, select_key_tokens
+from ..core import masked_clipped_loss
+from ..data.video import read_video
+from ..models.adapters import adapter_for
+
+
+@dataclass
+class RowVideo:
+    """The video of one prompt row: processor outputs for that clip alone."""
+
+    key: str  # identifies the clip (its path): equal keys are encoded once per pass
+    pixels: torch.Tensor  # [t*h*w, patch_dim]
+    grid: torch.Tensor  # [1, 3] (t, h, w) in patches
+    seconds_per_group: torch.Tensor  # [1] second_per_grid_ts
+
+
+@dataclass
+class VideoOptions:
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 16
+
+
+def video_parts(prompt) -> list[str]:
+    """Video sources named in a conversational prompt ([{"type": "video", "video": path}, ...])."""
+    out = []
+    for message in prompt:
+        content = message.get("content")
+        if isinstance(content, list):
+            out += [part["video"] for part in content if part.get("type") == "video"]
+    return out
+
+
+class VideoGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer with videos in every pass; method "grpo" (plain) or "ktr" (key-token masked, Eq. 2).
+
+    Extra arguments: method, attribution (AttributionOptions), selection (SelectionOptions), video
+    (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed.
+    """
+
+    def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
+                 selection: SelectionOptions | None = None, video: VideoOptions | None = None,
+                 loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0, **kwargs):
+        if method not in ("grpo", "ktr"):
+            raise ValueError(f"method must be 'grpo' or 'ktr', got {method!r}")
+        super().__init__(*args, **kwargs)
+        self.method = method
+        self.attribution_options = attribution or AttributionOptions()
+        self.attribution_options.temperature = self.temperature
+        self.attribution_options.validate()
+        self.selection_options = selection or SelectionOptions()
+        self.selection_options.validate()
+        self.video_options = video or VideoOptions()
+        self.loss_normalization = loss_normalization
+        self.mask_kl = mask_kl
+        self.adapter = adapter_for(self.accelerator.unwrap_model(self.model))
+        self._pending_videos: list[RowVideo | None] | None = None
+        self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
+        self._donors: list[torch.Tensor] = []  # earlier batches' features, for visual_strategy="replace"
+        self._load_clip = lru_cache(maxsize=256)(self._decode)
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Prompts: decode videos, processor with fps metadata, remember each row's video
+    def _decode(self, path: str):
+        o = self.video_options
+        return read_video(path, target_fps=o.fps, min_frames=o.min_frames, max_frames=o.max_frames)
+
+    def _tokenize_prompts(self, prompts: list):
+        sources = [video_parts(p) for p in prompts]
+        if not any(sources):
+            self._pending_videos = None
+            return super()._tokenize_prompts(prompts)
+        processor = self.processing_class
+        texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+        clips = [[self._load_clip(str(src)) for src in srcs] for srcs in sources]
+        flat = [c for row in clips for c in row]
+        enc = processor(text=texts, videos=[c.frames for c in flat], video_metadata=[c.metadata() for c in flat],
+                        do_sample_frames=False, padding=True, padding_side="left", return_tensors="pt")
+        mask = enc["attention_mask"].bool()
+        prompt_ids = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
+        per_video_pixels = self.adapter.split_pixels(enc["pixel_values_videos"], enc["video_grid_thw"])
+        rows: list[RowVideo | None] = []
+        v = 0
+        for srcs in sources:
+            if len(srcs) > 1:
+                raise ValueError("one video per prompt is supported; a prompt names " + ", ".join(map(str, srcs)))
+            if not srcs:
+                rows.append(None)
+                continue
+            rows.append(RowVideo(key=str(srcs[0]), pixels=per_video_pixels[v], grid=enc["video_grid_thw"][v : v + 1],
+                                 seconds_per_group=enc["second_per_grid_ts"][v : v + 1]))
+            v += 1
+        self._pending_videos = rows
+        fields = {
+            "pixel_values_videos": enc["pixel_values_videos"],
+            "video_grid_thw": enc["video_grid_thw"],
+            "second_per_grid_ts": enc["second_per_grid_ts"],
+            "mm_token_type_ids": [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)],
+        }
+        return prompt_ids, None, fields
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        rows = self._pending_videos
+        self._pending_videos = None
+        if rows is not None:
+            output["videos"] = rows
+        return output
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs
+    def _video_inputs(self, model, rows: list[RowVideo | None], grad: bool):
+        """Encode the unique clips among `rows` once; return forward kwargs and the per-video features."""
+        present = [r for r in rows if r is not None]
+        if not present:
+            return {}, [], []
+        unwrapped = self.accelerator.unwrap_model(model)
+        device = self.accelerator.device
+        first: dict[str, RowVideo] = {}
+        for r in present:
+            first.setdefault(r.key, r)
+        unique = list(first.values())
+        pixels = torch.cat([r.pixels for r in unique]).to(device)
+        grids = torch.cat([r.grid for r in unique]).to(device)
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            encoded = self.adapter.encode_videos(unwrapped, pixels, grids)
+        by_key = {r.key: f for r, f in zip(unique, encoded)}
+        features = [by_key[r.key] for r in present]
+        kwargs = self.adapter.video_kwargs(features)
+        kwargs["video_grid_thw"] = torch.cat([r.grid for r in present]).to(device)
+        kwargs["second_per_grid_ts"] = torch.cat([r.seconds_per_group for r in present]).to(device)
+        return kwargs, features, [r.key for r in present]
+
+    def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy, grad):
+        kwargs, features, keys = self._video_inputs(model, rows, grad)
+        labels = input_ids.masked_fill(attention_mask == 0, -100)
+        labels[:, :-logits_to_keep] = -100
+        with self.accelerator.autocast():
+            out = model(input_ids=input_ids, attention_mask=attention_mask,
+                        mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids), labels=labels,
+                        fused_lm_head=True, **kwargs)
+        logps = out.log_probs[:, -logits_to_keep:]
+        entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
+        return logps, entropy, features, keys
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        rows = self._pending_videos
+        if rows is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = start + batch_size
+            lp, ent, _, _ = self._forward_logps(model, input_ids[start:end], attention_mask[start:end],
+                                                logits_to_keep, rows[start:end], compute_entropy, grad=True)
+            logps.append(lp)
+            entropies.append(ent)
+        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Loss: Eq. 2 with the key-token mask
+    def _key_token_weights(self, inputs, logps, entropy, features, keys):
+        """Key-token weights [B, C] for this batch: computed once per generated batch and cached in `inputs`
+        (later iterations over the same rollouts reuse the mask, as the paper computes it per rollout)."""
+        if "ktr_weights" in inputs:
+            return inputs["ktr_weights"]
+        start = time.perf_counter()
+        rows = inputs.get("videos") or [None] * logps.shape[0]
+        present = [r for r in rows if r is not None]
+        video_kwargs = {}
+        if present:
+            device = logps.device
+            video_kwargs = dict(
+                video_grid_thw=torch.cat([r.grid for r in present]).to(device),
+                second_per_grid_ts=torch.cat([r.seconds_per_group for r in present]).to(device),
+                video_features=[f.detach() for f in features], video_keys=keys)
+            if self.attribution_options.visual_strategy == "replace":
+                self._donors = ([f.detach() for f in features] + self._donors)[:16]
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        attribution = attribute(
+            unwrapped, inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
+            inputs["completion_mask"], options=self.attribution_options, logp=logps.detach(),
+            entropy=entropy.detach() if entropy is not None else None, generator=self._attr_generator,
+            donors=self._donors if self.attribution_options.visual_strategy == "replace" else (), **video_kwargs)
+        group_ids = None
+        if self.selection_options.scope in ("group", "quantile"):
+            group_ids = _prompt_groups(inputs["prompt_ids"])
+        all_gather = None
+        if self.selection_options.scope == "global":
+            all_gather = self._gather_variable
+        weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
+                                                  all_gather=all_gather, rank=self.accelerator.process_index)
+        mode = "train" if self.model.training else "eval"
+        for k, v in stats.items():
+            self._metrics[mode][f"ktr/{k}"].append(v)
+        self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)
+        inputs["ktr_weights"] = weights
+        return weights
+
+    def _gather_variable(self, values: torch.Tensor) -> list[torch.Tensor]:
+        """All-gather a 1-D tensor whose length differs across processes (pad, gather, trim)."""
+        from accelerate.utils import gather_object
+
+        if self.accelerator.num_processes == 1:
+            return [values]
+        return [torch.as_tensor(v, device=values.device) for v in gather_object([values.cpu().tolist()])]
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+        C = completion_ids.size(1)
+        rows = inputs.get("videos") or [None] * input_ids.size(0)
+        logps, entropy, features, keys = self._forward_logps(model, input_ids, attention_mask, C, rows,
+                                                             compute_entropy=True, grad=True)
+        weights = None
+        if self.method == "ktr":
+            weights = self._key_token_weights(inputs, logps, entropy, features, keys)
+        old = inputs.get("old_per_token_logps")
+        old = logps.detach() if old is None else old
+        loss, stats = masked_clipped_loss(
+            logps, old, inputs["advantages"], completion_mask, token_weights=weights,
+            ref_logp=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None, beta=self.beta,
+            epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, normalization=self.loss_normalization,
+            mask_kl=self.mask_kl)
+        mode = "train" if self.model.training else "eval"
+        if mode == "train":
+            loss = loss / self.current_gradient_accumulation_steps
+        mask = completion_mask.bool()
+        ent = entropy.detach()[mask].mean() if mask.any() else torch.zeros((), device=logps.device)
+        self._metrics[mode]["entropy"].append(self.accelerator.gather(ent.reshape(1)).mean().item())
+        for k, v in stats.items():
+            self._metrics[mode][k].append(float(v))
+        return loss
+
+
+def _prompt_groups(prompt_ids: torch.Tensor) -> torch.Tensor:
+    """Group id per row: rows with identical prompts (the G responses to one prompt) share an id [B]."""
+    _, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
+    return inverse

@@ -254,7 +254,8 @@ class VideoGRPOTrainer(GRPOTrainer):
             mask_kl=self.mask_kl)
         mode = "train" if self.model.training else "eval"
         if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
+            # the loss is scaled for gradient accumulation here (TRL turns the Trainer's own scaling off)
+            loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
         mask = completion_mask.bool()
         ent = entropy.detach()[mask].mean() if mask.any() else torch.zeros((), device=logps.device)
         self._metrics[mode]["entropy"].append(self.accelerator.gather(ent.reshape(1)).mean().item())

@@ -1,0 +1,173 @@
+"""The video-aware GRPO/KTR trainer on the tiny model: video in every pass, gradients, masking, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from builders import random_frames
+
+from videoktr.data.video import write_video
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def clip_rows(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clips")
+    rows = []
+    for i in range(4):
+        path = write_video(root / f"clip{i}.mp4", random_frames(100 + i), fps=2.0)
+        rows.append({"prompt": [{"role": "user", "content": [
+            {"type": "video", "video": str(path)}, {"type": "text", "text": "Which colour appeared first?"}]}],
+            "solution": "red"})
+    return rows
+
+
+def length_reward(completions, **kwargs):
+    """Varies within a group for a random model, so advantages are non-zero."""
+    return [float(len(c[0]["content"]) % 7) for c in completions]
+
+
+def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
+    from videoktr.train.trainer import VideoGRPOTrainer
+
+    torch.manual_seed(0)
+    model = load_model(tiny_dir, dtype="float32")
+    processor = load_processor(tiny_dir)
+    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
+                max_completion_length=8, max_steps=max_steps, use_cpu=True, report_to=[], logging_steps=1,
+                save_strategy="no", learning_rate=1e-3, bf16=False, gradient_checkpointing=False,
+                generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, seed=0)
+    args.update(config)
+    return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
+                            args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method)
+
+
+def generated_batch(trainer):
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    return trainer._prepare_inputs(batch)
+
+
+@pytest.mark.parametrize("method", ["grpo", "ktr"])
+def test_two_step_run(tiny_dir, clip_rows, tmp_path, method):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method=method)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 2 and all(np.isfinite(h["loss"]) for h in logs)
+    has_ktr = any(k.startswith("ktr/") for k in logs[0])
+    assert has_ktr == (method == "ktr")
+    if method == "ktr":
+        for key in ("ktr/update_ratio", "ktr/ratio/visual", "ktr/ratio/temporal", "ktr/ratio/entropy",
+                    "ktr/overlap/temporal&visual", "ktr/attribution_seconds"):
+            assert key in logs[0]
+        assert 0 < logs[0]["ktr/update_ratio"] < 1
+
+
+def test_video_reaches_every_pass_and_logps_match_fresh_forward(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, beta=0.1)  # beta > 0: a reference pass too
+    inputs = generated_batch(trainer)
+    assert len(inputs["videos"]) == inputs["prompt_ids"].shape[0] and all(v is not None for v in inputs["videos"])
+    model = trainer.model
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    C = inputs["completion_ids"].shape[1]
+    logps, _, _, _ = trainer._forward_logps(model, ids, mask, C, inputs["videos"], False, grad=False)
+    # reference: the model's own pixel path, one row at a time, no padding
+    for b in range(ids.shape[0]):
+        row = inputs["videos"][b]
+        keep = mask[b].bool()
+        rid = ids[b][keep][None]
+        with torch.no_grad():
+            logits = model.model(input_ids=rid, pixel_values_videos=row.pixels, video_grid_thw=row.grid,
+                                 second_per_grid_ts=row.seconds_per_group,
+                                 mm_token_type_ids=trainer.adapter.mm_token_type_ids(rid)).last_hidden_state
+            logits = model.lm_head(logits)[0].double() / trainer.temperature
+        n = int(inputs["completion_mask"][b].sum())
+        P = rid.shape[1] - n
+        ref = logits[P - 1 : P - 1 + n].log_softmax(-1).gather(-1, rid[0, P:, None]).squeeze(-1)
+        assert torch.allclose(logps[b, :n].double(), ref, atol=1e-4)
+    # the reference pass saw the video too: with identical weights it equals the policy log-probs
+    assert torch.allclose(inputs["ref_per_token_logps"] * inputs["completion_mask"],
+                          logps * inputs["completion_mask"], atol=1e-4)
+
+
+def test_policy_loss_has_gradient_in_vision_tower(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    inputs = generated_batch(trainer)
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0])
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    loss.backward()
+    vision = [p.grad for p in trainer.model.model.visual.parameters() if p.grad is not None]
+    assert vision and sum(g.abs().sum().item() for g in vision) > 0
+
+
+def test_vision_tower_runs_once_per_unique_clip(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    inputs = generated_batch(trainer)
+    calls = []
+    hook = trainer.model.model.visual.register_forward_hook(
+        lambda m, a, k, o: calls.append(k["grid_thw"].shape[0]), with_kwargs=True)
+    try:
+        trainer._compute_loss(trainer.model, inputs)
+    finally:
+        hook.remove()
+    unique = len({v.key for v in inputs["videos"]})
+    assert calls == [unique] and unique < len(inputs["videos"])  # one call, attribution reuses its outputs
+
+
+def test_all_tokens_masked_gives_zero_policy_gradient(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    inputs = generated_batch(trainer)
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0])
+    inputs["ktr_weights"] = torch.zeros_like(inputs["completion_mask"], dtype=torch.float32)
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert all((g == 0).all() for g in grads)
+
+
+def test_key_token_mask_is_cached_per_rollout(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    inputs = generated_batch(trainer)
+    trainer._compute_loss(trainer.model, inputs)
+    first = inputs["ktr_weights"].clone()
+    trainer._compute_loss(trainer.model, inputs)
+    assert torch.equal(first, inputs["ktr_weights"])
+    n = inputs["completion_mask"].sum(-1)
+    assert ((first.sum(-1) >= 1) | (n == 0)).all()  # every non-empty response keeps at least one token
+
+
+def test_resume_continues_from_last_checkpoint(tiny_dir, clip_rows, tmp_path):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt("simulated kill")
+
+    first = make_trainer(tiny_dir, clip_rows, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    first.add_callback(Crash())
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    out = tmp_path / "out"
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
+    second = make_trainer(tiny_dir, clip_rows, tmp_path, max_steps=4, save_strategy="steps", save_steps=2)
+    steps_run = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            steps_run.append(state.global_step)
+
+    second.add_callback(Record())
+    second.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    assert steps_run == [3, 4]  # steps 1-2 are not repeated
+    assert second.state.global_step == 4

@@ -26,12 +26,16 @@ def _init_model(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    print(
-        "videoktr train: not available yet. The core (videoktr.core), model factory (videoktr init-model) and "
-        "attribution (videoktr.attribution) are in place; the trainer is tracked as the next issue.",
-        file=sys.stderr,
-    )
-    return 2
+    from .train.config import config_from_args
+    from .train.run import run
+
+    try:
+        config = config_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run(config)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,9 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weight initialisation")
     p.set_defaults(func=_init_model)
 
-    p = sub.add_parser("train", help="train with GRPO or Video-KTR (not available yet)")
-    p.add_argument("--config", default=None, help="YAML file with the run's configuration")
-    p.add_argument("--output-dir", default=None, help="run directory")
+    from .train.config import add_config_arguments
+
+    p = sub.add_parser(
+        "train", help="train with GRPO or Video-KTR (default: the built-in synthetic world, on CPU)",
+        description="Train with plain GRPO or Video-KTR. With no arguments: build the small offline model, "
+        "warm-start it on the synthetic video world (cached), run Video-KTR RL, and write report.json and plots "
+        "into the run directory. Every option below can also be set in a YAML file (--config); flags win.")
+    add_config_arguments(p)
     p.set_defaults(func=_train)
 
     try:

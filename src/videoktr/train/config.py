@@ -30,6 +30,8 @@ class ModelConfig:
                         "model and warm-start it on the synthetic world (the default run)")
     model_size: str = _f("small", "size of the offline model built when `model` is empty", ("tiny", "small"))
     dtype: str = _f("float32", "parameter dtype", ("float32", "bfloat16", "float16"))
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves GPU memory; the "
+                                             "official 7B script uses it)")
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "
                                         "accuracy is above chance and below ceiling)")
     warmstart_dir: str = _f("", "where the warm-started model is cached (default: <cache>/warmstart-<hash>)")

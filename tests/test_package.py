@@ -28,8 +28,3 @@ def test_init_model_cli(tmp_path, capsys):
     assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
     assert main(["init-model", "--output", str(tmp_path / "m2"), "--corpus", str(tmp_path / "none.txt")]) == 2
     assert "none.txt" in capsys.readouterr().err
-
-
-def test_train_says_not_yet(capsys):
-    assert main(["train"]) == 2
-    assert "not available yet" in capsys.readouterr().err

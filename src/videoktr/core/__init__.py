@@ -1,0 +1,52 @@
+"""videoktr.core: the paper's math as small, pure functions of torch tensors (no transformers, no trl).
+
+Log-probabilities and entropies (paper Sec. 3.1), chunked over rows so no full fp32 [B, T, V] tensor exists:
+    selective_log_softmax(logits, index)          log softmax(logits)[index], [..., V] -> [...] float32
+    token_entropy(logits)                         predictive entropy H(i), [..., V] -> [...] float32
+    logprobs_and_entropy(logits, index)           both of the above from one logsumexp per chunk
+    lm_head_logprobs(hidden, weight, index)       the same from hidden states and the LM head, logits never
+                                                  materialised; differentiable (chunks are checkpointed)
+Attribution scores (Sec. 3.1, RQ5):
+    logprob_shift(logp_full, logp_perturbed)      |Delta log p| per token (signed=True: the official variant)
+    DISTANCES                                     ("kl", "jsd", "l1", "l2", "cosine", "hellinger")
+    distribution_distance(z_full, z_pert, metric) per-token distance between the two next-token distributions
+    lm_head_distribution_distance(h_full, h_pert, weight, metric)   the same from hidden states
+Key-token selection (Sec. 3.2; exactly ceil(r * n) tokens, >= 1, ties to the earlier token):
+    top_ratio_mask(scores, valid, ratio)          top r% of each response (default)
+    group_top_ratio_mask(..., group_ids)          top r% of each prompt group's pooled tokens
+    global_top_ratio_mask(..., all_gather, rank)  top r% of all tokens on all processes
+    quantile_threshold_mask(..., group_ids)       the official code's per-group torch.quantile threshold
+    union_masks(masks)                            S = S_vis | S_temp | S_ent
+    selection_stats(masks, valid)                 update ratio, per-signal ratios, Jaccard overlaps, unique shares
+Soft weighting (RQ4):
+    WEIGHTINGS                                    ("binary", "softmax", "sigmoid", "linear", "exponential")
+    soft_token_weights(scores, valid, scheme)     per-response weights in [0, 1], 1 at the top token
+Objective (Eq. 1-2):
+    group_advantages(rewards, group_size)         GRPO advantages (R - mean) / (std + eps) per group
+    k3_kl(logp, ref_logp)                         per-token k3 KL estimate
+    LOSS_NORMALIZATIONS                           ("sequence", "token", "selected")
+    masked_clipped_loss(logp, old_logp, advantages, completion_mask, token_weights, ...)
+                                                  -J of Eq. 2 (+ beta * KL) and its statistics
+"""
+
+from .logprobs import lm_head_logprobs, logprobs_and_entropy, selective_log_softmax, token_entropy
+from .objective import LOSS_NORMALIZATIONS, group_advantages, k3_kl, masked_clipped_loss
+from .scores import DISTANCES, distribution_distance, lm_head_distribution_distance, logprob_shift
+from .selection import (
+    global_top_ratio_mask,
+    group_top_ratio_mask,
+    quantile_threshold_mask,
+    selection_stats,
+    top_ratio_mask,
+    union_masks,
+)
+from .weighting import WEIGHTINGS, soft_token_weights
+
+__all__ = [
+    "selective_log_softmax", "token_entropy", "logprobs_and_entropy", "lm_head_logprobs",
+    "logprob_shift", "DISTANCES", "distribution_distance", "lm_head_distribution_distance",
+    "top_ratio_mask", "group_top_ratio_mask", "global_top_ratio_mask", "quantile_threshold_mask",
+    "union_masks", "selection_stats",
+    "WEIGHTINGS", "soft_token_weights",
+    "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",
+]

@@ -1,0 +1,205 @@
+"""`videoktr eval` end to end through cli.run: rescoring with --predictions (ours and published formats),
+several benchmarks in one command, errors as exit codes, and a tiny-model run on synthetic videos that is
+killed half-way and resumed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from videoktr.eval import cli
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
+
+
+def _run(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="videoktr eval")
+    cli.add_arguments(parser)
+    return cli.run(parser.parse_args(list(argv)))
+
+
+def _summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def test_every_option_has_help():
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help, action.dest
+
+
+def test_rescore_predictions_end_to_end(tmp_path):
+    out = tmp_path / "out"
+    rc = _run("--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"),
+              "--predictions", str(FIXTURES / "holmes_mini_predictions.jsonl"), "--output-dir", str(out),
+              "--compare-paper", "--frames", "64")
+    assert rc == 0
+    s = _summary(out / "video_holmes")
+    assert (s["accuracy"], s["correct"], s["total"], s["unparsed"]) == (70.0, 7, 10, 2)
+    assert s["paper"]["accuracy"] == 42.7
+    scored = [json.loads(x) for x in (out / "video_holmes" / "scored.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in scored][:2] == ["clipAAA01/1", "clipAAA01/2"] and scored[1]["extracted"] == "B"
+    assert "| Video-Holmes | 70.00 | 10 | 2 | 42.70 |" in (out / "summary.md").read_text()
+    assert json.loads((out / "summary.json").read_text())["video_holmes"]["accuracy"] == 70.0
+    assert not (out / "video_holmes" / "predictions.jsonl").exists()  # rescoring writes no predictions
+
+
+def test_rescore_official_videomme_answer_file(tmp_path):
+    template = SHARED / "videomme" / "output_test_template.json"
+    rc = _run("--benchmark", "videomme", "--questions", str(template), "--predictions", str(template),
+              "--output-dir", str(tmp_path))
+    assert rc == 0
+    s = _summary(tmp_path / "videomme")
+    assert s["correct"] == 6 and s["total"] == 9  # Video-MME's own rule gives 6 of 9 on its template
+    assert s["methods"] == {"official:videomme": 9}
+
+
+def test_several_benchmarks_in_one_command(tmp_path):
+    preds = tmp_path / "preds.jsonl"
+    lines = (FIXTURES / "holmes_mini_predictions.jsonl").read_text().splitlines()
+    rows = [{**json.loads(x), "benchmark": "video_holmes"} for x in lines]
+    rows += [{"id": str(k), "output": "<answer>B</answer>", "benchmark": "videor1"} for k in range(1, 7)]
+    preds.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rc = _run("--benchmark", "Video-Holmes", "--benchmark", "videor1",
+              "--questions", f"video_holmes={FIXTURES / 'holmes_mini.json'}",
+              "--questions", f"videor1={FIXTURES / 'eval_fixture.json'}",
+              "--predictions", str(preds), "--output-dir", str(tmp_path / "out"))
+    assert rc == 0
+    assert _summary(tmp_path / "out" / "video_holmes")["accuracy"] == 70.0
+    assert _summary(tmp_path / "out" / "videor1")["correct"] == 2  # the two multiple-choice rows
+
+
+def test_tempcompass_official_prediction_files_and_task_ambiguity(tmp_path):
+    raw = json.loads((SHARED / "tempcompass" / "yes_no.json").read_text())
+    vid = next(iter(raw))
+    preds = {vid: {dim: [{"question": q["question"], "prediction": q["answer"].capitalize() + "."} for q in rows]
+                   for dim, rows in raw[vid].items()}}
+    pfile = tmp_path / "yes_no.json"  # TempCompass's predictions/<model>/yes_no.json format
+    pfile.write_text(json.dumps(preds))
+    n = sum(len(v) for v in raw[vid].values())
+    rc = _run("--benchmark", "tempcompass", "--task", "all", "--data-root", str(SHARED / "tempcompass"),
+              "--predictions", str(pfile), "--output-dir", str(tmp_path / "out"), "--allow-missing")
+    assert rc == 0
+    s = _summary(tmp_path / "out" / "tempcompass")
+    assert s["categories"]["task"]["yes_no"]["correct"] == n and s["correct"] == n
+    # ids without a task are ambiguous when all three task types are loaded
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text(json.dumps({"id": f"{vid}/action/0", "output": "yes"}) + "\n")
+    rc = _run("--benchmark", "tempcompass", "--task", "all", "--data-root", str(SHARED / "tempcompass"),
+              "--predictions", str(plain), "--output-dir", str(tmp_path / "out2"), "--allow-missing")
+    assert rc == 2
+
+
+def test_errors_are_reported_with_exit_code(tmp_path, capsys):
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join((FIXTURES / "holmes_mini_predictions.jsonl").read_text().splitlines(True)[:4]))
+    args = ["--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"),
+            "--predictions", str(partial), "--output-dir", str(tmp_path / "out")]
+    assert _run(*args) == 2
+    assert "6 of 10 items have no prediction" in capsys.readouterr().err
+    assert _run(*args, "--allow-missing") == 0
+    assert _summary(tmp_path / "out" / "video_holmes")["missing"] == 6
+    assert _run("--benchmark", "nope", "--data-root", str(tmp_path), "--predictions", str(partial),
+                "--output-dir", str(tmp_path / "o")) == 2
+    assert "unknown benchmark" in capsys.readouterr().err
+    assert _run("--benchmark", "video_holmes", "--data-root", str(tmp_path), "--predictions", str(partial),
+                "--output-dir", str(tmp_path / "o")) == 2
+    assert "no test_Video-Holmes.json" in capsys.readouterr().err
+    assert _run(*args, "--frames", "15") == 2
+
+
+# ------------------------------------------------------------------------------ tiny model, synthetic videos
+
+
+@pytest.fixture
+def holmes_videos(tmp_path):
+    from videoktr.data.video import write_video
+
+    root = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for vid in ("clipAAA01", "clipBBB02"):
+        write_video(root / "videos" / f"{vid}.mp4", rng.integers(0, 256, (8, 56, 56, 3), dtype=np.uint8), fps=2.0)
+    return root
+
+
+@pytest.mark.slow
+def test_tiny_model_run_killed_and_resumed(tiny_dir, holmes_videos, tmp_path, monkeypatch):
+    from videoktr.eval import generate
+
+    base = generate.HFGenerator
+    calls: list[list[str]] = []
+
+    class Crashing(base):
+        def generate(self, batch, **kw):
+            if calls:
+                raise RuntimeError("killed")
+            calls.append([r.item.id for r in batch])
+            return super().generate(batch, **kw)
+
+    out = tmp_path / "out"
+    argv = ["--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"),
+            "--data-root", str(holmes_videos), "--model", str(tiny_dir), "--output-dir", str(out),
+            "--max-new-tokens", "6", "--batch-size", "4", "--frames", "4", "--max-pixels", str(56 * 56),
+            "--min-pixels", str(56 * 56), "--device", "cpu", "--no-progress"]
+    monkeypatch.setattr(generate, "HFGenerator", Crashing)
+    with pytest.raises(RuntimeError, match="killed"):
+        _run(*argv)
+    pred_file = out / "video_holmes" / "predictions.jsonl"
+    first = pred_file.read_text().splitlines()
+    assert [json.loads(x)["id"] for x in first] == calls[0] and len(first) == 4
+
+    resumed: list[str] = []
+
+    class Counting(base):
+        def generate(self, batch, **kw):
+            resumed.extend(r.item.id for r in batch)
+            return super().generate(batch, **kw)
+
+    monkeypatch.setattr(generate, "HFGenerator", Counting)
+    assert _run(*argv) == 0
+    assert resumed and not set(resumed) & set(calls[0]) and len(resumed) == 6
+    lines = pred_file.read_text().splitlines()
+    assert lines[:4] == first and len(lines) == 10
+    s = _summary(out / "video_holmes")
+    assert s["total"] == 10 and s["settings"]["frames"] == 4 and s["settings"]["max_new_tokens"] == 6
+    run = json.loads((out / "video_holmes" / "run.json").read_text())
+    assert run["generator"]["model"] == str(Path(tiny_dir).resolve()) and run["temperature"] == 0.1
+
+
+def test_task_and_questions_routing_with_several_benchmarks():
+    from videoktr.eval.cli import _per_benchmark
+
+    benches = ["tempcompass", "mmvu", "video_holmes"]
+    assert _per_benchmark(["yes_no", "mmvu=all"], benches, "--task") == {
+        "tempcompass": ["yes_no"], "mmvu": ["all"], "video_holmes": []}
+    from videoktr.eval.benchmarks import BenchmarkError
+
+    with pytest.raises(BenchmarkError, match="none of the selected"):
+        _per_benchmark(["short"], benches, "--task")
+    with pytest.raises(BenchmarkError, match="BENCH=FILE"):
+        _per_benchmark(["q.json"], benches, "--questions")
+    with pytest.raises(BenchmarkError, match="not selected"):
+        _per_benchmark(["videomme=short"], benches, "--task")
+
+
+@pytest.mark.slow
+def test_hf_generator_on_images_and_mixed_batches(tiny_dir, holmes_videos):
+    from videoktr.eval.benchmarks import load_items
+    from videoktr.eval.generate import HFGenerator
+    from videoktr.eval.runner import build_requests
+
+    gen = HFGenerator(tiny_dir, frames=4, max_pixels=56 * 56, min_pixels=56 * 56, device="cpu")
+    images = build_requests(load_items("mmmu", FIXTURES), FIXTURES, "reasoning")  # 1, 1 and 2 embedded images
+    video = build_requests(load_items("video_holmes", questions=FIXTURES / "holmes_mini.json")[:1], holmes_videos,
+                           "reasoning")
+    outs = gen.generate(images + video, max_new_tokens=3, temperature=0.0, top_p=1.0)
+    assert len(outs) == 4 and all(isinstance(o, str) for o in outs)
+    again = gen.generate(images + video, max_new_tokens=3, temperature=0.0, top_p=1.0)
+    assert again == outs  # greedy decoding is deterministic

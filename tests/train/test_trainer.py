@@ -54,14 +54,16 @@ def generated_batch(trainer):
     return trainer._prepare_inputs(batch)
 
 
-@pytest.mark.parametrize("method", ["grpo", "ktr"])
+@pytest.mark.parametrize("method", ["grpo", "ktr", "entropy", "twgrpo"])
 def test_two_step_run(tiny_dir, clip_rows, tmp_path, method):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method=method)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(np.isfinite(h["loss"]) for h in logs)
     has_ktr = any(k.startswith("ktr/") for k in logs[0])
-    assert has_ktr == (method == "ktr")
+    assert has_ktr == (method in ("ktr", "entropy"))
+    if method == "entropy":
+        assert "ktr/ratio/entropy" in logs[0] and "ktr/ratio/visual" not in logs[0]
     if method == "ktr":
         for key in ("ktr/update_ratio", "ktr/ratio/visual", "ktr/ratio/temporal", "ktr/ratio/entropy",
                     "ktr/overlap/temporal&visual", "ktr/attribution_seconds"):
@@ -171,3 +173,12 @@ def test_resume_continues_from_last_checkpoint(tiny_dir, clip_rows, tmp_path):
     second.train(resume_from_checkpoint=str(out / "checkpoint-2"))
     assert steps_run == [3, 4]  # steps 1-2 are not repeated
     assert second.state.global_step == 4
+
+
+def test_twgrpo_weights_are_scaled_per_response(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="twgrpo")
+    inputs = generated_batch(trainer)
+    trainer._compute_loss(trainer.model, inputs)
+    w, mask = inputs["ktr_weights"], inputs["completion_mask"].bool()
+    assert (w[~mask] == 0).all() and (w[mask] >= 1.0).all() and (w[mask] <= 1.7 + 1e-6).all()
+    assert torch.isclose(w[mask].max(), torch.tensor(1.7))

@@ -53,7 +53,8 @@ class DataConfig:
 
 @dataclass
 class RLConfig:
-    method: str = _f("ktr", "training method: plain GRPO or Video-KTR (key-token masked GRPO)", ("grpo", "ktr"))
+    method: str = _f("ktr", "ktr: Video-KTR (key-token masked GRPO, Eq. 2); grpo: plain GRPO; entropy: top-r entropy "
+                            "tokens only; twgrpo: TW-GRPO token weights", ("grpo", "ktr", "entropy", "twgrpo"))
     max_steps: int = _f(60, "optimizer steps")
     learning_rate: float = _f(1e-4, "learning rate (paper, 7B: 2e-6)")
     prompts_per_step: int = _f(4, "distinct prompts per optimizer step and process")

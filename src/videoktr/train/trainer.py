@@ -24,7 +24,7 @@ import torch
 from trl import GRPOTrainer
 
 from ..attribution import AttributionOptions, SelectionOptions, attribute, select_key_tokens
-from ..core import masked_clipped_loss
+from ..core import group_position_kl, masked_clipped_loss, tw_grpo_weights
 from ..data.video import read_video
 from ..models.adapters import adapter_for
 
@@ -56,8 +56,12 @@ def video_parts(prompt) -> list[str]:
     return out
 
 
+METHODS = ("grpo", "ktr", "entropy", "twgrpo")
+
+
 class VideoGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer with videos in every pass; method "grpo" (plain) or "ktr" (key-token masked, Eq. 2).
+    """GRPOTrainer with videos in every pass. Methods: "grpo" (plain, Eq. 1), "ktr" (key-token mask, Eq. 2),
+    "entropy" (top-r entropy tokens only, "Beyond the 80/20 rule"), "twgrpo" (TW-GRPO token weights).
 
     Extra arguments: method, attribution (AttributionOptions), selection (SelectionOptions), video
     (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed.
@@ -66,11 +70,13 @@ class VideoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0, **kwargs):
-        if method not in ("grpo", "ktr"):
-            raise ValueError(f"method must be 'grpo' or 'ktr', got {method!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         super().__init__(*args, **kwargs)
         self.method = method
         self.attribution_options = attribution or AttributionOptions()
+        if method == "entropy":
+            self.attribution_options.signals = ("entropy",)
         self.attribution_options.temperature = self.temperature
         self.attribution_options.validate()
         self.selection_options = selection or SelectionOptions()
@@ -225,6 +231,33 @@ class VideoGRPOTrainer(GRPOTrainer):
         inputs["ktr_weights"] = weights
         return weights
 
+    @torch.no_grad()
+    def _tw_grpo_weights(self, inputs, features):
+        """TW-GRPO weights [B, C] (core.baselines), from a no-grad pass that reuses this step's encoder outputs;
+        cached per rollout like the key-token mask."""
+        if "ktr_weights" in inputs:
+            return inputs["ktr_weights"]
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+        rows = [r for r in (inputs.get("videos") or []) if r is not None]
+        kwargs = {}
+        if rows:
+            kwargs = self.adapter.video_kwargs([f.detach() for f in features])
+            kwargs["video_grid_thw"] = torch.cat([r.grid for r in rows]).to(ids.device)
+            kwargs["second_per_grid_ts"] = torch.cat([r.seconds_per_group for r in rows]).to(ids.device)
+        hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
+                                 mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
+        P, C = prompt_ids.shape[1], completion_ids.shape[1]
+        valid = inputs["completion_mask"].bool()
+        head = unwrapped.lm_head
+        distances = group_position_kl(hidden[:, P - 1 : P - 1 + C], head.weight, valid, _prompt_groups(prompt_ids),
+                                      bias=getattr(head, "bias", None), temperature=self.temperature)
+        weights = tw_grpo_weights(distances, valid)
+        inputs["ktr_weights"] = weights
+        return weights
+
     def _gather_variable(self, values: torch.Tensor) -> list[torch.Tensor]:
         """All-gather a 1-D tensor whose length differs across processes (pad, gather, trim)."""
         from accelerate.utils import gather_object
@@ -243,8 +276,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         logps, entropy, features, keys = self._forward_logps(model, input_ids, attention_mask, C, rows,
                                                              compute_entropy=True, grad=True)
         weights = None
-        if self.method == "ktr":
+        if self.method in ("ktr", "entropy"):
             weights = self._key_token_weights(inputs, logps, entropy, features, keys)
+        elif self.method == "twgrpo":
+            weights = self._tw_grpo_weights(inputs, features)
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
         loss, stats = masked_clipped_loss(

@@ -1,0 +1,155 @@
+"""`videoktr train`: one function that runs an experiment from a TrainConfig and writes its report.
+
+Default run (no data, no model given): the synthetic video world (cached), the small offline model warm-started
+on it (cached), then GRPO or Video-KTR on CPU; `report.json` + `training.png` in the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .config import TrainConfig
+
+REPORT_NAME = "report.json"
+PLOT_NAME = "training.png"
+
+
+def trl_rows(rows: list[dict], media_root: Path) -> list[dict]:
+    """Video-R1-style rows -> TRL rows: a conversational prompt with the video part, plus the reward columns."""
+    out = []
+    for row in rows:
+        content = []
+        if row.get("data_type", "video") == "video" and row.get("path"):
+            content.append({"type": "video", "video": str(media_root / row["path"])})
+        content.append({"type": "text", "text": row["problem"]})
+        out.append({"prompt": [{"role": "user", "content": content}],
+                    **{k: v for k, v in row.items() if k not in ("prompt",)}})
+    return out
+
+
+def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
+    """TRL GRPOConfig for this run (CPU unless a GPU is present)."""
+    import torch
+    from trl import GRPOConfig
+
+    rl, run = config.rl, config.run
+    return GRPOConfig(
+        output_dir=run.output_dir,
+        max_steps=rl.max_steps,
+        learning_rate=rl.learning_rate,
+        per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
+        num_generations=rl.num_generations,
+        gradient_accumulation_steps=rl.gradient_accumulation_steps,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        max_completion_length=rl.max_completion_length,
+        beta=rl.beta,
+        epsilon=rl.epsilon,
+        epsilon_high=rl.epsilon_high,
+        num_iterations=rl.num_iterations,
+        weight_decay=rl.weight_decay,
+        max_grad_norm=rl.max_grad_norm,
+        lr_scheduler_type=rl.lr_scheduler_type,
+        warmup_steps=rl.warmup_steps,
+        reward_weights=list(rl.reward_weights),
+        generation_kwargs={"suppress_tokens": suppress_tokens},
+        seed=run.seed,
+        logging_steps=run.logging_steps,
+        save_strategy="steps",
+        save_steps=run.save_steps,
+        save_total_limit=run.save_total_limit,
+        report_to=[],
+        use_cpu=not torch.cuda.is_available(),
+        bf16=config.model.dtype == "bfloat16",
+        fp16=config.model.dtype == "float16",
+        gradient_checkpointing=config.model.gradient_checkpointing,
+        disable_tqdm=False,
+    )
+
+
+def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict], reward_funcs: list):
+    from datasets import Dataset
+
+    from ..attribution import AttributionOptions, SelectionOptions
+    from ..models.factory import suppressed_token_ids
+    from .trainer import VideoGRPOTrainer, VideoOptions
+
+    k, d = config.ktr, config.data
+    return VideoGRPOTrainer(
+        model=model,
+        processing_class=processor,
+        reward_funcs=reward_funcs,
+        args=grpo_args(config, suppressed_token_ids(processor.tokenizer)),
+        train_dataset=Dataset.from_list(train_rows),
+        method=config.rl.method,
+        attribution=AttributionOptions(
+            signals=tuple(k.signals), visual_strategy=k.visual_strategy, visual_fraction=k.visual_fraction,
+            temporal_strategy=k.temporal_strategy, segment_groups=k.segment_groups, distance=k.distance,
+            signed=k.signed),
+        selection=SelectionOptions(ratio=k.ratio, scope=k.selection, weighting=k.weighting),
+        video=VideoOptions(fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames),
+        loss_normalization=config.rl.loss_normalization,
+        mask_kl=k.mask_kl,
+        seed=config.run.seed,
+    )
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None) -> Path:
+    """Reward (and accuracy reward) per step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in log_history if "reward" in h]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [h["reward"] for h in log_history if "reward" in h], label="mean reward")
+    if accuracy_key:
+        ax.plot(steps, [h.get(accuracy_key, float("nan")) for h in log_history if "reward" in h],
+                label="accuracy reward")
+    ratio = [h.get("ktr/update_ratio") for h in log_history if "reward" in h]
+    if any(r is not None for r in ratio):
+        ax.plot(steps, [float("nan") if r is None else r for r in ratio], label="KTR update ratio", linestyle=":")
+    ax.set_xlabel("optimizer step")
+    ax.set_title("training")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(output_dir: Path, report: dict) -> Path:
+    path = output_dir / REPORT_NAME
+    path.write_text(json.dumps(report, indent=2, default=float))
+    return path
+
+
+def run(config: TrainConfig) -> dict:
+    """Run the experiment described by `config`; returns the report (also written to report.json)."""
+    config.validate()
+    if config.data.data:
+        raise SystemExit(
+            f"videoktr train: data={config.data.data!r} names a real dataset; loading Video-R1-format data "
+            "(JSON/JSONL rows, media under data_root) is not available yet. Only the built-in synthetic world runs "
+            "today (leave `data` empty).")
+    from .world_run import run_synthetic
+
+    start = time.perf_counter()
+    report = run_synthetic(config)
+    report["wall_seconds"] = time.perf_counter() - start
+    out = Path(config.run.output_dir)
+    path = write_report(out, report)
+    print(f"report: {path}")
+    if (out / PLOT_NAME).exists():
+        print(f"plot:   {out / PLOT_NAME}")
+    return report

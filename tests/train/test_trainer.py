@@ -54,7 +54,7 @@ def generated_batch(trainer):
     return trainer._prepare_inputs(batch)
 
 
-@pytest.mark.parametrize("method", ["grpo", "ktr", "entropy", "twgrpo"])
+@pytest.mark.parametrize("method", ["grpo", "ktr", "entropy", "twgrpo", "tgrpo"])
 def test_two_step_run(tiny_dir, clip_rows, tmp_path, method):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method=method)
     trainer.train()
@@ -182,3 +182,29 @@ def test_twgrpo_weights_are_scaled_per_response(tiny_dir, clip_rows, tmp_path):
     w, mask = inputs["ktr_weights"], inputs["completion_mask"].bool()
     assert (w[~mask] == 0).all() and (w[mask] >= 1.0).all() and (w[mask] <= 1.7 + 1e-6).all()
     assert torch.isclose(w[mask].max(), torch.tensor(1.7))
+
+
+def test_tgrpo_bonus_follows_the_rule(tiny_dir, clip_rows, tmp_path, monkeypatch):
+    """Ordered accuracy 1.0 vs shuffled 0.0: correct ordered responses get +alpha; reversed: none do."""
+    from videoktr.train.trainer import TemporalGRPOOptions
+
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="tgrpo")
+    trainer.tgrpo_options = TemporalGRPOOptions(alpha=0.3, mu=0.8, reward_index=0)
+    trainer.model.train()
+    batch = next(iter(trainer.get_train_dataloader()))
+    prompts = [x["prompt"] for x in batch]
+    trainer._tokenize_prompts(prompts)  # records the rows' videos, as generation does
+    accuracy = torch.tensor([1.0, 1.0, 0.0, 1.0] * 2)
+    calls = []
+
+    def shuffled_reward(completions, **kw):
+        calls.append(len(completions))
+        return [0.0] * len(completions)
+
+    trainer.reward_funcs = [shuffled_reward]
+    bonus = trainer._temporal_bonus(batch, prompts, accuracy)
+    assert calls == [4]  # 2 groups x G/2 shuffled responses
+    assert torch.allclose(bonus, 0.3 * (accuracy > 0.1).float())
+    trainer.reward_funcs = [lambda completions, **kw: [1.0] * len(completions)]
+    low = torch.tensor([0.0, 0.0, 0.0, 1.0] * 2)  # p = 0.25 < 0.8 * 1.0
+    assert (trainer._temporal_bonus(batch, prompts, low) == 0).all()

@@ -74,7 +74,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
 
     from ..attribution import AttributionOptions, SelectionOptions
     from ..models.factory import suppressed_token_ids
-    from .trainer import VideoGRPOTrainer, VideoOptions
+    from .trainer import TemporalGRPOOptions, VideoGRPOTrainer, VideoOptions
 
     k, d = config.ktr, config.data
     return VideoGRPOTrainer(
@@ -93,6 +93,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         loss_normalization=config.rl.loss_normalization,
         mask_kl=k.mask_kl,
         seed=config.run.seed,
+        tgrpo=TemporalGRPOOptions(alpha=config.rl.tgrpo_alpha, mu=config.rl.tgrpo_mu),
     )
 
 

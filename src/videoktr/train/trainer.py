@@ -56,12 +56,23 @@ def video_parts(prompt) -> list[str]:
     return out
 
 
-METHODS = ("grpo", "ktr", "entropy", "twgrpo")
+METHODS = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo")
+
+
+@dataclass
+class TemporalGRPOOptions:
+    """T-GRPO (Video-R1): G/2 extra responses per prompt on temporally shuffled frames (scored, not trained on);
+    if the ordered group's accuracy p >= mu * p_shuffled, ordered responses with accuracy > 0.1 get +alpha."""
+
+    alpha: float = 0.3
+    mu: float = 0.8
+    reward_index: int = 0  # position of the accuracy reward among the reward functions
 
 
 class VideoGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with videos in every pass. Methods: "grpo" (plain, Eq. 1), "ktr" (key-token mask, Eq. 2),
-    "entropy" (top-r entropy tokens only, "Beyond the 80/20 rule"), "twgrpo" (TW-GRPO token weights).
+    "entropy" (top-r entropy tokens only, "Beyond the 80/20 rule"), "twgrpo" (TW-GRPO token weights),
+    "tgrpo" (Video-R1's T-GRPO temporal reward bonus).
 
     Extra arguments: method, attribution (AttributionOptions), selection (SelectionOptions), video
     (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed.
@@ -69,7 +80,8 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
-                 loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0, **kwargs):
+                 loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
+                 tgrpo: TemporalGRPOOptions | None = None, **kwargs):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         super().__init__(*args, **kwargs)
@@ -85,7 +97,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.loss_normalization = loss_normalization
         self.mask_kl = mask_kl
         self.adapter = adapter_for(self.accelerator.unwrap_model(self.model))
+        self.tgrpo_options = tgrpo or TemporalGRPOOptions()
         self._pending_videos: list[RowVideo | None] | None = None
+        self._pending_prompt_ids: list[list[int]] | None = None
         self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
         self._donors: list[torch.Tensor] = []  # earlier batches' features, for visual_strategy="replace"
         self._load_clip = lru_cache(maxsize=256)(self._decode)
@@ -122,6 +136,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                                  seconds_per_group=enc["second_per_grid_ts"][v : v + 1]))
             v += 1
         self._pending_videos = rows
+        self._pending_prompt_ids = prompt_ids
         fields = {
             "pixel_values_videos": enc["pixel_values_videos"],
             "video_grid_thw": enc["video_grid_thw"],
@@ -137,6 +152,80 @@ class VideoGRPOTrainer(GRPOTrainer):
         if rows is not None:
             output["videos"] = rows
         return output
+
+    # ----------------------------------------------------------------------------------------------------------
+    # T-GRPO: temporal contrast on shuffled frames
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.method != "tgrpo" or self._pending_videos is None or not self.model.training:
+            return rewards
+        n, idx = len(prompts), self.tgrpo_options.reward_index
+        start = self.accelerator.process_index * n
+        bonus = self._temporal_bonus(inputs, prompts, rewards[start : start + n, idx])
+        rewards[:, idx] += self.accelerator.gather(bonus)
+        return rewards
+
+    @torch.no_grad()
+    def _temporal_bonus(self, inputs, prompts, accuracy: torch.Tensor) -> torch.Tensor:
+        """Bonus [n] for this process's rows: one shuffled clip per prompt group, G/2 responses on it."""
+        from trl.models import unwrap_model_for_generation
+
+        from ..models.perturb import permute_groups, temporal_permutation
+
+        G, opts = self.num_generations, self.tgrpo_options
+        n = accuracy.numel()
+        if n % G:
+            raise ValueError(f"tgrpo needs whole prompt groups on each process: {n} rows for G={G}")
+        per = max(1, G // 2)
+        groups = [g for g in range(n // G) if self._pending_videos[g * G] is not None]
+        bonus = torch.zeros(n, device=accuracy.device)
+        if not groups:
+            return bonus
+        device, pad = self.accelerator.device, self._tokenizer.pad_token_id
+        ids, pixels, grids, secs = [], [], [], []
+        for g in groups:
+            row = self._pending_videos[g * G]
+            t = int(row.grid[0, 0])
+            shuffled = permute_groups(row.pixels, t, temporal_permutation(t, "shuffle", self._attr_generator))
+            for _ in range(per):
+                ids.append(torch.tensor(self._pending_prompt_ids[g * G]))
+                pixels.append(shuffled)
+                grids.append(row.grid)
+                secs.append(row.seconds_per_group)
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, x in enumerate(ids):  # left padding
+            input_ids[i, width - len(x):] = x
+            attention[i, width - len(x):] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         generation_kwargs=self.generation_kwargs) as unwrapped:
+            out = unwrapped.generate(
+                input_ids=input_ids, attention_mask=attention, pixel_values_videos=torch.cat(pixels).to(device),
+                video_grid_thw=torch.cat(grids).to(device), second_per_grid_ts=torch.cat(secs).to(device),
+                mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids), generation_config=self.generation_config)
+        texts = self._tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+        rows = [inputs[g * G] for g in groups for _ in range(per)]
+        kwargs = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
+        reward_fn = self.reward_funcs[opts.reward_index]
+        shuffled_acc = torch.tensor(
+            [float("nan") if v is None else v for v in reward_fn(
+                prompts=[prompts[g * G] for g in groups for _ in range(per)],
+                completions=[[{"role": "assistant", "content": t}] for t in texts], completion_ids=None, **kwargs)],
+            device=accuracy.device).view(len(groups), per)
+        p_ordered, p_shuffled = [], []
+        for k, g in enumerate(groups):
+            acc = accuracy[g * G : (g + 1) * G]
+            p, ps = acc.nanmean(), shuffled_acc[k].nanmean()
+            p_ordered.append(p.item())
+            p_shuffled.append(ps.item())
+            if p >= opts.mu * ps:
+                bonus[g * G : (g + 1) * G] = opts.alpha * (acc > 0.1).float()
+        self._metrics["train"]["tgrpo/p_ordered"].append(sum(p_ordered) / len(p_ordered))
+        self._metrics["train"]["tgrpo/p_shuffled"].append(sum(p_shuffled) / len(p_shuffled))
+        self._metrics["train"]["tgrpo/bonus_share"].append((bonus > 0).float().mean().item())
+        return bonus
 
     # ----------------------------------------------------------------------------------------------------------
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs

@@ -86,22 +86,44 @@ def read_video(path: str | Path, target_fps: float = 2.0, min_frames: int = 4, m
             if not container.streams.video:
                 raise VideoDecodeError(f"no video stream in {path}")
             stream = container.streams.video[0]
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
             rate = stream.average_rate or stream.guessed_rate
             source_fps = float(rate) if rate else 0.0
+            total = int(stream.frames or 0)
+            if total <= 0 and stream.duration and stream.time_base and source_fps > 0:
+                total = int(round(float(stream.duration * stream.time_base) * source_fps))
+            if total > 0 and source_fps > 0:
+                # known length: keep only the sampled frames while decoding (long clips never sit in memory)
+                idx = sample_indices(total, source_fps, target_fps, min_frames, max_frames)
+                wanted = set(idx)
+                kept: dict[int, np.ndarray] = {}
+                for i, frame in enumerate(container.decode(stream)):
+                    if i in wanted:
+                        kept[i] = frame.to_ndarray(format="rgb24")
+                    if i >= idx[-1]:
+                        break
+                if not kept:
+                    raise VideoDecodeError(f"no decodable frame in {path}")
+                # a header that overstates the length leaves the last wanted frames missing: repeat the last one
+                frames = []
+                for i in idx:
+                    frames.append(kept[i] if i in kept else (frames[-1] if frames else next(iter(kept.values()))))
+                n_source = total
+            else:
+                decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+                if not decoded:
+                    raise VideoDecodeError(f"no decodable frame in {path}")
+                source_fps = source_fps if source_fps > 0 else target_fps
+                idx = sample_indices(len(decoded), source_fps, target_fps, min_frames, max_frames)
+                frames = [decoded[i] for i in idx]
+                n_source = len(decoded)
     except VideoDecodeError:
         raise
     except Exception as exc:  # PyAV raises several error types for damaged files
         raise VideoDecodeError(f"cannot decode video {path}: {exc}") from exc
-    if not frames:
-        raise VideoDecodeError(f"no decodable frame in {path}")
-    if source_fps <= 0:
-        source_fps = target_fps
-    idx = sample_indices(len(frames), source_fps, target_fps, min_frames, max_frames)
     # Sampled rate: frames kept per second of video time (equals target_fps unless clamped).
-    duration = len(frames) / source_fps
+    duration = n_source / source_fps
     fps = len(idx) / duration if duration > 0 else target_fps
-    return Clip(np.stack([frames[i] for i in idx]), fps=fps, source_fps=source_fps, duration=duration,
+    return Clip(np.stack(frames), fps=fps, source_fps=source_fps, duration=duration,
                 indices=idx, path=str(path))
 
 

@@ -4,6 +4,8 @@
 and one option a line, then an instruction to reason inside <think></think> like a person thinking aloud and to
 give the final answer inside <answer></answer>, then a suffix saying what the answer must be for the item's
 answer type (one option letter, yes/no, a caption label, a number, a short text).
+Training on Video-R1 rows uses the same instruction (`reasoning_text`; see videoktr.data.videor1), with two
+extra suffixes for its OCR (a transcription) and free-form (free text) rows.
 
 `official`: the answer format each benchmark's own evaluation asks for (direct answer, no reasoning tags; MMVU's
 asks for step-by-step reasoning ending in "the final answer is: X"). The wording here is our own paraphrase of
@@ -35,21 +37,37 @@ ANSWER_SUFFIX = {
     "regression": " Inside <answer> </answer> give only the number (for example 7 or 2.45).",
     "open": " Inside <answer> </answer> give only a short text answer.",
     "relaxed": " Inside <answer> </answer> give only a single word or number.",
+    # Training-only kinds (Video-R1 rows, see videoktr.data.videor1); no eval answer type uses them.
+    "ocr": " Inside <answer> </answer> give only the text you read, transcribed exactly as it appears.",
+    "free_form": " Inside <answer> </answer> give your answer as free text.",
 }
 
 
-def question_with_options(item: Item) -> str:
-    """The question, then "Options:" and one "label. text" (or "label: text" for captions) per line."""
-    text = item.question
-    if item.options:
-        sep = ": " if item.answer_type == "caption_matching" else ". "
-        lines = [f"{label}{sep}{opt}" for label, opt in item.options.items()]
+def format_question(question: str, options: dict[str, str] | None = None, sep: str = ". ") -> str:
+    """`question`, then "Options:" and one "label<sep>text" per line when there are options."""
+    text = question
+    if options:
+        lines = [f"{label}{sep}{opt}" for label, opt in options.items()]
         text = text + "\nOptions:\n" + "\n".join(lines)
     return text
 
 
+def question_with_options(item: Item) -> str:
+    """The question, then "Options:" and one "label. text" (or "label: text" for captions) per line."""
+    sep = ": " if item.answer_type == "caption_matching" else ". "
+    return format_question(item.question, item.options, sep)
+
+
+def reasoning_text(question_block: str, kind: str) -> str:
+    """The reasoning prompt around an already formatted question: the instruction plus the suffix of `kind`
+    (a key of ANSWER_SUFFIX). Shared by evaluation (`reasoning_prompt`) and training (Video-R1 rows)."""
+    if kind not in ANSWER_SUFFIX:
+        raise ValueError(f"unknown answer kind {kind!r}; choose from {', '.join(ANSWER_SUFFIX)}")
+    return f"{question_block}\n{REASONING_INSTRUCTION}{ANSWER_SUFFIX[kind]}"
+
+
 def reasoning_prompt(item: Item) -> str:
-    return f"{question_with_options(item)}\n{REASONING_INSTRUCTION}{ANSWER_SUFFIX[item.answer_type]}"
+    return reasoning_text(question_with_options(item), item.answer_type)
 
 
 def _letter_list(item: Item) -> str:

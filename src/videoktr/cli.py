@@ -7,7 +7,7 @@ import sys
 
 
 def _init_model(args: argparse.Namespace) -> int:
-    from .models.factory import SIZES, create_model_dir
+    from .models.factory import FAMILIES, SIZES, create_model_dir
 
     corpus = None
     if args.corpus:
@@ -18,9 +18,9 @@ def _init_model(args: argparse.Namespace) -> int:
             print(f"error: --corpus file not found: {path}", file=sys.stderr)
             return 2
         corpus = path.read_text(encoding="utf-8").splitlines()
-    out = create_model_dir(args.output, size=args.size, corpus=corpus, seed=args.seed)
+    out = create_model_dir(args.output, size=args.size, corpus=corpus, seed=args.seed, family=args.family)
     spec = SIZES[args.size]
-    print(f"wrote a randomly initialised Qwen2.5-VL ({args.size}: hidden {spec.hidden_size}, "
+    print(f"wrote a randomly initialised {FAMILIES[args.family].name} ({args.size}: hidden {spec.hidden_size}, "
           f"{spec.num_layers} layers, vision depth {spec.vision_depth}) to {out}")
     return 0
 
@@ -30,11 +30,10 @@ def _train(args: argparse.Namespace) -> int:
     from .train.run import run
 
     try:
-        config = config_from_args(args)
-    except (ValueError, FileNotFoundError) as exc:
+        run(config_from_args(args))
+    except (ValueError, FileNotFoundError) as exc:  # bad option, file or row: the message names it
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run(config)
     return 0
 
 
@@ -45,10 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("init-model", help="write a randomly initialised Qwen2.5-VL model directory (offline)",
-                       description="Build a Qwen2.5-VL-architecture model offline: a byte-level BPE tokenizer "
-                       "trained here, a processor with image and video processors, random weights. The "
-                       "directory loads with from_pretrained like any checkpoint.")
+    p = sub.add_parser("init-model", help="write a randomly initialised Qwen-VL-family model directory (offline)",
+                       description="Build a Qwen2.5-VL-architecture model (or, with --family, Qwen2-VL or "
+                       "Qwen3-VL) offline: a byte-level BPE tokenizer trained here, the family's processor with "
+                       "image and video processors, random weights. The directory loads with from_pretrained "
+                       "like any checkpoint.")
+    p.add_argument("--family", choices=["qwen2_5_vl", "qwen2_vl", "qwen3_vl"], default="qwen2_5_vl",
+                   help="architecture: qwen2_5_vl (Qwen2.5-VL, the paper's), qwen2_vl (Qwen2-VL) or qwen3_vl "
+                   "(Qwen3-VL: 16 px patches, DeepStack, timestamps in the prompt)")
     p.add_argument("--size", choices=["tiny", "small"], default="tiny",
                    help="tiny: <1M parameters, for tests; small: the default CPU training run's model")
     p.add_argument("--output", required=True, help="directory to write (created if missing)")

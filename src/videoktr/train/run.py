@@ -16,14 +16,15 @@ REPORT_NAME = "report.json"
 PLOT_NAME = "training.png"
 
 
-def trl_rows(rows: list[dict], media_root: Path) -> list[dict]:
-    """Video-R1-style rows -> TRL rows: a conversational prompt with the video part, plus the reward columns."""
+def trl_rows(rows: list[dict], media_root: Path, prompt_fn=None) -> list[dict]:
+    """Video-R1-style rows -> TRL rows: a conversational prompt with the video part, plus the reward columns.
+    prompt_fn(row) gives the prompt text (default: the row's `problem` as it is)."""
     out = []
     for row in rows:
         content = []
         if row.get("data_type", "video") == "video" and row.get("path"):
-            content.append({"type": "video", "video": str(media_root / row["path"])})
-        content.append({"type": "text", "text": row["problem"]})
+            content.append({"type": "video", "video": str(Path(media_root) / row["path"])})
+        content.append({"type": "text", "text": prompt_fn(row) if prompt_fn else row["problem"]})
         out.append({"prompt": [{"role": "user", "content": content}],
                     **{k: v for k, v in row.items() if k not in ("prompt",)}})
     return out
@@ -138,15 +139,13 @@ def write_report(output_dir: Path, report: dict) -> Path:
 def run(config: TrainConfig) -> dict:
     """Run the experiment described by `config`; returns the report (also written to report.json)."""
     config.validate()
-    if config.data.data:
-        raise SystemExit(
-            f"videoktr train: data={config.data.data!r} names a real dataset; loading Video-R1-format data "
-            "(JSON/JSONL rows, media under data_root) is not available yet. Only the built-in synthetic world runs "
-            "today (leave `data` empty).")
-    from .world_run import run_synthetic
-
     start = time.perf_counter()
-    report = run_synthetic(config)
+    if config.data.data:
+        report = run_dataset(config)
+    else:
+        from .world_run import run_synthetic
+
+        report = run_synthetic(config)
     report["wall_seconds"] = time.perf_counter() - start
     out = Path(config.run.output_dir)
     path = write_report(out, report)
@@ -154,3 +153,60 @@ def run(config: TrainConfig) -> dict:
     if (out / PLOT_NAME).exists():
         print(f"plot:   {out / PLOT_NAME}")
     return report
+
+
+def run_dataset(config: TrainConfig) -> dict:
+    """Train on Video-R1-format rows: validated rows, media probed once, bad samples skipped and recorded
+    (never substituted), rewards by problem_type."""
+    import torch
+
+    from ..data.videor1 import SkippedSample, build_prompt, load_videor1, write_skipped
+    from ..models.factory import load_model, load_processor
+    from ..rewards import build_rewards
+
+    if not config.model.model:
+        raise ValueError("model.model (--model) must name a model directory when training on data "
+                         "(e.g. a Qwen2.5-VL checkpoint, or one written by `videoktr init-model`)")
+    torch.manual_seed(config.run.seed)
+    out = Path(config.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    d = config.data
+    data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames)
+    rows, skipped = [], list(data.skipped)
+    for row in data.rows:
+        if row.get("data_type") == "image":  # the trainer's passes carry video; image rows are recorded, not used
+            skipped.append(SkippedSample(row=row.get("_row", "?"), problem_id=row.get("problem_id"),
+                                         path=row.get("path"), reason="image rows are not trained on yet",
+                                         kind="unsupported_media"))
+        else:
+            rows.append({k: v for k, v in row.items() if k != "_row"})
+    write_skipped(out / "skipped.jsonl", skipped)
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(rows) + len(skipped)} rows (reasons in {out / 'skipped.jsonl'})")
+    if not rows:
+        raise ValueError(f"{d.data}: no trainable rows left (see {out / 'skipped.jsonl'})")
+    model = load_model(config.model.model, dtype=config.model.dtype)
+    processor = load_processor(config.model.model, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+    weights = list(config.rl.reward_weights)
+    reward_funcs, _ = build_rewards({"accuracy": weights[0], "format": weights[1] if len(weights) > 1 else 1.0})
+    trainer = build_trainer(config, model, processor, trl_rows(rows, Path(d.data_root or "."), build_prompt),
+                            reward_funcs)
+    resume = last_checkpoint(out) if config.run.resume else None
+    trainer.train(resume_from_checkpoint=resume)
+    history = trainer.state.log_history
+    (out / "log_history.json").write_text(json.dumps(history, indent=2))
+    plot_history(history, out / PLOT_NAME, accuracy_key="rewards/accuracy/mean")
+    steps = [h for h in history if "reward" in h]
+    return {
+        "method": config.rl.method,
+        "model": config.model.model,
+        "data": d.data,
+        "rows": len(rows),
+        "skipped_samples": len(skipped),
+        "skipped_file": str(out / "skipped.jsonl"),
+        "steps": trainer.state.global_step,
+        "reward_first": steps[0]["reward"] if steps else None,
+        "reward_last": steps[-1]["reward"] if steps else None,
+        "plot": str(out / PLOT_NAME),
+    }

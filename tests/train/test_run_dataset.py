@@ -1,0 +1,40 @@
+"""`videoktr train --data ...`: Video-R1-format rows end to end on the tiny model (bad media skipped, recorded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from videor1_fixture import write_videor1_fixture
+
+from videoktr.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+
+@pytest.mark.parametrize("method", ["grpo", "ktr"])
+def test_train_on_videor1_rows(tiny_dir, tmp_path, method):
+    fx = write_videor1_fixture(tmp_path / "data")
+    out = tmp_path / f"run-{method}"
+    code = main(["train", "--data", str(fx.data_file), "--data-root", str(fx.root), "--model", str(tiny_dir),
+                 "--method", method, "--max-steps", "2", "--prompts-per-step", "2", "--num-generations", "4",
+                 "--max-completion-length", "8", "--output-dir", str(out), "--save-steps", "100"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2 and report["method"] == method
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    kinds = sorted(s["kind"] for s in skipped)
+    assert kinds == ["missing_media", "undecodable_media", "unsupported_media"]
+    assert report["skipped_samples"] == 3 and report["rows"] == 17
+    assert (out / "training.png").is_file()
+
+
+def test_missing_model_is_a_clear_error(tmp_path, capsys):
+    fx = write_videor1_fixture(tmp_path / "data")
+    code = main(["train", "--data", str(fx.data_file), "--data-root", str(fx.root), "--output-dir", str(tmp_path / "o")])
+    assert code == 2 and "--model" in capsys.readouterr().err
+
+
+def test_bad_ratio_is_named(tmp_path, capsys):
+    assert main(["train", "--ratio", "1.5", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "ratio must be in (0, 1]" in capsys.readouterr().err

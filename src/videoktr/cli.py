@@ -37,6 +37,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _filter(args: argparse.Namespace) -> int:
+    from .filter import FilterOptions, run_filter
+
+    opts = FilterOptions(samples=args.samples, low=args.low, high=args.high, temperature=args.temperature,
+                         max_new_tokens=args.max_new_tokens, rows_per_batch=args.rows_per_batch,
+                         frames=args.frames, max_pixels=args.max_pixels, seed=args.seed)
+    try:
+        summary = run_filter(args.data, args.data_root, args.model, args.output_dir, opts)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"kept {summary['kept']} of {summary['rows']} rows ({summary['too_easy']} too easy, "
+          f"{summary['too_hard']} too hard, {summary['skipped_samples']} skipped): {summary['kept_file']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videoktr",
@@ -69,6 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         "into the run directory. Every option below can also be set in a YAML file (--config); flags win.")
     add_config_arguments(p)
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("filter", help="difficulty filter: keep rows the model solves sometimes (paper 4.1)",
+                       description="Sample k responses per Video-R1-format row with the starting model and keep "
+                       "the rows whose accuracy lies in [low, high]. Resumable: finished rows are not recomputed.")
+    p.add_argument("--data", required=True, help="Video-R1-format JSON/JSONL rows")
+    p.add_argument("--data-root", default=None, help="directory that media paths in the rows are relative to")
+    p.add_argument("--model", required=True, help="model directory (the starting model, e.g. the SFT checkpoint)")
+    p.add_argument("--output-dir", required=True, help="writes accuracies.jsonl, kept.jsonl, skipped.jsonl, summary.json")
+    p.add_argument("--samples", type=int, default=8, help="responses sampled per row (paper: 8)")
+    p.add_argument("--low", type=float, default=0.2, help="keep rows with accuracy >= low (paper: 0.2)")
+    p.add_argument("--high", type=float, default=0.8, help="keep rows with accuracy <= high (paper: 0.8)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--max-new-tokens", type=int, default=768, help="longest response in tokens")
+    p.add_argument("--rows-per-batch", type=int, default=2, help="rows per generate call (x samples responses)")
+    p.add_argument("--frames", type=int, default=16, help="most frames per clip (2 fps sampling)")
+    p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="per-frame pixel budget")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.set_defaults(func=_filter)
 
     try:
         from .eval import cli as eval_cli

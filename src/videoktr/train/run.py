@@ -160,7 +160,7 @@ def run_dataset(config: TrainConfig) -> dict:
     (never substituted), rewards by problem_type."""
     import torch
 
-    from ..data.videor1 import SkippedSample, build_prompt, load_videor1, write_skipped
+    from ..data.videor1 import SkippedSample, build_prompt, load_videor1, without_row_ref, write_skipped
     from ..models.factory import load_model, load_processor
     from ..rewards import build_rewards
 
@@ -180,7 +180,7 @@ def run_dataset(config: TrainConfig) -> dict:
                                          path=row.get("path"), reason="image rows are not trained on yet",
                                          kind="unsupported_media"))
         else:
-            rows.append({k: v for k, v in row.items() if k != "_row"})
+            rows.append(without_row_ref(row))
     write_skipped(out / "skipped.jsonl", skipped)
     if skipped:
         print(f"skipped {len(skipped)} of {len(rows) + len(skipped)} rows (reasons in {out / 'skipped.jsonl'})")

@@ -1,0 +1,65 @@
+"""Difficulty filter: per-row accuracy from k samples, kept band, resume after a kill, real tiny-model run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from videor1_fixture import write_videor1_fixture
+
+from videoktr.cli import main
+from videoktr.filter import FilterOptions, run_filter
+from videoktr.rewards import solution_answer
+
+
+class ScriptedGenerator:
+    """Row with problem_id p answers correctly in (p mod 5) of its 4 samples; can crash after n calls."""
+
+    def __init__(self, crash_after: int | None = None):
+        self.calls, self.rows_seen, self.crash_after = 0, [], crash_after
+
+    def generate(self, batch, *, max_new_tokens, temperature, top_p):
+        if self.crash_after is not None and self.calls >= self.crash_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.calls += 1
+        out = []
+        for i, req in enumerate(batch):
+            pid = int(req.item.id)
+            self.rows_seen.append(pid)
+            right = solution_answer(req.item.answer)
+            out.append(f"<think>x</think><answer>{right if (i % 4) < pid % 5 else 'zzz'}</answer>")
+        return out
+
+
+def test_filter_keeps_the_middle_band_and_resumes(tmp_path):
+    fx = write_videor1_fixture(tmp_path / "data")
+    opts = FilterOptions(samples=4, rows_per_batch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(fx.data_file, fx.root, "unused", tmp_path / "out", opts, ScriptedGenerator(crash_after=5),
+                   progress=False)
+    done = [json.loads(line) for line in (tmp_path / "out" / "accuracies.jsonl").read_text().splitlines()]
+    assert len(done) == 5
+    gen = ScriptedGenerator()
+    summary = run_filter(fx.data_file, fx.root, "unused", tmp_path / "out", opts, gen, progress=False)
+    assert not set(gen.rows_seen) & {d["problem_id"] for d in done}  # finished rows are not recomputed
+    recs = {json.loads(l)["problem_id"]: json.loads(l) for l in (tmp_path / "out" / "accuracies.jsonl").read_text().splitlines()}
+    assert summary["rows"] == len(recs) == 17  # 20 rows - missing - corrupt - image
+    for pid, rec in recs.items():
+        expected = min(pid % 5, 4) / 4
+        if rec["scores"] and all(s in (0.0, 1.0) for s in rec["scores"]):
+            assert rec["accuracy"] == pytest.approx(expected)
+        assert rec["kept"] == (0.2 <= rec["accuracy"] <= 0.8)
+    kept = [json.loads(l) for l in (tmp_path / "out" / "kept.jsonl").read_text().splitlines()]
+    assert sorted(r["problem_id"] for r in kept) == sorted(p for p, r in recs.items() if r["kept"])
+    assert all("_row" not in r for r in kept)
+
+
+@pytest.mark.slow
+def test_filter_cli_on_tiny_model(tiny_dir, tmp_path, capsys):
+    fx = write_videor1_fixture(tmp_path / "data")
+    code = main(["filter", "--data", str(fx.data_file), "--data-root", str(fx.root), "--model", str(tiny_dir),
+                 "--output-dir", str(tmp_path / "f"), "--samples", "2", "--max-new-tokens", "4", "--rows-per-batch", "4"])
+    assert code == 0
+    summary = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert summary["rows"] == 17 and summary["skipped_samples"] == 3
+    assert "kept" in capsys.readouterr().out

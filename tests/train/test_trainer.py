@@ -208,3 +208,16 @@ def test_tgrpo_bonus_follows_the_rule(tiny_dir, clip_rows, tmp_path, monkeypatch
     trainer.reward_funcs = [lambda completions, **kw: [1.0] * len(completions)]
     low = torch.tensor([0.0, 0.0, 0.0, 1.0] * 2)  # p = 0.25 < 0.8 * 1.0
     assert (trainer._temporal_bonus(batch, prompts, low) == 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_ktr_trains_other_families(family, clip_rows, tmp_path_factory):
+    from videoktr.models.factory import create_model_dir
+
+    model_dir = create_model_dir(tmp_path_factory.mktemp(family), size="tiny", family=family)
+    tmp = tmp_path_factory.mktemp(f"run-{family}")
+    trainer = make_trainer(model_dir, clip_rows, tmp, method="ktr", max_steps=1)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 1 and np.isfinite(logs[0]["loss"]) and 0 < logs[0]["ktr/update_ratio"] <= 1

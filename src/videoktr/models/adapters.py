@@ -1,10 +1,35 @@
 """Model-family adapters: the only place that knows where a family's vision-encoder outputs live, how they
 are laid out in temporal groups, and which token ids are video placeholders.
 
-Layout of Qwen2.5-VL video features (verified in tests/models/test_perturb.py): for a video with grid
-(t, h, w) in patches and spatial merge m, the encoder returns t * (h/m) * (w/m) rows in temporal-group-major
-order, so rows [g*n, (g+1)*n) with n = h*w/m^2 belong to temporal group g (2 frames). The encoder attends
-only within one temporal group, so permuting those row blocks equals re-encoding permuted frame pairs.
+Supported families (transformers 5.23; each verified in tests/models/test_families.py):
+
+* Qwen2.5-VL (`qwen2_5_vl`, the paper's) and Qwen2-VL (`qwen2_vl`): vision tower `model.model.visual`,
+  reached through `model.model.get_video_features`, whose `pooler_output` is one tensor per video; the model
+  takes them back through `mm_encoder_outputs={"video": BaseModelOutputWithPooling(pooler_output=...)}`.
+  Extra per-video forward input: Qwen2.5-VL's `second_per_grid_ts` (seconds per temporal group, from the
+  processor's fps metadata, scales the temporal RoPE ids); Qwen2-VL has none (its processor emits none and its
+  temporal RoPE id is the group index, whatever the fps).
+* Qwen3-VL (`qwen3_vl`): same entry points, but the encoder also returns DeepStack features (one tensor per
+  video for each layer in `vision_config.deepstack_visual_indexes`) that the decoder adds to the hidden states
+  of its first layers at the visual positions, and `mm_encoder_outputs["video"]` must carry them
+  (`Qwen3VLModel.forward` reads `.deepstack_features` and fails on None). The adapter therefore returns per
+  video ONE tensor [N, D * (1 + K)]: the main features and the K DeepStack features concatenated along the
+  width, row-aligned (all come from the same patch-merge order). Row perturbations (zeroing, group
+  permutation, replacement) then act on every level at once, which is the right counterfactual: zeroing only
+  the main features would leave the video visible through DeepStack. `video_kwargs` splits the width back.
+  Timestamps: Qwen3-VL writes "<t seconds>" text before each temporal group's <|vision_start|> pads
+  <|vision_end|> block (computed by the processor from the video metadata, not from pixels) and takes no
+  per-video forward input; its temporal RoPE id of a group is its text position. The placeholder count per
+  video is still t*h*w/m^2, in t runs.
+
+Layout (all three; verified by `test_group_shuffle_of_features_equals_reencoding_shuffled_frames` and the
+per-family layout test): for a video with grid (t, h, w) in patches and spatial merge m, the encoder returns
+t * (h/m) * (w/m) rows in temporal-group-major order, so rows [g*n, (g+1)*n) with n = h*w/m^2 belong to
+temporal group g (2 frames). The encoder attends only within one temporal group (transformers'
+`get_vision_cu_seqlens`: one attention segment per temporal patch) and its position signals are spatial only
+(2D rotary; Qwen3-VL's learned position table is resampled per frame), so permuting those row blocks equals
+re-encoding permuted frame pairs. For Qwen3-VL the timestamps text stays in place (it describes when, not
+what), exactly as when re-encoding the permuted frames with the same metadata.
 """
 
 from __future__ import annotations
@@ -20,13 +45,19 @@ class UnsupportedModelError(ValueError):
 
 @dataclass(frozen=True)
 class QwenVLAdapter:
-    """Qwen2.5-VL (and the same layout in Qwen2-VL): vision tower at `model.model.visual`, features passed
-    back with `mm_encoder_outputs={"video": ...}`."""
+    """Qwen2.5-VL and Qwen2-VL: vision tower at `model.model.visual`, features passed back with
+    `mm_encoder_outputs={"video": ...}`."""
 
     family: str
     video_token_id: int
     image_token_id: int
     spatial_merge_size: int
+    temporal_patch_size: int = 2
+    # Names of per-video forward inputs the family's processor emits besides pixel_values_videos and
+    # video_grid_thw (and that the model's forward consumes).
+    extra_video_inputs: tuple[str, ...] = ()
+    # True when the processor writes each temporal group's timestamp as text before its placeholders.
+    timestamps_in_text: bool = False
 
     def tokens_per_group(self, grid_thw: torch.Tensor) -> torch.Tensor:
         """grid_thw [N, 3] -> feature rows per temporal group [N]."""
@@ -60,7 +91,37 @@ class QwenVLAdapter:
         return types
 
 
-SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL"}
+@dataclass(frozen=True)
+class Qwen3VLAdapter(QwenVLAdapter):
+    """Qwen3-VL: per-video features are [N, D * (1 + K)], the main features then the K DeepStack levels."""
+
+    num_deepstack: int = 0  # K = len(vision_config.deepstack_visual_indexes)
+
+    def encode_videos(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Run the vision tower once: one tensor [t*h*w/m^2, D * (1 + K)] per video (main | DeepStack levels)."""
+        out = model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+        deep = list(out.deepstack_features or [])
+        if len(deep) != self.num_deepstack:
+            raise ValueError(f"the vision tower returned {len(deep)} DeepStack levels, the config names "
+                             f"{self.num_deepstack}")
+        return [torch.cat([main] + [level[v] for level in deep], dim=-1) for v, main in enumerate(out.pooler_output)]
+
+    def split_features(self, feature: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """[N, D * (1 + K)] -> (main [N, D], K DeepStack tensors [N, D])."""
+        parts = list(feature.chunk(1 + self.num_deepstack, dim=-1))
+        return parts[0], parts[1:]
+
+    def video_kwargs(self, features: list[torch.Tensor]) -> dict:
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        split = [self.split_features(f) for f in features]
+        main = tuple(s[0] for s in split)
+        deep = [tuple(s[1][k] for s in split) for k in range(self.num_deepstack)]
+        return {"mm_encoder_outputs": {"video": BaseModelOutputWithDeepstackFeatures(
+            pooler_output=main, deepstack_features=deep)}}
+
+
+SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL", "qwen3_vl": "Qwen3-VL"}
 
 
 def adapter_for_config(config) -> QwenVLAdapter:
@@ -71,12 +132,18 @@ def adapter_for_config(config) -> QwenVLAdapter:
             f"videoktr supports: {', '.join(f'{k} ({v})' for k, v in SUPPORTED.items())}"
         )
     vision = config.vision_config
-    return QwenVLAdapter(
+    common = dict(
         family=model_type,
         video_token_id=int(config.video_token_id),
         image_token_id=int(config.image_token_id),
         spatial_merge_size=int(vision.spatial_merge_size),
+        temporal_patch_size=int(vision.temporal_patch_size),
     )
+    if model_type == "qwen3_vl":
+        return Qwen3VLAdapter(**common, timestamps_in_text=True,
+                              num_deepstack=len(vision.deepstack_visual_indexes or ()))
+    extra = ("second_per_grid_ts",) if model_type == "qwen2_5_vl" else ()
+    return QwenVLAdapter(**common, extra_video_inputs=extra)
 
 
 def adapter_for(model) -> QwenVLAdapter:

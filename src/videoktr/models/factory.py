@@ -1,9 +1,10 @@
-"""Build a Qwen2.5-VL-architecture model fully offline, and load any model directory.
+"""Build a Qwen-VL-family model fully offline, and load any model directory.
 
 `create_model_dir` writes a complete, `from_pretrained`-loadable directory (tokenizer trained here with the
-`tokenizers` library, processor with image and video processors, randomly initialised weights). The same
-`load_model` / `load_processor` then load either such a directory or a real checkpoint directory (for example
-a downloaded Qwen2.5-VL-7B-Instruct): nothing in the loading path is specific to the toy models.
+`tokenizers` library, processor with image and video processors, randomly initialised weights) for one of the
+supported families (`FAMILIES`: Qwen2.5-VL, the paper's; Qwen2-VL; Qwen3-VL). The same `load_model` /
+`load_processor` then load either such a directory or a real checkpoint directory (for example a downloaded
+Qwen2.5-VL-7B-Instruct): nothing in the loading path is specific to the toy models.
 """
 
 from __future__ import annotations
@@ -58,6 +59,56 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Qwen3-VL's chat format: the same turns, but no default system turn. A video renders as
+# <|vision_start|><|video_pad|><|vision_end|> as in the released template; Qwen3VLProcessor (transformers 5.x)
+# replaces only the <|video_pad|> with "<t seconds><|vision_start|>pads<|vision_end|>" per temporal group and
+# keeps the outer pair, so the prompt matches what the released checkpoints get from transformers.
+QWEN3_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between the supported architectures when building a model offline."""
+
+    model_type: str  # config.model_type, the key of FAMILIES
+    name: str
+    model_class: str  # transformers class names
+    config_class: str
+    processor_class: str
+    video_processor_class: str
+    patch_size: int  # vision patch side in pixels (14 for Qwen2/2.5-VL, 16 for Qwen3-VL)
+    chat_template: str
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen2_5_vl": Family("qwen2_5_vl", "Qwen2.5-VL", "Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLConfig",
+                         "Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor", 14, CHAT_TEMPLATE),
+    "qwen2_vl": Family("qwen2_vl", "Qwen2-VL", "Qwen2VLForConditionalGeneration", "Qwen2VLConfig",
+                       "Qwen2VLProcessor", "Qwen2VLVideoProcessor", 14, CHAT_TEMPLATE),
+    "qwen3_vl": Family("qwen3_vl", "Qwen3-VL", "Qwen3VLForConditionalGeneration", "Qwen3VLConfig",
+                       "Qwen3VLProcessor", "Qwen3VLVideoProcessor", 16, QWEN3_CHAT_TEMPLATE),
+}
+DEFAULT_FAMILY = "qwen2_5_vl"
+
+
+def get_family(family: str) -> Family:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[family]
+
+
 # Built-in corpus: enough English and formatting to cover prompts of the synthetic world and short
 # benchmark-style questions. Byte-level BPE never produces an unknown token, so any text still encodes.
 DEFAULT_CORPUS = (
@@ -79,8 +130,10 @@ DEFAULT_CORPUS = (
 
 @dataclass(frozen=True)
 class ModelSize:
-    """Dimensions of a built-in model size. All sizes share the Qwen2.5-VL vision layout (14 px patches,
-    2x2 spatial merge, 2-frame temporal patches), so every code path matches the real model's."""
+    """Dimensions of a built-in model size. All sizes share the real models' vision layout (2x2 spatial merge,
+    2-frame temporal patches; 14 px patches, or 16 px for Qwen3-VL), so every code path matches the real
+    model's. Pixel budgets are stated for 14 px patches; a family with larger patches scales them by
+    (patch/14)^2, which keeps the same token grid (56x56 frames -> 64x64 for Qwen3-VL: 2x2 tokens per group)."""
 
     vocab_size: int
     hidden_size: int
@@ -141,34 +194,94 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int):
     return fast
 
 
-def build_processor(tokenizer, min_pixels: int, max_pixels: int):
-    """A Qwen2.5-VL processor (image processor + video processor + tokenizer) with a per-frame pixel budget."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+def build_processor(tokenizer, min_pixels: int, max_pixels: int, family: str = DEFAULT_FAMILY):
+    """The family's processor (image processor + video processor + tokenizer) with a per-frame pixel budget
+    (`min_pixels`/`max_pixels` as given: callers scale them for the family's patch size)."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor
 
-    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    image_processor = Qwen2VLImageProcessor(size=size)
-    # cap_pixels_per_frame=False: the per-frame budget is exactly `max_pixels` (what configs and the paper
-    # state), not an extra share of a whole-video token budget.
-    video_processor = Qwen2VLVideoProcessor(size=size, cap_pixels_per_frame=False)
-    return Qwen2_5_VLProcessor(
+    fam = get_family(family)
+    image_processor = Qwen2VLImageProcessor(
+        size={"shortest_edge": min_pixels, "longest_edge": max_pixels}, patch_size=fam.patch_size,
+        merge_size=2, temporal_patch_size=2)
+    if fam.video_processor_class == "Qwen3VLVideoProcessor":
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor as video_cls
+    else:
+        from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor as video_cls
+    video_processor = video_cls(patch_size=fam.patch_size, merge_size=2, temporal_patch_size=2)
+    set_video_pixel_budget(video_processor, min_pixels, max_pixels)
+    processor_cls = getattr(transformers, fam.processor_class)
+    return processor_cls(
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=fam.chat_template,
     )
 
 
-def build_config(size: ModelSize, tokenizer):
-    """A Qwen2.5-VL config with the given dimensions; token ids taken from `tokenizer`."""
-    from transformers import Qwen2_5_VLConfig
+def set_video_pixel_budget(video_processor, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Make `max_pixels` (and `min_pixels`) a per-frame pixel budget (what configs and the paper state), for
+    either kind of Qwen video processor.
 
-    head_dim = size.hidden_size // size.num_heads
-    # Multimodal RoPE splits each head's rotary half-dimension into (temporal, height, width) sections.
+    Qwen2VLVideoProcessor (Qwen2-VL, Qwen2.5-VL): `size` is per frame; `cap_pixels_per_frame=False` keeps it
+    the budget rather than a share of a whole-video cap.
+    Qwen3VLVideoProcessor (Qwen3-VL): `size` bounds the whole clip (frames * h * w), so a per-frame budget is
+    set through its per-frame cap instead: `cap_pixels_per_frame=True`, `max_video_tokens = max_pixels //
+    (patch*merge)^2` (the per-frame cap), `longest_edge = cap * max_frames` (never the binding limit) and
+    `shortest_edge <= cap / 1.05` (transformers floors the per-frame share at 1.05 * shortest_edge). Qwen3-VL
+    has no per-frame minimum: `min_pixels` bounds the whole clip from below. With neither budget given, a
+    Qwen3-VL processor keeps its own (e.g. a checkpoint's whole-clip) budget, with the per-frame cap on (the
+    reference behaviour of qwen-vl-utils; transformers otherwise warns and leaves it off).
+    """
+    try:
+        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        Qwen3VLVideoProcessor = ()
+    size = dict(video_processor.size)
+    if isinstance(video_processor, Qwen3VLVideoProcessor):
+        if min_pixels is None and max_pixels is None:
+            if video_processor.cap_pixels_per_frame is None:
+                video_processor.cap_pixels_per_frame = True
+            return
+        factor = int(video_processor.patch_size) * int(video_processor.merge_size)
+        if max_pixels is not None:
+            video_processor.max_video_tokens = max(1, int(max_pixels) // factor**2)
+        cap = int(video_processor.max_video_tokens) * factor**2
+        size["longest_edge"] = cap * int(video_processor.max_frames)
+        shortest = size.get("shortest_edge") if min_pixels is None else min_pixels
+        size["shortest_edge"] = min(int(shortest), int(cap / 1.05))
+        video_processor.size = size
+        video_processor.cap_pixels_per_frame = True
+        return
+    if min_pixels is not None:
+        size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        size["longest_edge"] = max_pixels
+    video_processor.size = size
+    video_processor.cap_pixels_per_frame = False
+
+
+def _mrope_section(head_dim: int, interleaved: bool) -> list[int]:
+    """Split a head's rotary half-dimension into (temporal, height, width) sections.
+
+    Qwen2/2.5-VL use contiguous sections; Qwen3-VL interleaves them (height takes every third frequency from
+    index 1, width from index 2, for mrope_section[1|2] * 3 indices), in the released models' proportions
+    (24, 20, 20 of 64)."""
     half = head_dim // 2
+    if interleaved:
+        hw = max(1, (half * 20) // 64)
+        return [half - 2 * hw, hw, hw]
     t_sec = half // 4 if half >= 8 else 1
     h_sec = (half - t_sec) // 2
-    mrope_section = [t_sec, h_sec, half - t_sec - h_sec]
+    return [t_sec, h_sec, half - t_sec - h_sec]
+
+
+def build_config(size: ModelSize, tokenizer, family: str = DEFAULT_FAMILY):
+    """A config of the given family with the given dimensions; token ids taken from `tokenizer`."""
+    import transformers
+
+    fam = get_family(family)
+    head_dim = size.hidden_size // size.num_heads
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
     text = dict(
         vocab_size=len(tokenizer),
@@ -178,32 +291,71 @@ def build_config(size: ModelSize, tokenizer):
         num_attention_heads=size.num_heads,
         num_key_value_heads=size.num_kv_heads,
         max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": mrope_section},
-        bos_token_id=ids["<|endoftext|>"],
-        eos_token_id=ids["<|im_end|>"],
         pad_token_id=ids["<|endoftext|>"],
     )
-    vision = dict(
-        depth=size.vision_depth,
-        hidden_size=size.vision_hidden,
-        intermediate_size=size.vision_intermediate,
-        num_heads=size.vision_heads,
-        out_hidden_size=size.hidden_size,
-        patch_size=14,
-        spatial_merge_size=2,
-        temporal_patch_size=2,
-        window_size=112,
-        fullatt_block_indexes=[size.vision_depth - 1],
-    )
-    return Qwen2_5_VLConfig(
-        text_config=text,
-        vision_config=vision,
+    common = dict(
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+    if family == "qwen3_vl":
+        text.update(head_dim=head_dim, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0,
+            "mrope_section": _mrope_section(head_dim, interleaved=True), "mrope_interleaved": True})
+        vision = dict(
+            depth=size.vision_depth,
+            hidden_size=size.vision_hidden,
+            intermediate_size=size.vision_intermediate,
+            num_heads=size.vision_heads,
+            out_hidden_size=size.hidden_size,
+            patch_size=fam.patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            num_position_embeddings=64,  # an 8x8 learned grid, resampled to each frame's patch grid
+            # DeepStack: merged features of these vision layers are added to the first decoder layers' hidden
+            # states at the visual positions (the released models take 3 of 27 layers).
+            deepstack_visual_indexes=sorted({0, size.vision_depth - 1}),
+        )
+    else:
+        text.update(
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                             "mrope_section": _mrope_section(head_dim, interleaved=False)},
+            bos_token_id=ids["<|endoftext|>"],
+            eos_token_id=ids["<|im_end|>"],
+        )
+        if family == "qwen2_vl":
+            vision = dict(
+                depth=size.vision_depth,
+                embed_dim=size.vision_hidden,
+                hidden_size=size.hidden_size,  # Qwen2-VL: the merger's output width (the LLM's hidden size)
+                mlp_ratio=max(1, size.vision_intermediate // size.vision_hidden),
+                num_heads=size.vision_heads,
+                patch_size=fam.patch_size,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            )
+        else:
+            vision = dict(
+                depth=size.vision_depth,
+                hidden_size=size.vision_hidden,
+                intermediate_size=size.vision_intermediate,
+                num_heads=size.vision_heads,
+                out_hidden_size=size.hidden_size,
+                patch_size=fam.patch_size,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                window_size=112,
+                fullatt_block_indexes=[size.vision_depth - 1],
+            )
+    return getattr(transformers, fam.config_class)(text_config=text, vision_config=vision, **common)
+
+
+def family_pixels(pixels: int, family: str) -> int:
+    """A pixel budget stated for 14 px patches, scaled to the family's patch size (same token count)."""
+    patch = get_family(family).patch_size
+    return int(round(pixels * patch * patch / (14 * 14)))
 
 
 def create_model_dir(
@@ -211,15 +363,18 @@ def create_model_dir(
     size: str = "tiny",
     corpus: Iterable[str] | None = None,
     seed: int = 0,
+    family: str = DEFAULT_FAMILY,
 ) -> Path:
-    """Write a randomly initialised Qwen2.5-VL model, its tokenizer and processor to `output`.
+    """Write a randomly initialised model of `family` (see FAMILIES; default Qwen2.5-VL), its tokenizer and
+    processor to `output`.
 
     `corpus` is the text the tokenizer is trained on (default: a small built-in corpus); pass the texts of
     your task (e.g. the synthetic world's prompts and responses) so that its words become single tokens.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import transformers
 
+    fam = get_family(family)
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}")
     spec = SIZES[size]
@@ -227,16 +382,17 @@ def create_model_dir(
     output.mkdir(parents=True, exist_ok=True)
     texts = list(DEFAULT_CORPUS) + list(corpus or [])
     tokenizer = train_tokenizer(texts, spec.vocab_size)
-    processor = build_processor(tokenizer, spec.min_pixels, spec.max_pixels)
-    config = build_config(spec, tokenizer)
+    processor = build_processor(tokenizer, family_pixels(spec.min_pixels, family),
+                                family_pixels(spec.max_pixels, family), family=family)
+    config = build_config(spec, tokenizer, family=family)
     torch.manual_seed(seed)
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
+    model = getattr(transformers, fam.model_class)(config)
+    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.save_pretrained(output)
     processor.save_pretrained(output)
     (output / "videoktr_model.json").write_text(
-        json.dumps({"size": size, "seed": seed, "spec": asdict(spec),
+        json.dumps({"family": family, "size": size, "seed": seed, "spec": asdict(spec),
                     "parameters": sum(p.numel() for p in model.parameters())}, indent=2)
     )
     return output
@@ -244,21 +400,20 @@ def create_model_dir(
 
 def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: int | None = None):
     """Load the processor of a model directory (built here or a real checkpoint); optionally override the
-    per-frame pixel budget of its image and video processors (e.g. 128*28*28 for training)."""
+    per-frame pixel budget of its image and video processors (e.g. 128*28*28 for training). The budget is
+    applied as given (not rescaled for a family's patch size)."""
     from transformers import AutoProcessor
 
     _check_dir(path)
     processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-    for sub in (getattr(processor, "image_processor", None), getattr(processor, "video_processor", None)):
-        if sub is None:
-            continue
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is not None:
         if min_pixels is not None:
-            sub.size["shortest_edge"] = min_pixels
+            image_processor.size["shortest_edge"] = min_pixels
         if max_pixels is not None:
-            sub.size["longest_edge"] = max_pixels
+            image_processor.size["longest_edge"] = max_pixels
     if getattr(processor, "video_processor", None) is not None:
-        # The per-frame budget is the budget (as configs and the paper state it), not a share of a whole-video cap.
-        processor.video_processor.cap_pixels_per_frame = False
+        set_video_pixel_budget(processor.video_processor, min_pixels, max_pixels)
     return processor
 
 

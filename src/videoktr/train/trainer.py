@@ -36,7 +36,7 @@ class RowVideo:
     key: str  # identifies the clip (its path): equal keys are encoded once per pass
     pixels: torch.Tensor  # [t*h*w, patch_dim]
     grid: torch.Tensor  # [1, 3] (t, h, w) in patches
-    seconds_per_group: torch.Tensor  # [1] second_per_grid_ts
+    seconds_per_group: torch.Tensor | None  # [1] second_per_grid_ts (None for families without it, e.g. Qwen2-VL)
 
 
 @dataclass
@@ -132,17 +132,14 @@ class VideoGRPOTrainer(GRPOTrainer):
             if not srcs:
                 rows.append(None)
                 continue
+            secs = enc.get("second_per_grid_ts")
             rows.append(RowVideo(key=str(srcs[0]), pixels=per_video_pixels[v], grid=enc["video_grid_thw"][v : v + 1],
-                                 seconds_per_group=enc["second_per_grid_ts"][v : v + 1]))
+                                 seconds_per_group=None if secs is None else torch.as_tensor(secs)[v : v + 1]))
             v += 1
         self._pending_videos = rows
         self._pending_prompt_ids = prompt_ids
-        fields = {
-            "pixel_values_videos": enc["pixel_values_videos"],
-            "video_grid_thw": enc["video_grid_thw"],
-            "second_per_grid_ts": enc["second_per_grid_ts"],
-            "mm_token_type_ids": [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)],
-        }
+        fields = {k: enc[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts") if k in enc}
+        fields["mm_token_type_ids"] = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
         return prompt_ids, None, fields
 
     def _generate_and_score_completions(self, inputs):
@@ -199,12 +196,13 @@ class VideoGRPOTrainer(GRPOTrainer):
             input_ids[i, width - len(x):] = x
             attention[i, width - len(x):] = 1
         input_ids, attention = input_ids.to(device), attention.to(device)
+        extra = {"second_per_grid_ts": torch.cat(secs).to(device)} if secs[0] is not None else {}
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          generation_kwargs=self.generation_kwargs) as unwrapped:
             out = unwrapped.generate(
                 input_ids=input_ids, attention_mask=attention, pixel_values_videos=torch.cat(pixels).to(device),
-                video_grid_thw=torch.cat(grids).to(device), second_per_grid_ts=torch.cat(secs).to(device),
-                mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids), generation_config=self.generation_config)
+                video_grid_thw=torch.cat(grids).to(device), mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids),
+                generation_config=self.generation_config, **extra)
         texts = self._tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
         rows = [inputs[g * G] for g in groups for _ in range(per)]
         kwargs = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
@@ -246,9 +244,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             encoded = self.adapter.encode_videos(unwrapped, pixels, grids)
         by_key = {r.key: f for r, f in zip(unique, encoded)}
         features = [by_key[r.key] for r in present]
-        kwargs = self.adapter.video_kwargs(features)
-        kwargs["video_grid_thw"] = torch.cat([r.grid for r in present]).to(device)
-        kwargs["second_per_grid_ts"] = torch.cat([r.seconds_per_group for r in present]).to(device)
+        kwargs = {**self.adapter.video_kwargs(features), **_grid_kwargs(present, device)}
         return kwargs, features, [r.key for r in present]
 
     def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy, grad):
@@ -293,10 +289,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         video_kwargs = {}
         if present:
             device = logps.device
-            video_kwargs = dict(
-                video_grid_thw=torch.cat([r.grid for r in present]).to(device),
-                second_per_grid_ts=torch.cat([r.seconds_per_group for r in present]).to(device),
-                video_features=[f.detach() for f in features], video_keys=keys)
+            video_kwargs = dict(**_grid_kwargs(present, device), video_features=[f.detach() for f in features],
+                                video_keys=keys)
             if self.attribution_options.visual_strategy == "replace":
                 self._donors = ([f.detach() for f in features] + self._donors)[:16]
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -333,9 +327,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = [r for r in (inputs.get("videos") or []) if r is not None]
         kwargs = {}
         if rows:
-            kwargs = self.adapter.video_kwargs([f.detach() for f in features])
-            kwargs["video_grid_thw"] = torch.cat([r.grid for r in rows]).to(ids.device)
-            kwargs["second_per_grid_ts"] = torch.cat([r.seconds_per_group for r in rows]).to(ids.device)
+            kwargs = {**self.adapter.video_kwargs([f.detach() for f in features]), **_grid_kwargs(rows, ids.device)}
         hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
                                  mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
         P, C = prompt_ids.shape[1], completion_ids.shape[1]
@@ -386,6 +378,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         for k, v in stats.items():
             self._metrics[mode][k].append(float(v))
         return loss
+
+
+def _grid_kwargs(rows: list[RowVideo], device) -> dict:
+    """video_grid_thw (and second_per_grid_ts where the family has it) for the given rows' videos."""
+    out = {"video_grid_thw": torch.cat([r.grid for r in rows]).to(device)}
+    if rows and rows[0].seconds_per_group is not None:
+        out["second_per_grid_ts"] = torch.cat([r.seconds_per_group for r in rows]).to(device)
+    return out
 
 
 def _prompt_groups(prompt_ids: torch.Tensor) -> torch.Tensor:

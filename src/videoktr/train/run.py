@@ -147,11 +147,16 @@ def run(config: TrainConfig) -> dict:
 
         report = run_synthetic(config)
     report["wall_seconds"] = time.perf_counter() - start
-    out = Path(config.run.output_dir)
-    path = write_report(out, report)
-    print(f"report: {path}")
-    if (out / PLOT_NAME).exists():
-        print(f"plot:   {out / PLOT_NAME}")
+    from accelerate import PartialState
+
+    state = PartialState()
+    report["processes"] = state.num_processes
+    if state.is_main_process:  # one report per run, whatever the number of processes
+        out = Path(config.run.output_dir)
+        path = write_report(out, report)
+        print(f"report: {path}")
+        if (out / PLOT_NAME).exists():
+            print(f"plot:   {out / PLOT_NAME}")
     return report
 
 
@@ -181,8 +186,12 @@ def run_dataset(config: TrainConfig) -> dict:
                                          kind="unsupported_media"))
         else:
             rows.append(without_row_ref(row))
-    write_skipped(out / "skipped.jsonl", skipped)
-    if skipped:
+    from accelerate import PartialState
+
+    main_process = PartialState().is_main_process
+    if main_process:
+        write_skipped(out / "skipped.jsonl", skipped)
+    if skipped and main_process:
         print(f"skipped {len(skipped)} of {len(rows) + len(skipped)} rows (reasons in {out / 'skipped.jsonl'})")
     if not rows:
         raise ValueError(f"{d.data}: no trainable rows left (see {out / 'skipped.jsonl'})")
@@ -195,8 +204,9 @@ def run_dataset(config: TrainConfig) -> dict:
     resume = last_checkpoint(out) if config.run.resume else None
     trainer.train(resume_from_checkpoint=resume)
     history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=2))
-    plot_history(history, out / PLOT_NAME, accuracy_key="rewards/accuracy/mean")
+    if main_process:
+        (out / "log_history.json").write_text(json.dumps(history, indent=2))
+        plot_history(history, out / PLOT_NAME, accuracy_key="rewards/accuracy/mean")
     steps = [h for h in history if "reward" in h]
     return {
         "method": config.rl.method,

@@ -27,6 +27,7 @@ from ..attribution import AttributionOptions, SelectionOptions, attribute, selec
 from ..core import group_position_kl, masked_clipped_loss, tw_grpo_weights
 from ..data.video import read_video
 from ..models.adapters import adapter_for
+from .distributed import all_gather_1d
 
 
 @dataclass
@@ -302,9 +303,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         group_ids = None
         if self.selection_options.scope in ("group", "quantile"):
             group_ids = _prompt_groups(inputs["prompt_ids"])
-        all_gather = None
-        if self.selection_options.scope == "global":
-            all_gather = self._gather_variable
+        all_gather = all_gather_1d if self.selection_options.scope == "global" else None
         weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
                                                   all_gather=all_gather, rank=self.accelerator.process_index)
         mode = "train" if self.model.training else "eval"
@@ -338,14 +337,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         weights = tw_grpo_weights(distances, valid)
         inputs["ktr_weights"] = weights
         return weights
-
-    def _gather_variable(self, values: torch.Tensor) -> list[torch.Tensor]:
-        """All-gather a 1-D tensor whose length differs across processes (pad, gather, trim)."""
-        from accelerate.utils import gather_object
-
-        if self.accelerator.num_processes == 1:
-            return [values]
-        return [torch.as_tensor(v, device=values.device) for v in gather_object([values.cpu().tolist()])]
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]

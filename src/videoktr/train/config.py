@@ -152,21 +152,35 @@ def _field_type(cls, f) -> type:
     return hints[f.name]
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML file (sections model/data/rl/ktr/run) and apply flat overrides ({"max_steps": 5})."""
+def read_yaml_sections(path: str | Path, _seen: tuple = ()) -> dict[str, dict]:
+    """Sections of a YAML config; a top-level `base: other.yaml` (relative to this file) is read first and
+    this file's values override it section by section."""
     import yaml
 
-    raw: dict[str, Any] = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"config file not found: {p}")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{p}: expected a mapping of sections {sorted(SECTIONS)}")
-        unknown = sorted(set(raw) - set(SECTIONS))
-        if unknown:
-            raise ValueError(f"{p}: unknown section(s) {unknown}; sections are {sorted(SECTIONS)}")
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file not found: {p}")
+    if p.resolve() in _seen:
+        raise ValueError(f"{p}: circular `base`")
+    raw = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"{p}: expected a mapping of sections {sorted(SECTIONS)}")
+    base = raw.pop("base", None)
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"{p}: unknown section(s) {unknown}; sections are {sorted(SECTIONS)} (and `base`)")
+    merged = read_yaml_sections(p.parent / base, _seen + (p.resolve(),)) if base else {}
+    for name, values in raw.items():
+        if values is not None and not isinstance(values, dict):
+            raise ValueError(f"{p}: section '{name}' must be a mapping of options")
+        merged[name] = {**merged.get(name, {}), **(values or {})}
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a YAML file (sections model/data/rl/ktr/run, optional `base`) and apply flat overrides
+    ({"max_steps": 5})."""
+    raw: dict[str, Any] = read_yaml_sections(path) if path else {}
     sections = {}
     for name, cls in SECTIONS.items():
         values = dict(raw.get(name) or {})

@@ -40,42 +40,31 @@ REASONING_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 # "video features and video tokens do not match".
 VISION_SPECIAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
-# A Qwen2.5-VL-style chat template written for videoktr. It renders the same text layout as the real model's
-# template (system turn, <|im_start|>role ... <|im_end|>, vision placeholders wrapped in vision_start/end).
+# Chat templates written for videoktr. They render the same text layout as the real models' templates: turns
+# <|im_start|>role ... <|im_end|>, vision placeholders wrapped in <|vision_start|> ... <|vision_end|>.
+_TURNS_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
+    "{% endif %}{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+# Qwen2.5-VL / Qwen2-VL: a default system turn first.
 CHAT_TEMPLATE = (
     "{% if messages and messages[0]['role'] != 'system' %}"
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-    "{% endif %}"
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    "{% endif %}" + _TURNS_TEMPLATE
 )
-
-# Qwen3-VL's chat format: the same turns, but no default system turn. A video renders as
-# <|vision_start|><|video_pad|><|vision_end|> as in the released template; Qwen3VLProcessor (transformers 5.x)
-# replaces only the <|video_pad|> with "<t seconds><|vision_start|>pads<|vision_end|>" per temporal group and
-# keeps the outer pair, so the prompt matches what the released checkpoints get from transformers.
-QWEN3_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# Qwen3-VL: no default system turn. Qwen3VLProcessor (transformers 5.x) replaces only the <|video_pad|> with
+# "<t seconds><|vision_start|>pads<|vision_end|>" per temporal group and keeps the outer pair, so the prompt
+# matches what the released checkpoints get from transformers.
+QWEN3_CHAT_TEMPLATE = _TURNS_TEMPLATE
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,6 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_synthetic(config: TrainConfig) -> dict:
     import torch
 
@@ -44,8 +40,8 @@ def run_synthetic(config: TrainConfig) -> dict:
     print(f"[1/5] synthetic world: {world_dir}")
     world = synthetic.generate_world(world_dir, world_cfg, n_train=config.data.world_train,
                                      n_eval=config.data.world_eval)
-    train_rows = _read_rows(world.train)
-    eval_rows = _read_rows(world.eval)
+    train_rows = synthetic.read_rows(world.train)
+    eval_rows = synthetic.read_rows(world.eval)
 
     # 2. the model: a given directory, or the offline model warm-started on the world (cached)
     if config.model.model:
@@ -73,7 +69,7 @@ def run_synthetic(config: TrainConfig) -> dict:
 
     # 4. RL
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
-    trainer = build_trainer(config, model, processor, trl_rows(train_rows, world_dir),
+    trainer = build_trainer(config, model, processor, trl_rows(train_rows, world_dir, synthetic.prompt_text),
                             [synthetic.accuracy_reward, synthetic.format_reward])
     resume = last_checkpoint(out) if config.run.resume else None
     if resume:

@@ -19,42 +19,48 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def run_synthetic(config: TrainConfig) -> dict:
-    import torch
-
-    from ..analysis.world import attribution_quality, heldout_accuracy
+def prepare_world_and_model(config: TrainConfig):
+    """The synthetic world and the starting model directory (both cached under run.cache_dir)."""
     from ..data import synthetic
-    from ..models.factory import create_model_dir, load_model, load_processor
-    from .run import PLOT_NAME, build_trainer, last_checkpoint, plot_history, trl_rows
+    from ..models.factory import create_model_dir
     from .warmstart import warm_start
 
-    torch.manual_seed(config.run.seed)
     cache = Path(config.run.cache_dir)
-    out = Path(config.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-
-    # 1. the world (cached by its config)
     world_cfg = synthetic.WorldConfig(seed=config.data.world_seed)
     world_dir = cache / f"world-{_digest([asdict(world_cfg), config.data.world_train, config.data.world_eval])}"
     print(f"[1/5] synthetic world: {world_dir}")
     world = synthetic.generate_world(world_dir, world_cfg, n_train=config.data.world_train,
                                      n_eval=config.data.world_eval)
-    train_rows = synthetic.read_rows(world.train)
-    eval_rows = synthetic.read_rows(world.eval)
-
-    # 2. the model: a given directory, or the offline model warm-started on the world (cached)
     if config.model.model:
         model_dir = Path(config.model.model)
         print(f"[2/5] model: {model_dir}")
-    else:
-        base_dir = cache / f"base-{config.model.model_size}-{_digest([asdict(world_cfg), config.run.seed])}"
-        if not (base_dir / "config.json").is_file():
-            create_model_dir(base_dir, size=config.model.model_size, corpus=synthetic.corpus(world_cfg),
-                             seed=config.run.seed)
-        model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest([str(base_dir), str(world_dir)])}")
-        print(f"[2/5] warm start (cached): {model_dir}")
-        warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed)
+        return world, model_dir
+    base_dir = cache / f"base-{config.model.model_size}-{_digest([asdict(world_cfg), config.run.seed])}"
+    if not (base_dir / "config.json").is_file():
+        create_model_dir(base_dir, size=config.model.model_size, corpus=synthetic.corpus(world_cfg),
+                         seed=config.run.seed)
+    model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest([str(base_dir), str(world_dir)])}")
+    print(f"[2/5] warm start (cached): {model_dir}")
+    warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed)
+    return world, model_dir
+
+
+def run_synthetic(config: TrainConfig) -> dict:
+    import torch
+
+    from ..analysis.world import attribution_quality, heldout_accuracy
+    from ..data import synthetic
+    from ..models.factory import load_model, load_processor
+    from .run import PLOT_NAME, build_trainer, last_checkpoint, plot_history, trl_rows
+
+    torch.manual_seed(config.run.seed)
+    out = Path(config.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    world, model_dir = prepare_world_and_model(config)
+    world_dir = world.root
+    train_rows = synthetic.read_rows(world.train)
+    eval_rows = synthetic.read_rows(world.eval)
 
     model = load_model(model_dir, dtype=config.model.dtype)
     processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)

@@ -1,0 +1,1 @@
+"""Analysis tools: metrics of models on the synthetic video world (`analysis.world`)."""

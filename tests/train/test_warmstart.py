@@ -1,0 +1,83 @@
+"""Supervised warm start on the synthetic world (tiny model, a handful of steps)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from videoktr.data import synthetic as S
+from videoktr.train import warmstart as W
+
+SMALL = S.WorldConfig(palette=S.PALETTE[:3], shapes=("circle", "square"), frames=6, max_events=3)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from videoktr.models.factory import create_model_dir
+
+    root = tmp_path_factory.mktemp("warm")
+    world = S.generate_world(root / "world", SMALL, n_train=40, n_eval=8)
+    base = create_model_dir(root / "base", size="tiny", corpus=S.corpus(SMALL), seed=0)
+    return root, world, base
+
+
+def test_teacher_forcing_batch_puts_the_response_at_the_end(setup):
+    from videoktr.models.factory import load_processor
+
+    _, world, base = setup
+    processor = load_processor(base)
+    tok = processor.tokenizer
+    rows = S.read_rows(world.train)[:3]
+    clips = S.load_clips(world.root, rows, SMALL)
+    responses = [r["response"] for r in rows]
+    enc = S.encode_rows(processor, rows, clips, responses=responses, padding_side="right")
+    lengths = [len(tok(r + tok.eos_token, add_special_tokens=False)["input_ids"]) for r in responses]
+    open_id, close_id = tok.convert_tokens_to_ids("<answer>"), tok.convert_tokens_to_ids("</answer>")
+    w = W.response_weights(enc["input_ids"], enc["attention_mask"], lengths, open_id, close_id, 5.0)
+    for b, (resp, n) in enumerate(zip(responses, lengths)):
+        end = int(enc["attention_mask"][b].sum())
+        ids = enc["input_ids"][b, end - n : end].tolist()
+        assert ids == tok(resp + tok.eos_token, add_special_tokens=False)["input_ids"]
+        assert (w[b, : end - n] == 0).all() and (w[b, end:] == 0).all()
+        inside = [ids.index(open_id) < t < ids.index(close_id) for t in range(n)]
+        assert w[b, end - n : end].tolist() == [5.0 if i else 1.0 for i in inside]
+    assert enc["second_per_grid_ts"].tolist() == pytest.approx([1.0] * 3)  # 2 frames per group at 2 fps
+
+
+def test_split_validation_holds_out_the_last_rows_of_each_family():
+    rows = [{"family": f, "i": i} for i, f in enumerate("aabbbab")]
+    train, val = W.split_validation(rows, 2)
+    assert [r["i"] for r in val] == [1, 4, 5, 6]  # family a: rows 0, 1, 5; family b: rows 2, 3, 4, 6
+    assert [r["i"] for r in train] == [0, 2, 3]
+
+
+def test_warm_start_trains_saves_and_is_cached(setup):
+    from videoktr.models.factory import load_model, load_processor
+
+    root, world, base = setup
+    out = root / "ws"
+    kwargs = dict(max_steps=8, batch_size=4, learning_rate=3e-3, eval_every=4, val_per_family=2,
+                  max_new_tokens=8, warmup_steps=1, progress=False)
+    assert W.warm_start(base, world.root, out, **kwargs) == out
+    info = W.read_info(out)
+    assert info["complete"] and info["steps"] <= 8 and info["seconds"] > 0
+    assert info["loss_last"] < info["loss_first"]
+    assert {"overall", "per_family", "per_kind"} <= set(info["accuracy_after"])
+    assert [h["step"] for h in info["history"]][0] == 0 and info["val_rows"] > 0
+    assert info["train_rows"] + info["val_rows"] == 40
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "warmstart.json"):
+        assert (out / name).is_file()
+    model = load_model(out, dtype="float32")
+    assert load_processor(out).tokenizer.convert_tokens_to_ids("<answer>") is not None
+    trained = dict(model.named_parameters())
+    original = dict(load_model(base, dtype="float32").named_parameters())
+    assert any(not torch.equal(trained[k], original[k]) for k in original)
+    # same inputs: a cache hit (nothing rewritten); other settings: not a hit
+    stamp = (out / "warmstart.json").stat().st_mtime_ns
+    assert W.warm_start(base, world.root, out, **kwargs) == out
+    assert (out / "warmstart.json").stat().st_mtime_ns == stamp
+    key = W.cache_key(base, world.root, W.WarmStartSettings(max_steps=9))
+    assert not W.is_complete(out, key) and W.is_complete(out)
+    assert json.loads((out / "warmstart.json").read_text())["key"] != key

@@ -43,7 +43,7 @@ def main() -> None:
             world, model_dir = prepare_world_and_model(config)
             model = load_model(model_dir, dtype=config.model.dtype)
             processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
-            rows = trl_rows(synthetic.read_rows(world.train), world.root, synthetic.prompt_text)
+            rows = trl_rows(synthetic.read_rows(world.rl), world.root, synthetic.prompt_text)
             trainer = build_trainer(config, model, processor, rows, [synthetic.accuracy_reward, synthetic.format_reward])
             trainer.train()
             logs = [h for h in trainer.state.log_history if "step_time" in h][1:]

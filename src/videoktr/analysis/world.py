@@ -159,6 +159,8 @@ def attribution_quality(model, processor, rows: Sequence[dict], world_dir, optio
                     "temporal": {strategy: {"order": a, "order_uncond": a}},
                     "entropy": {"vision": a, "order": a, "vision_uncond": a, "order_uncond": a}},
       "precision": same layout: share of the signal's top-ratio tokens per response carrying the label,
+      "precision_max": {signal: {label: the precision of an oracle selection (per response, labelled tokens
+                       first: min(selected, labelled) / selected); a rare label caps precision far below 1}},
       "mean_score": same layout with {"label": mean score on labelled tokens, "other": on the rest},
       "label_share": {label: share of all response tokens}, "n_responses", "n_tokens", "ratio", "seed",
       "seconds"}.
@@ -215,32 +217,41 @@ def attribution_quality(model, processor, rows: Sequence[dict], world_dir, optio
                     slot = flat[(signal, strategy)]
                     slot["score"].append(score[valid])
                     slot["selected"].append(selected[valid])
+                    slot["n_selected"].append(selected.sum(1))
                     for name in label_names:
                         slot[name].append(lab[name][valid])
+                        slot["n_" + name].append((lab[name] & valid).sum(1))
     finally:
         model.train(was_training)
 
     auc: dict = defaultdict(dict)
     precision: dict = defaultdict(dict)
     mean_score: dict = defaultdict(dict)
+    precision_max: dict = {}
     for (signal, strategy), slot in flat.items():
         score = torch.cat(slot["score"]).numpy()
         selected = torch.cat(slot["selected"]).numpy()
-        a, p, m = {}, {}, {}
+        a, p, m, best = {}, {}, {}, {}
+        n_selected = torch.cat(slot["n_selected"])
         for name in SIGNAL_LABELS[signal]:
             y = torch.cat(slot[name]).numpy()
             a[name] = roc_auc(score, y)
             p[name] = float(y[selected].mean()) if selected.any() else float("nan")
+            # an oracle selecting labelled tokens first: per response min(selected, labelled) of its selection
+            reachable = torch.minimum(n_selected, torch.cat(slot["n_" + name])).sum()
+            best[name] = float(reachable / n_selected.sum()) if n_selected.sum() > 0 else float("nan")
             m[name] = {"label": float(score[y].mean()) if y.any() else float("nan"),
                        "other": float(score[~y].mean()) if (~y).any() else float("nan")}
         if signal == "entropy":
             auc[signal], precision[signal], mean_score[signal] = a, p, m
         else:
             auc[signal][strategy], precision[signal][strategy], mean_score[signal][strategy] = a, p, m
+        precision_max[signal] = best
     n_tokens = int(sum(len(x["input_ids"]) for x in labels))
     return {
         "auc": dict(auc),
         "precision": dict(precision),
+        "precision_max": precision_max,
         "mean_score": dict(mean_score),
         "label_share": {name: float(torch.cat(all_labels[name]).float().mean()) if n_tokens else float("nan")
                         for name in label_names},

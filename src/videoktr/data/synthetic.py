@@ -695,10 +695,11 @@ def sample_rows(config: WorldConfig, split: str, n: int, start_id: int = 0, excl
 @dataclass
 class WorldPaths:
     root: Path
-    train: Path  # train.jsonl
-    eval: Path  # eval.jsonl
+    train: Path  # train.jsonl (the warm start's supervised rows)
+    eval: Path  # eval.jsonl (held out from everything)
     config: WorldConfig
     reused: bool = False
+    rl: Path | None = None  # rl.jsonl: prompts for RL, unseen by the warm start (when n_rl > 0)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -710,26 +711,31 @@ def load_world_config(world_dir: str | Path) -> WorldConfig:
     return WorldConfig.from_dict(meta["config"])
 
 
-def _world_key(config: WorldConfig, n_train: int, n_eval: int) -> str:
-    return hashlib.sha256(json.dumps([config.digest(), n_train, n_eval]).encode()).hexdigest()[:16]
+def _world_key(config: WorldConfig, n_train: int, n_eval: int, n_rl: int = 0) -> str:
+    counts = [n_train, n_eval] + ([n_rl] if n_rl else [])
+    return hashlib.sha256(json.dumps([config.digest(), *counts]).encode()).hexdigest()[:16]
 
 
 def generate_world(out_dir: str | Path, config: WorldConfig | None = None, n_train: int = 600,
-                   n_eval: int = 300) -> WorldPaths:
-    """Write clips/*.mp4, train.jsonl, eval.jsonl and world.json (config + counts + key) under `out_dir`.
+                   n_eval: int = 300, n_rl: int = 0) -> WorldPaths:
+    """Write clips/*.mp4, train.jsonl, eval.jsonl (and rl.jsonl when n_rl > 0) and world.json (config +
+    counts + key) under `out_dir`.
 
     Cached: when world.json names the same key (config hash, generator version, counts) and every file
-    exists, nothing is rewritten. Eval rows never repeat a training (clip, question) pair."""
+    exists, nothing is rewritten. Eval rows never repeat a training (clip, question) pair; RL rows repeat
+    neither a training nor an eval pair (RL prompts are new to the warm-started model, as in the paper, where
+    RL data is separate from the SFT data)."""
     config = config or WorldConfig()
     config.validate()
     out = Path(out_dir)
-    key = _world_key(config, n_train, n_eval)
-    paths = WorldPaths(out, out / "train.jsonl", out / "eval.jsonl", config)
+    key = _world_key(config, n_train, n_eval, n_rl)
+    paths = WorldPaths(out, out / "train.jsonl", out / "eval.jsonl", config, rl=out / "rl.jsonl" if n_rl else None)
     meta_path = out / "world.json"
-    if meta_path.is_file() and paths.train.is_file() and paths.eval.is_file():
+    splits = [p for p in (paths.train, paths.eval, paths.rl) if p is not None]
+    if meta_path.is_file() and all(p.is_file() for p in splits):
         meta = json.loads(meta_path.read_text())
         if meta.get("key") == key and meta.get("complete"):
-            rows = read_rows(paths.train) + read_rows(paths.eval)
+            rows = [r for p in splits for r in read_rows(p)]
             if all((out / r["path"]).is_file() for r in rows):
                 paths.reused = True
                 return paths
@@ -739,13 +745,16 @@ def generate_world(out_dir: str | Path, config: WorldConfig | None = None, n_tra
     train = sample_rows(config, "train", n_train)
     seen = {(row_layout(r), r["problem"]) for r in train}
     evals = sample_rows(config, "eval", n_eval, start_id=n_train, exclude=seen)
+    seen |= {(row_layout(r), r["problem"]) for r in evals}
+    rl = sample_rows(config, "rl", n_rl, start_id=n_train + n_eval, exclude=seen) if n_rl else []
     noise_rng = np.random.default_rng([config.seed, 99])
-    for row in train + evals:
+    for row in train + evals + rl:
         write_video(out / row["path"], render_clip(row_layout(row), config, noise_rng), config.fps)
-    for path, rows in ((paths.train, train), (paths.eval, evals)):
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for path, rows in ((paths.train, train), (paths.eval, evals), (paths.rl, rl)):
+        if path is not None:
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     meta_path.write_text(json.dumps({"key": key, "config": config.to_dict(), "n_train": n_train,
-                                     "n_eval": n_eval, "generator_version": GENERATOR_VERSION,
+                                     "n_eval": n_eval, "n_rl": n_rl, "generator_version": GENERATOR_VERSION,
                                      "complete": True}, indent=2))
     return paths
 

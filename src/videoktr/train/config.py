@@ -41,7 +41,8 @@ class ModelConfig:
 class DataConfig:
     data: str = _f("", "training rows (Video-R1 JSON/JSONL); empty = the built-in synthetic world")
     data_root: str = _f("", "directory that media paths in `data` are relative to")
-    world_train: int = _f(600, "synthetic world: number of training clips")
+    world_train: int = _f(600, "synthetic world: clips of the supervised warm start")
+    world_rl: int = _f(1500, "synthetic world: clips whose questions are the RL prompts (never seen by the warm start)")
     world_eval: int = _f(300, "synthetic world: number of held-out clips (accuracy before/after, attribution AUC)")
     world_seed: int = _f(0, "synthetic world: seed of clips and questions")
     fps: float = _f(2.0, "frames sampled per second of video")

@@ -27,10 +27,11 @@ def prepare_world_and_model(config: TrainConfig):
 
     cache = Path(config.run.cache_dir)
     world_cfg = synthetic.WorldConfig(seed=config.data.world_seed)
-    world_dir = cache / f"world-{_digest([asdict(world_cfg), config.data.world_train, config.data.world_eval])}"
+    d = config.data
+    world_dir = cache / f"world-{_digest([asdict(world_cfg), d.world_train, d.world_eval, d.world_rl])}"
     print(f"[1/5] synthetic world: {world_dir}")
-    world = synthetic.generate_world(world_dir, world_cfg, n_train=config.data.world_train,
-                                     n_eval=config.data.world_eval)
+    world = synthetic.generate_world(world_dir, world_cfg, n_train=d.world_train, n_eval=d.world_eval,
+                                     n_rl=d.world_rl)
     if config.model.model:
         model_dir = Path(config.model.model)
         print(f"[2/5] model: {model_dir}")
@@ -40,7 +41,7 @@ def prepare_world_and_model(config: TrainConfig):
         create_model_dir(base_dir, size=config.model.model_size, corpus=synthetic.corpus(world_cfg),
                          seed=config.run.seed)
     model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest([str(base_dir), str(world_dir)])}")
-    print(f"[2/5] warm start (cached): {model_dir}")
+    print(f"[2/5] warm start (built once, then reused): {model_dir}")
     warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed)
     return world, model_dir
 
@@ -59,7 +60,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     world, model_dir = prepare_world_and_model(config)
     world_dir = world.root
-    train_rows = synthetic.read_rows(world.train)
+    rl_rows = synthetic.read_rows(world.rl)
     eval_rows = synthetic.read_rows(world.eval)
 
     model = load_model(model_dir, dtype=config.model.dtype)
@@ -75,7 +76,7 @@ def run_synthetic(config: TrainConfig) -> dict:
 
     # 4. RL
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
-    trainer = build_trainer(config, model, processor, trl_rows(train_rows, world_dir, synthetic.prompt_text),
+    trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
                             [synthetic.accuracy_reward, synthetic.format_reward])
     resume = last_checkpoint(out) if config.run.resume else None
     if resume:

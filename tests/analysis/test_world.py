@@ -98,7 +98,8 @@ def test_attribution_quality_returns_every_strategy(tiny_world):
     assert all(math.isnan(v) or 0.0 <= v <= 1.0 for v in values)
     assert q["n_responses"] == 10 and q["n_tokens"] > 0 and 0 < q["label_share"]["vision"] < 1
     for v in q["precision"]["visual"].values():
-        assert 0.0 <= v["vision"] <= 1.0
+        assert 0.0 <= v["vision"] <= q["precision_max"]["visual"]["vision"] <= 1.0
+    assert set(q["precision_max"]) == {"visual", "temporal", "entropy"}
 
 
 def test_attribution_quality_with_chosen_options(tiny_world):
@@ -109,3 +110,18 @@ def test_attribution_quality_with_chosen_options(tiny_world):
     options = {"zero": AttributionOptions(signals=("visual",), visual_strategy="zero")}
     q = A.attribution_quality(model, processor, rows, world.root, options_by_strategy=options, batch_size=2)
     assert set(q["auc"]) == {"visual"} and set(q["auc"]["visual"]) == {"zero"}
+
+
+def test_paired_gain_against_hand_counts():
+    from videoktr.analysis.world import paired_gain
+
+    before = [1, 1, 0, 0, 0, 1, 0, 0, 1, 0]
+    after = [1, 0, 1, 1, 1, 1, 0, 1, 1, 0]  # 4 wrong->right, 1 right->wrong
+    g = paired_gain(before, after)
+    assert g["gain"] == pytest.approx(0.3) and (g["improved"], g["worsened"]) == (4, 1)
+    se = (5 - 9 / 10) ** 0.5 / 10
+    assert g["ci95"] == pytest.approx([0.3 - 1.96 * se, 0.3 + 1.96 * se])
+    assert g["p_value"] == pytest.approx(2 * (1 + 5) / 32)  # exact McNemar: P(X <= 1 | 5 discordant)
+    assert paired_gain([1, 0], [1, 0])["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        paired_gain([1], [1, 0])

@@ -107,7 +107,8 @@ def heldout_accuracy(model, processor, rows: Sequence[dict], world_dir, batch_si
     Returns {"overall": S, "per_family": {family: S}, "per_kind": {kind: S}, "examples": [...]}, each S =
     {"accuracy", "correct", "n", "ci95": [low, high] (Wilson), "chance" (mean uniform-guess accuracy),
     "format" (share of responses in the <think>/<answer> format)}; `examples`: the first few responses per
-    family (problem, response, solution)."""
+    family (problem, response, solution); "per_item": 1/0 correctness per row, in order (for paired
+    comparisons, see `paired_gain`)."""
     rows = list(rows)
     responses = generate_responses(model, processor, rows, world_dir, batch_size, max_new_tokens, clips)
     correct = synthetic.accuracy_reward(responses, [r["solution"] for r in rows])
@@ -128,7 +129,25 @@ def heldout_accuracy(model, processor, rows: Sequence[dict], world_dir, batch_si
     out["examples"] = [{"family": f, "problem": rows[i]["problem"], "response": responses[i],
                         "solution": rows[i]["solution"]}
                        for f, idx in sorted(groups["per_family"].items()) for i in idx[:examples]]
+    out["per_item"] = [int(c) for c in correct]
     return out
+
+
+def paired_gain(before: Sequence[int], after: Sequence[int], z: float = 1.96) -> dict:
+    """Accuracy change on the same items: gain = mean(after - before) with a normal-approximation interval of
+    the paired difference (McNemar's variance), and the exact two-sided McNemar p-value (binomial on the
+    discordant items). Paired, so much tighter than comparing two independent accuracy intervals."""
+    if len(before) != len(after) or not before:
+        raise ValueError("paired_gain needs two non-empty correctness lists of equal length")
+    n = len(before)
+    up = sum(1 for b, a in zip(before, after) if a and not b)  # wrong -> right
+    down = sum(1 for b, a in zip(before, after) if b and not a)  # right -> wrong
+    gain = (up - down) / n
+    se = math.sqrt(max(up + down - (up - down) ** 2 / n, 0.0)) / n
+    k, m = min(up, down), up + down
+    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
+    return {"gain": gain, "ci95": [gain - z * se, gain + z * se], "improved": up, "worsened": down, "n": n,
+            "p_value": p}
 
 
 def default_strategies() -> dict:

@@ -55,7 +55,9 @@ def cache_key(base_model_dir: str | Path, world_dir: str | Path, settings: WarmS
     base = Path(base_model_dir)
     parts = {"settings": asdict(settings),
              "model": {name: _file_digest(base / name) for name in MODEL_FILES if (base / name).is_file()},
-             "world": json.loads((Path(world_dir) / "world.json").read_text()).get("key")}
+             # the warm start reads only train.jsonl and its clips (rendered from the rows and the world config)
+             "world_train": _file_digest(Path(world_dir) / "train.jsonl"),
+             "world_config": json.loads((Path(world_dir) / "world.json").read_text()).get("config")}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

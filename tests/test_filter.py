@@ -43,7 +43,7 @@ def test_filter_keeps_the_middle_band_and_resumes(tmp_path):
     summary = run_filter(fx.data_file, fx.root, "unused", tmp_path / "out", opts, gen, progress=False)
     assert not set(gen.rows_seen) & {d["problem_id"] for d in done}  # finished rows are not recomputed
     recs = {json.loads(l)["problem_id"]: json.loads(l) for l in (tmp_path / "out" / "accuracies.jsonl").read_text().splitlines()}
-    assert summary["rows"] == len(recs) == 17  # 20 rows - missing - corrupt - image
+    assert summary["rows"] == len(recs) == 18  # 20 rows - missing - corrupt
     for pid, rec in recs.items():
         expected = min(pid % 5, 4) / 4
         if rec["scores"] and all(s in (0.0, 1.0) for s in rec["scores"]):
@@ -61,5 +61,5 @@ def test_filter_cli_on_tiny_model(tiny_dir, tmp_path, capsys):
                  "--output-dir", str(tmp_path / "f"), "--samples", "2", "--max-new-tokens", "4", "--rows-per-batch", "4"])
     assert code == 0
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
-    assert summary["rows"] == 17 and summary["skipped_samples"] == 3
+    assert summary["rows"] == 18 and summary["skipped_samples"] == 2
     assert "kept" in capsys.readouterr().out

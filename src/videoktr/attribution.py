@@ -205,7 +205,10 @@ def attribute(
     C = completion_ids.shape[1]
     cmask = completion_mask.bool()
     perturb_kinds = [s for s in ("visual", "temporal") if s in options.signals]
-    need_full = logp is None or options.distance != "logprob" or ("entropy" in options.signals and entropy is None)
+    # unperturbed rows: all rows when the caller has no log-probs/entropies yet; only the video rows when they
+    # are needed just as the reference of a full-distribution distance
+    need_all_full = logp is None or ("entropy" in options.signals and entropy is None)
+    need_full = need_all_full or options.distance != "logprob"
 
     has_video = torch.zeros(B, dtype=torch.bool, device=device)
     videos_of_row: list[list[int]] = [[] for _ in range(B)]
@@ -235,9 +238,12 @@ def attribute(
     # Assemble the rows of the single forward: [unperturbed?] + [visual] + [temporal] (perturbed parts only for
     # rows with a video). Each part lists (row index, features of that row's videos).
     parts: list[tuple[str, list[int], list[torch.Tensor]]] = []
-    if need_full:
-        parts.append(("full", list(range(B)), features))
     video_rows = [b for b in range(B) if videos_of_row[b]]
+    if need_all_full and (prompt_ids == adapter.image_token_id).any():
+        raise ValueError("attribute() encodes videos only: for rows with images pass `logp` and `entropy` from "
+                         "the caller's own forward (the trainer does)")
+    if need_full:
+        parts.append(("full", list(range(B)) if need_all_full else video_rows, features))
     permutations: list[torch.Tensor] = []
     for kind in perturb_kinds:
         if not video_rows:
@@ -283,7 +289,7 @@ def attribute(
 
     head = model.lm_head
     bias = getattr(head, "bias", None)
-    if need_full:
+    if need_all_full:
         full_logp, full_ent = lm_head_logprobs(
             hidden_by_part["full"], head.weight, completion_ids, bias=bias,
             chunk_size=options.chunk_size, with_entropy=True)
@@ -302,9 +308,9 @@ def attribute(
                                              chunk_size=options.chunk_size)
                 score[rows_t] = logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed)
             else:
-                score[rows_t] = lm_head_distribution_distance(
-                    hidden_by_part["full"][rows_t], h, head.weight, options.distance, bias=bias,
-                    chunk_size=options.chunk_size)
+                full = hidden_by_part["full"][rows_t] if need_all_full else hidden_by_part["full"]
+                score[rows_t] = lm_head_distribution_distance(full, h, head.weight, options.distance, bias=bias,
+                                                              chunk_size=options.chunk_size)
         scores[kind] = score
         valid[kind] = cmask & has_video[:, None]
     if "entropy" in options.signals:

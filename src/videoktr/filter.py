@@ -54,7 +54,7 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
     """Filter `data` with `model`; returns the summary. `generator` (tests) replaces the HF generator."""
     from tqdm import tqdm
 
-    from .data.videor1 import SkippedSample, build_prompt, load_videor1, resolve_media, without_row_ref, write_skipped
+    from .data.videor1 import build_prompt, load_videor1, resolve_media, without_row_ref, write_skipped
     from .eval.benchmarks.base import Item
     from .eval.runner import Request
     from .rewards import accuracy_reward
@@ -64,11 +64,7 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_videor1(data, data_root, fps=options.fps, max_frames=options.frames, progress=progress)
-    rows = [r for r in loaded.rows if r.get("data_type") == "video"]
-    skipped = loaded.skipped + [
-        SkippedSample(row=r.get("_row", "?"), problem_id=r.get("problem_id"), path=r.get("path"),
-                      reason="image rows are not filtered yet", kind="unsupported_media")
-        for r in loaded.rows if r.get("data_type") != "video"]
+    rows, skipped = loaded.rows, loaded.skipped
     write_skipped(out / "skipped.jsonl", skipped)
     ids = [str(r["problem_id"]) for r in rows]
     if len(set(ids)) != len(ids):
@@ -90,7 +86,10 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
             for row in batch:
                 item = Item(id=str(row["problem_id"]), benchmark="videor1", question=row["problem"],
                             answer=str(row["solution"]), answer_type="open")
-                requests += [Request(item, build_prompt(row), video=resolve_media(row, data_root))] * options.samples
+                media = resolve_media(row, data_root)
+                request = (Request(item, build_prompt(row), images=[media]) if row.get("data_type") == "image"
+                           else Request(item, build_prompt(row), video=media))
+                requests += [request] * options.samples
             texts = generator.generate(requests, max_new_tokens=options.max_new_tokens,
                                        temperature=options.temperature, top_p=options.top_p)
             for j, row in enumerate(batch):

@@ -221,3 +221,26 @@ def test_ktr_trains_other_families(family, clip_rows, tmp_path_factory):
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 1 and np.isfinite(logs[0]["loss"]) and 0 < logs[0]["ktr/update_ratio"] <= 1
+
+
+@pytest.mark.parametrize("method", ["ktr", "twgrpo"])
+def test_image_and_video_rows_in_one_batch(tiny_dir, clip_rows, tmp_path, method):
+    from PIL import Image
+
+    image = tmp_path / "img.png"
+    Image.fromarray(random_frames(5, n=1)[0]).save(image)
+    rows = [clip_rows[0], {"prompt": [{"role": "user", "content": [
+        {"type": "image", "image": str(image)}, {"type": "text", "text": "What colour is the square?"}]}],
+        "solution": "red"}]
+    trainer = make_trainer(tiny_dir, rows, tmp_path, method=method)
+    inputs = generated_batch(trainer)
+    assert sorted({v.kind for v in inputs["videos"]}) == ["image", "video"]
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0])
+    trainer.model.zero_grad()
+    loss = trainer._compute_loss(trainer.model, inputs)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert sum(p.grad.abs().sum().item() for p in trainer.model.model.visual.parameters() if p.grad is not None) > 0
+    if method == "ktr":  # image rows: no visual/temporal score yet (excluded), entropy tokens still selected
+        image_rows = [i for i, v in enumerate(inputs["videos"]) if v.kind == "image"]
+        assert all(inputs["ktr_weights"][i].sum() >= 1 for i in image_rows)

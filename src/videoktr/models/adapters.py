@@ -76,11 +76,28 @@ class QwenVLAdapter:
         """pixel_values_videos [sum t*h*w, P] -> one patch tensor per video [t*h*w, P]."""
         return list(torch.split(pixel_values_videos, video_grid_thw.prod(-1).tolist()))
 
-    def video_kwargs(self, features: list[torch.Tensor]) -> dict:
-        """Forward kwargs that feed precomputed (possibly perturbed) video features to the model."""
+    def encode_images(self, model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Run the vision tower once on images: one feature tensor [h*w/m^2, D] per image."""
+        out = model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        return list(out.pooler_output)
+
+    def _encoder_output(self, features: list[torch.Tensor]):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        return {"mm_encoder_outputs": {"video": BaseModelOutputWithPooling(pooler_output=tuple(features))}}
+        return BaseModelOutputWithPooling(pooler_output=tuple(features))
+
+    def media_kwargs(self, video_features: list[torch.Tensor], image_features: list[torch.Tensor] = ()) -> dict:
+        """Forward kwargs that feed precomputed (possibly perturbed) video and image features to the model."""
+        outputs = {}
+        if len(video_features):
+            outputs["video"] = self._encoder_output(list(video_features))
+        if len(image_features):
+            outputs["image"] = self._encoder_output(list(image_features))
+        return {"mm_encoder_outputs": outputs}
+
+    def video_kwargs(self, features: list[torch.Tensor]) -> dict:
+        """Forward kwargs that feed precomputed (possibly perturbed) video features to the model."""
+        return self.media_kwargs(features)
 
     def mm_token_type_ids(self, input_ids: torch.Tensor) -> torch.Tensor:
         """input_ids [B, L] -> [B, L] with 1 at image placeholders, 2 at video placeholders (what the model's
@@ -97,28 +114,33 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     num_deepstack: int = 0  # K = len(vision_config.deepstack_visual_indexes)
 
-    def encode_videos(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Run the vision tower once: one tensor [t*h*w/m^2, D * (1 + K)] per video (main | DeepStack levels)."""
-        out = model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    def _joined(self, out) -> list[torch.Tensor]:
         deep = list(out.deepstack_features or [])
         if len(deep) != self.num_deepstack:
             raise ValueError(f"the vision tower returned {len(deep)} DeepStack levels, the config names "
                              f"{self.num_deepstack}")
         return [torch.cat([main] + [level[v] for level in deep], dim=-1) for v, main in enumerate(out.pooler_output)]
 
+    def encode_videos(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Run the vision tower once: one tensor [t*h*w/m^2, D * (1 + K)] per video (main | DeepStack levels)."""
+        return self._joined(model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True))
+
+    def encode_images(self, model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """One tensor [h*w/m^2, D * (1 + K)] per image (main | DeepStack levels)."""
+        return self._joined(model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
+
     def split_features(self, feature: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """[N, D * (1 + K)] -> (main [N, D], K DeepStack tensors [N, D])."""
         parts = list(feature.chunk(1 + self.num_deepstack, dim=-1))
         return parts[0], parts[1:]
 
-    def video_kwargs(self, features: list[torch.Tensor]) -> dict:
+    def _encoder_output(self, features: list[torch.Tensor]):
         from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
         split = [self.split_features(f) for f in features]
         main = tuple(s[0] for s in split)
         deep = [tuple(s[1][k] for s in split) for k in range(self.num_deepstack)]
-        return {"mm_encoder_outputs": {"video": BaseModelOutputWithDeepstackFeatures(
-            pooler_output=main, deepstack_features=deep)}}
+        return BaseModelOutputWithDeepstackFeatures(pooler_output=main, deepstack_features=deep)
 
 
 SUPPORTED = {"qwen2_5_vl": "Qwen2.5-VL", "qwen2_vl": "Qwen2-VL", "qwen3_vl": "Qwen3-VL"}

@@ -60,7 +60,7 @@ class RLConfig:
                  ("grpo", "ktr", "entropy", "twgrpo", "tgrpo"))
     tgrpo_alpha: float = _f(0.3, "T-GRPO: reward bonus for correct ordered responses (Video-R1: 0.3)")
     tgrpo_mu: float = _f(0.8, "T-GRPO: bonus when p_ordered >= mu * p_shuffled (Video-R1: 0.8)")
-    max_steps: int = _f(60, "optimizer steps")
+    max_steps: int = _f(500, "optimizer steps")
     learning_rate: float = _f(1e-4, "learning rate (paper, 7B: 2e-6)")
     prompts_per_step: int = _f(4, "distinct prompts per optimizer step and process")
     num_generations: int = _f(8, "G: responses sampled per prompt")

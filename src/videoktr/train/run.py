@@ -22,8 +22,9 @@ def trl_rows(rows: list[dict], media_root: Path, prompt_fn=None) -> list[dict]:
     out = []
     for row in rows:
         content = []
-        if row.get("data_type", "video") == "video" and row.get("path"):
-            content.append({"type": "video", "video": str(Path(media_root) / row["path"])})
+        kind = row.get("data_type", "video")
+        if kind in ("video", "image") and row.get("path"):
+            content.append({"type": kind, kind: str(Path(media_root) / row["path"])})
         content.append({"type": "text", "text": prompt_fn(row) if prompt_fn else row["problem"]})
         out.append({"prompt": [{"role": "user", "content": content}],
                     **{k: v for k, v in row.items() if k not in ("prompt",)}})
@@ -165,7 +166,7 @@ def run_dataset(config: TrainConfig) -> dict:
     (never substituted), rewards by problem_type."""
     import torch
 
-    from ..data.videor1 import SkippedSample, build_prompt, load_videor1, without_row_ref, write_skipped
+    from ..data.videor1 import build_prompt, load_videor1, without_row_ref, write_skipped
     from ..models.factory import load_model, load_processor
     from ..rewards import build_rewards
 
@@ -178,14 +179,7 @@ def run_dataset(config: TrainConfig) -> dict:
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     d = config.data
     data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames)
-    rows, skipped = [], list(data.skipped)
-    for row in data.rows:
-        if row.get("data_type") == "image":  # the trainer's passes carry video; image rows are recorded, not used
-            skipped.append(SkippedSample(row=row.get("_row", "?"), problem_id=row.get("problem_id"),
-                                         path=row.get("path"), reason="image rows are not trained on yet",
-                                         kind="unsupported_media"))
-        else:
-            rows.append(without_row_ref(row))
+    rows, skipped = [without_row_ref(row) for row in data.rows], list(data.skipped)
     from accelerate import PartialState
 
     main_process = PartialState().is_main_process

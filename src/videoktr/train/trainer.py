@@ -32,12 +32,13 @@ from .distributed import all_gather_1d
 
 @dataclass
 class RowVideo:
-    """The video of one prompt row: processor outputs for that clip alone."""
+    """The visual input of one prompt row (a video, or an image): processor outputs for it alone."""
 
     key: str  # identifies the clip (its path): equal keys are encoded once per pass
     pixels: torch.Tensor  # [t*h*w, patch_dim]
     grid: torch.Tensor  # [1, 3] (t, h, w) in patches
-    seconds_per_group: torch.Tensor | None  # [1] second_per_grid_ts (None for families without it, e.g. Qwen2-VL)
+    seconds_per_group: torch.Tensor | None  # [1] second_per_grid_ts (None for images and e.g. Qwen2-VL)
+    kind: str = "video"  # "video" or "image"
 
 
 @dataclass
@@ -47,13 +48,13 @@ class VideoOptions:
     max_frames: int = 16
 
 
-def video_parts(prompt) -> list[str]:
-    """Video sources named in a conversational prompt ([{"type": "video", "video": path}, ...])."""
+def media_parts(prompt, kind: str = "video") -> list[str]:
+    """Sources of one media kind named in a conversational prompt ([{"type": "video", "video": path}, ...])."""
     out = []
     for message in prompt:
         content = message.get("content")
         if isinstance(content, list):
-            out += [part["video"] for part in content if part.get("type") == "video"]
+            out += [part[kind] for part in content if part.get("type") == kind]
     return out
 
 
@@ -112,34 +113,47 @@ class VideoGRPOTrainer(GRPOTrainer):
         return read_video(path, target_fps=o.fps, min_frames=o.min_frames, max_frames=o.max_frames)
 
     def _tokenize_prompts(self, prompts: list):
-        sources = [video_parts(p) for p in prompts]
-        if not any(sources):
+        videos = [media_parts(p, "video") for p in prompts]
+        images = [media_parts(p, "image") for p in prompts]
+        if not any(videos) and not any(images):
             self._pending_videos = None
             return super()._tokenize_prompts(prompts)
+        for v, i in zip(videos, images):
+            if len(v) + len(i) > 1:
+                raise ValueError("one video or image per prompt is supported; a prompt names " + ", ".join(map(str, v + i)))
         processor = self.processing_class
         texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        clips = [[self._load_clip(str(src)) for src in srcs] for srcs in sources]
-        flat = [c for row in clips for c in row]
-        enc = processor(text=texts, videos=[c.frames for c in flat], video_metadata=[c.metadata() for c in flat],
-                        do_sample_frames=False, padding=True, padding_side="left", return_tensors="pt")
+        clips = [self._load_clip(str(v[0])) for v in videos if v]
+        kwargs = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
+        if clips:
+            kwargs.update(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
+                          do_sample_frames=False)
+        if any(images):
+            from PIL import Image
+
+            kwargs["images"] = [Image.open(i[0]).convert("RGB") for i in images if i]
+        enc = processor(**kwargs)
         mask = enc["attention_mask"].bool()
         prompt_ids = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
-        per_video_pixels = self.adapter.split_pixels(enc["pixel_values_videos"], enc["video_grid_thw"])
+        video_pixels = self.adapter.split_pixels(enc["pixel_values_videos"], enc["video_grid_thw"]) if clips else []
+        image_pixels = self.adapter.split_pixels(enc["pixel_values"], enc["image_grid_thw"]) if any(images) else []
+        secs = enc.get("second_per_grid_ts")
         rows: list[RowVideo | None] = []
-        v = 0
-        for srcs in sources:
-            if len(srcs) > 1:
-                raise ValueError("one video per prompt is supported; a prompt names " + ", ".join(map(str, srcs)))
-            if not srcs:
+        v = i = 0
+        for vid, img in zip(videos, images):
+            if vid:
+                rows.append(RowVideo(str(vid[0]), video_pixels[v], enc["video_grid_thw"][v : v + 1],
+                                     None if secs is None else torch.as_tensor(secs)[v : v + 1]))
+                v += 1
+            elif img:
+                rows.append(RowVideo(str(img[0]), image_pixels[i], enc["image_grid_thw"][i : i + 1], None, "image"))
+                i += 1
+            else:
                 rows.append(None)
-                continue
-            secs = enc.get("second_per_grid_ts")
-            rows.append(RowVideo(key=str(srcs[0]), pixels=per_video_pixels[v], grid=enc["video_grid_thw"][v : v + 1],
-                                 seconds_per_group=None if secs is None else torch.as_tensor(secs)[v : v + 1]))
-            v += 1
         self._pending_videos = rows
         self._pending_prompt_ids = prompt_ids
-        fields = {k: enc[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts") if k in enc}
+        keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
+        fields = {k: enc[k] for k in keys if k in enc}
         fields["mm_token_type_ids"] = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
         return prompt_ids, None, fields
 
@@ -175,7 +189,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         if n % G:
             raise ValueError(f"tgrpo needs whole prompt groups on each process: {n} rows for G={G}")
         per = max(1, G // 2)
-        groups = [g for g in range(n // G) if self._pending_videos[g * G] is not None]
+        groups = [g for g in range(n // G)
+                  if self._pending_videos[g * G] is not None and self._pending_videos[g * G].kind == "video"]
         bonus = torch.zeros(n, device=accuracy.device)
         if not groups:
             return bonus
@@ -229,24 +244,34 @@ class VideoGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------------------
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs
     def _video_inputs(self, model, rows: list[RowVideo | None], grad: bool):
-        """Encode the unique clips among `rows` once; return forward kwargs and the per-video features."""
-        present = [r for r in rows if r is not None]
-        if not present:
+        """Encode the unique clips and images among `rows` once each; return forward kwargs, the per-video
+        features and the video keys (in row order; images are not attributed)."""
+        videos = [r for r in rows if r is not None and r.kind == "video"]
+        images = [r for r in rows if r is not None and r.kind == "image"]
+        if not videos and not images:
             return {}, [], []
         unwrapped = self.accelerator.unwrap_model(model)
         device = self.accelerator.device
-        first: dict[str, RowVideo] = {}
-        for r in present:
-            first.setdefault(r.key, r)
-        unique = list(first.values())
-        pixels = torch.cat([r.pixels for r in unique]).to(device)
-        grids = torch.cat([r.grid for r in unique]).to(device)
-        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            encoded = self.adapter.encode_videos(unwrapped, pixels, grids)
-        by_key = {r.key: f for r, f in zip(unique, encoded)}
-        features = [by_key[r.key] for r in present]
-        kwargs = {**self.adapter.video_kwargs(features), **_grid_kwargs(present, device)}
-        return kwargs, features, [r.key for r in present]
+
+        def encode(present: list[RowVideo], fn) -> list[torch.Tensor]:
+            first: dict[str, RowVideo] = {}
+            for r in present:
+                first.setdefault(r.key, r)
+            unique = list(first.values())
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                encoded = fn(unwrapped, torch.cat([r.pixels for r in unique]).to(device),
+                             torch.cat([r.grid for r in unique]).to(device))
+            by_key = {r.key: f for r, f in zip(unique, encoded)}
+            return [by_key[r.key] for r in present]
+
+        video_features = encode(videos, self.adapter.encode_videos) if videos else []
+        image_features = encode(images, self.adapter.encode_images) if images else []
+        kwargs = self.adapter.media_kwargs(video_features, image_features)
+        if videos:
+            kwargs.update(_grid_kwargs(videos, device))
+        if images:
+            kwargs["image_grid_thw"] = torch.cat([r.grid for r in images]).to(device)
+        return kwargs, video_features, [r.key for r in videos]
 
     def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy, grad):
         kwargs, features, keys = self._video_inputs(model, rows, grad)
@@ -286,7 +311,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             return inputs["ktr_weights"]
         start = time.perf_counter()
         rows = inputs.get("videos") or [None] * logps.shape[0]
-        present = [r for r in rows if r is not None]
+        present = [r for r in rows if r is not None and r.kind == "video"]
         video_kwargs = {}
         if present:
             device = logps.device
@@ -323,10 +348,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         ids = torch.cat([prompt_ids, completion_ids], 1)
         mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        rows = [r for r in (inputs.get("videos") or []) if r is not None]
-        kwargs = {}
-        if rows:
-            kwargs = {**self.adapter.video_kwargs([f.detach() for f in features]), **_grid_kwargs(rows, ids.device)}
+        rows = inputs.get("videos") or [None] * ids.shape[0]
+        if any(r is not None and r.kind == "image" for r in rows):
+            kwargs, _, _ = self._video_inputs(self.model, rows, grad=False)  # images: encode again, no grad
+        else:
+            present = [r for r in rows if r is not None]
+            kwargs = ({**self.adapter.video_kwargs([f.detach() for f in features]), **_grid_kwargs(present, ids.device)}
+                      if present else {})
         hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
                                  mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
         P, C = prompt_ids.shape[1], completion_ids.shape[1]

@@ -140,6 +140,7 @@ def test_all_tokens_masked_gives_zero_policy_gradient(tiny_dir, clip_rows, tmp_p
 def test_key_token_mask_is_cached_per_rollout(tiny_dir, clip_rows, tmp_path):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
     inputs = generated_batch(trainer)
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0]) + 0.01  # all non-zero
     trainer._compute_loss(trainer.model, inputs)
     first = inputs["ktr_weights"].clone()
     trainer._compute_loss(trainer.model, inputs)
@@ -244,3 +245,22 @@ def test_image_and_video_rows_in_one_batch(tiny_dir, clip_rows, tmp_path, method
     if method == "ktr":  # image rows: no visual/temporal score yet (excluded), entropy tokens still selected
         image_rows = [i for i, v in enumerate(inputs["videos"]) if v.kind == "image"]
         assert all(inputs["ktr_weights"][i].sum() >= 1 for i in image_rows)
+
+
+def test_zero_advantage_responses_are_not_attributed(tiny_dir, clip_rows, tmp_path):
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    inputs = generated_batch(trainer)
+    adv = torch.ones(inputs["advantages"].shape[0])
+    adv[::2] = 0.0  # half the responses carry no policy gradient
+    inputs["advantages"] = adv
+    calls = []
+    hook = trainer.model.model.language_model.register_forward_hook(
+        lambda m, a, k, o: calls.append(k["inputs_embeds"].shape[0]), with_kwargs=True)
+    try:
+        trainer._compute_loss(trainer.model, inputs)
+    finally:
+        hook.remove()
+    w = inputs["ktr_weights"]
+    assert (w[::2] == 0).all() and (w[1::2].sum(-1) >= 1).all()
+    n = adv.numel()
+    assert calls == [n, 2 * (n // 2)]  # policy pass over all rows; attribution over the active half, 2 perturbations

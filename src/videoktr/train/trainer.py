@@ -306,32 +306,53 @@ class VideoGRPOTrainer(GRPOTrainer):
     # Loss: Eq. 2 with the key-token mask
     def _key_token_weights(self, inputs, logps, entropy, features, keys):
         """Key-token weights [B, C] for this batch: computed once per generated batch and cached in `inputs`
-        (later iterations over the same rollouts reuse the mask, as the paper computes it per rollout)."""
+        (later iterations over the same rollouts reuse the mask, as the paper computes it per rollout).
+
+        Responses with a zero advantage get no policy gradient whatever their mask, so they are not attributed
+        (weight 0) unless the mask reaches the KL term (beta > 0 and mask_kl) or one threshold spans all
+        processes (scope "global", whose collectives every process must join); statistics are over the
+        attributed responses."""
         if "ktr_weights" in inputs:
             return inputs["ktr_weights"]
         start = time.perf_counter()
-        rows = inputs.get("videos") or [None] * logps.shape[0]
-        present = [r for r in rows if r is not None and r.kind == "video"]
+        B = logps.shape[0]
+        rows = inputs.get("videos") or [None] * B
+        active = inputs["advantages"].reshape(B, -1).ne(0).any(-1)
+        if (self.beta != 0.0 and self.mask_kl) or self.selection_options.scope == "global":
+            active = torch.ones_like(active)
+        weights = torch.zeros_like(logps, dtype=torch.float32)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["ktr/attributed_share"].append(active.float().mean().item())
+        if not active.any():
+            inputs["ktr_weights"] = weights
+            return weights
+        idx = active.nonzero().squeeze(-1).tolist()
+        feature_of = {}  # row -> index into `features` (video rows, in row order)
+        for i, r in enumerate(rows):
+            if r is not None and r.kind == "video":
+                feature_of[i] = len(feature_of)
+        sub_video = [i for i in idx if i in feature_of]
         video_kwargs = {}
-        if present:
-            device = logps.device
-            video_kwargs = dict(**_grid_kwargs(present, device), video_features=[f.detach() for f in features],
-                                video_keys=keys)
-            if self.attribution_options.visual_strategy == "replace":
-                self._donors = ([f.detach() for f in features] + self._donors)[:16]
+        if sub_video:
+            video_kwargs = dict(**_grid_kwargs([rows[i] for i in sub_video], logps.device),
+                                video_features=[features[feature_of[i]].detach() for i in sub_video],
+                                video_keys=[keys[feature_of[i]] for i in sub_video])
+        if self.attribution_options.visual_strategy == "replace" and features:
+            self._donors = ([f.detach() for f in features] + self._donors)[:16]
+        pick = torch.tensor(idx, device=logps.device)
         unwrapped = self.accelerator.unwrap_model(self.model)
         attribution = attribute(
-            unwrapped, inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
-            inputs["completion_mask"], options=self.attribution_options, logp=logps.detach(),
-            entropy=entropy.detach() if entropy is not None else None, generator=self._attr_generator,
+            unwrapped, inputs["prompt_ids"][pick], inputs["prompt_mask"][pick], inputs["completion_ids"][pick],
+            inputs["completion_mask"][pick], options=self.attribution_options, logp=logps.detach()[pick],
+            entropy=entropy.detach()[pick] if entropy is not None else None, generator=self._attr_generator,
             donors=self._donors if self.attribution_options.visual_strategy == "replace" else (), **video_kwargs)
         group_ids = None
         if self.selection_options.scope in ("group", "quantile"):
-            group_ids = _prompt_groups(inputs["prompt_ids"])
+            group_ids = _prompt_groups(inputs["prompt_ids"][pick])
         all_gather = all_gather_1d if self.selection_options.scope == "global" else None
-        weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
-                                                  all_gather=all_gather, rank=self.accelerator.process_index)
-        mode = "train" if self.model.training else "eval"
+        sub_weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
+                                                      all_gather=all_gather, rank=self.accelerator.process_index)
+        weights[pick] = sub_weights
         for k, v in stats.items():
             self._metrics[mode][f"ktr/{k}"].append(v)
         self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)

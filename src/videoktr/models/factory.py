@@ -289,19 +289,15 @@ def build_config(size: ModelSize, tokenizer, family: str = DEFAULT_FAMILY):
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
+    # Qwen2.5-VL and Qwen3-VL vision towers take the same core dimensions
+    vision = dict(depth=size.vision_depth, hidden_size=size.vision_hidden, intermediate_size=size.vision_intermediate,
+                  num_heads=size.vision_heads, out_hidden_size=size.hidden_size, patch_size=fam.patch_size,
+                  spatial_merge_size=2, temporal_patch_size=2)
     if family == "qwen3_vl":
         text.update(head_dim=head_dim, rope_parameters={
             "rope_type": "default", "rope_theta": 10000.0,
             "mrope_section": _mrope_section(head_dim, interleaved=True), "mrope_interleaved": True})
-        vision = dict(
-            depth=size.vision_depth,
-            hidden_size=size.vision_hidden,
-            intermediate_size=size.vision_intermediate,
-            num_heads=size.vision_heads,
-            out_hidden_size=size.hidden_size,
-            patch_size=fam.patch_size,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
+        vision.update(
             num_position_embeddings=64,  # an 8x8 learned grid, resampled to each frame's patch grid
             # DeepStack: merged features of these vision layers are added to the first decoder layers' hidden
             # states at the visual positions (the released models take 3 of 27 layers).
@@ -326,18 +322,7 @@ def build_config(size: ModelSize, tokenizer, family: str = DEFAULT_FAMILY):
                 temporal_patch_size=2,
             )
         else:
-            vision = dict(
-                depth=size.vision_depth,
-                hidden_size=size.vision_hidden,
-                intermediate_size=size.vision_intermediate,
-                num_heads=size.vision_heads,
-                out_hidden_size=size.hidden_size,
-                patch_size=fam.patch_size,
-                spatial_merge_size=2,
-                temporal_patch_size=2,
-                window_size=112,
-                fullatt_block_indexes=[size.vision_depth - 1],
-            )
+            vision.update(window_size=112, fullatt_block_indexes=[size.vision_depth - 1])
     return getattr(transformers, fam.config_class)(text_config=text, vision_config=vision, **common)
 
 

@@ -104,7 +104,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._pending_prompt_ids: list[list[int]] | None = None
         self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
         self._donors: list[torch.Tensor] = []  # earlier batches' features, for visual_strategy="replace"
-        self._load_clip = lru_cache(maxsize=256)(self._decode)
+        # decoded clips of the current batches (the G copies of a prompt decode once); small, since full-resolution
+        # frames of real videos take tens of MB each
+        self._load_clip = lru_cache(maxsize=16)(self._decode)
 
     # ----------------------------------------------------------------------------------------------------------
     # Prompts: decode videos, processor with fps metadata, remember each row's video

@@ -143,12 +143,28 @@ def test_vision_tower_runs_once_per_unique_video_and_one_decoder_pass(tiny, batc
                                                   with_kwargs=True)
     h2 = model.model.language_model.register_forward_hook(lambda *a: calls.__setitem__("decoder", calls["decoder"] + 1))
     try:
-        attribute(model, **batch)
+        attribute(model, **batch, options=AttributionOptions(share_prefix=False))
+        assert calls["visual"] == [2]  # one call, two unique clips for three video rows
+        assert calls["decoder"] == 1  # unperturbed + visual + temporal rows in one forward
+        calls["visual"].clear()
+        calls["decoder"] = 0
+        attribute(model, **batch)  # shared prompt prefixes: one prefix pass, one completion pass
+        assert calls["visual"] == [2] and calls["decoder"] == 2
     finally:
         h1.remove()
         h2.remove()
-    assert calls["visual"] == [2]  # one call, two unique clips for three video rows
-    assert calls["decoder"] == 1  # unperturbed + visual + temporal rows in one forward
+
+
+@pytest.mark.parametrize("signals", [("visual", "temporal", "entropy"), ("temporal",)])
+def test_shared_prefix_equals_full_forward(tiny, batch, signals):
+    model, _ = tiny
+    shared = attribute(model, **batch, options=AttributionOptions(signals=signals),
+                       generator=torch.Generator().manual_seed(4))
+    full = attribute(model, **batch, options=AttributionOptions(signals=signals, share_prefix=False),
+                     generator=torch.Generator().manual_seed(4))
+    valid = batch["completion_mask"].bool()  # padding positions are never selected, their values may differ
+    for s in signals:
+        assert torch.allclose(shared.scores[s][valid], full.scores[s][valid], atol=1e-5)
 
 
 def test_precomputed_logp_skips_unperturbed_rows(tiny, batch):

@@ -46,6 +46,9 @@ from .models.perturb import (
 )
 
 SIGNALS = ("visual", "temporal", "entropy")
+# Families whose decoder continues a cached prompt with text positions `valid index + rope delta` (checked against
+# the unshared forward in tests/test_attribution.py).
+PREFIX_SHARING_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
 SELECTION_SCOPES = ("response", "group", "global", "quantile")
 
 
@@ -62,6 +65,7 @@ class AttributionOptions:
     signed: bool = False  # official code: logp_full - logp_perturbed without the absolute value
     temperature: float = 1.0  # logits are divided by this before log-softmax (match the sampling temperature)
     chunk_size: int = 1024  # rows per chunk when applying the LM head
+    share_prefix: bool = True  # evaluate each distinct (prompt, perturbed video) once and reuse its KV cache
 
     def validate(self) -> None:
         bad = [s for s in self.signals if s not in SIGNALS]
@@ -170,6 +174,56 @@ def perturbed_features(
     return [out[o] for o in owner], [perms[o] for o in owner]
 
 
+def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask, rows,
+                           prefix_of, videos_of_row, feats, grids, secs) -> torch.Tensor:
+    """Hidden states predicting each completion token [R, C, H] for forward rows `rows` (batch indices), where
+    rows with equal `prefix_of` share their prompt and video: the prompt prefixes run once (U rows) with a KV
+    cache, the cache is gathered to the R rows, and only the completions run per row. The G responses to one
+    prompt then cost one prompt pass per perturbation instead of G."""
+    from transformers import DynamicCache
+
+    device = prompt_ids.device
+    uniq = sorted(set(prefix_of))  # positions in `rows` of the first row of each prefix
+    u_index = {u: i for i, u in enumerate(uniq)}
+    # per forward row, its videos' features are in `feats` in row order; take those of the unique rows
+    starts, k = [], 0
+    for b in rows:
+        starts.append(k)
+        k += len(videos_of_row[b])
+    u_feats, u_grids, u_secs = [], [], []
+    for u in uniq:
+        for j in range(len(videos_of_row[rows[u]])):
+            u_feats.append(feats[starts[u] + j])
+            u_grids.append(grids[starts[u] + j])
+            if secs:
+                u_secs.append(secs[starts[u] + j])
+    u_rows = torch.tensor([rows[u] for u in uniq], device=device)
+    p_ids, p_mask = prompt_ids[u_rows], prompt_mask[u_rows]
+    kwargs = {}
+    if u_feats:
+        kwargs.update(adapter.video_kwargs(u_feats))
+        kwargs["video_grid_thw"] = torch.stack(u_grids)
+        if u_secs:
+            kwargs["second_per_grid_ts"] = torch.stack(u_secs)
+    model.model.rope_deltas = None
+    prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
+                         use_cache=True, past_key_values=DynamicCache(config=model.config), **kwargs)
+    deltas = model.model.rope_deltas.reshape(-1)  # [U] text position = valid index + delta
+    model.model.rope_deltas = None
+    take = torch.tensor([u_index[u] for u in prefix_of], device=device)  # [R] row -> its prefix
+    cache = prefix.past_key_values
+    cache.batch_select_indices(take)
+    C = completion_ids.shape[1]
+    n_valid = p_mask[take].sum(-1)  # [R]
+    positions = (n_valid + deltas[take])[:, None] + torch.arange(C, device=device)[None]  # [R, C]
+    r_idx = torch.tensor(rows, device=device)
+    out = model.model(input_ids=completion_ids[r_idx], use_cache=True, past_key_values=cache,
+                      attention_mask=torch.cat([p_mask[take], completion_mask[r_idx]], dim=1),
+                      position_ids=positions[None].expand(3, -1, -1))
+    last = prefix.last_hidden_state[take, -1:]  # [R, 1, H] predicts completion token 0
+    return torch.cat([last, out.last_hidden_state[:, : C - 1]], dim=1)
+
+
 @torch.no_grad()
 def attribute(
     model,
@@ -255,33 +309,36 @@ def attribute(
 
     hidden_by_part: dict[str, torch.Tensor] = {}
     if parts:
-        rows, feats, grids, secs = [], [], [], []
-        for _, part_rows, part_feats in parts:
+        rows, prefix_keys, feats, grids, secs = [], [], [], [], []
+        first_of: dict[tuple, int] = {}  # prefix key -> index of its first row in the forward
+        for name, part_rows, part_feats in parts:
             for b in part_rows:
+                # rows whose prompt and (perturbed) video are identical share one prompt prefix
+                key = (name, tuple(owner[v] for v in videos_of_row[b]), tuple(prompt_ids[b].tolist()))
+                prefix_keys.append(first_of.setdefault(key, len(rows)))
                 rows.append(b)
                 for v in videos_of_row[b]:
                     feats.append(part_feats[v])
                     grids.append(video_grid_thw[v])
                     if second_per_grid_ts is not None:
                         secs.append(second_per_grid_ts[v])
-        idx = torch.tensor(rows, device=device)
-        input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
-        attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
         kwargs = {}
         if feats:
             kwargs.update(adapter.video_kwargs(feats))
             kwargs["video_grid_thw"] = torch.stack(grids)
             if secs:
                 kwargs["second_per_grid_ts"] = torch.stack(secs)
-        out = model.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            mm_token_type_ids=adapter.mm_token_type_ids(input_ids),
-            use_cache=False,
-            **kwargs,
-        )
-        # hidden state at position P-1+t predicts completion token t
-        hidden = out.last_hidden_state[:, P - 1 : P - 1 + C] / options.temperature  # [R, C, H]
+        idx = torch.tensor(rows, device=device)
+        if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES and len(first_of) < len(rows):
+            hidden = _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                            rows, prefix_keys, videos_of_row, feats, grids, secs)
+        else:
+            input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
+            attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
+            out = model.model(input_ids=input_ids, attention_mask=attention_mask,
+                              mm_token_type_ids=adapter.mm_token_type_ids(input_ids), use_cache=False, **kwargs)
+            hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # position P-1+t predicts completion token t
+        hidden = hidden / options.temperature  # [R, C, H]
         start_row = 0
         for name, part_rows, _ in parts:
             hidden_by_part[name] = hidden[start_row : start_row + len(part_rows)]

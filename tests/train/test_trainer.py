@@ -263,4 +263,6 @@ def test_zero_advantage_responses_are_not_attributed(tiny_dir, clip_rows, tmp_pa
     w = inputs["ktr_weights"]
     assert (w[::2] == 0).all() and (w[1::2].sum(-1) >= 1).all()
     n = adv.numel()
-    assert calls == [n, 2 * (n // 2)]  # policy pass over all rows; attribution over the active half, 2 perturbations
+    # policy pass over all rows; attribution: one prompt pass per (prompt, perturbation) = 2 prompts x 2, then the
+    # completions of the active half under both perturbations
+    assert calls == [n, 4, 2 * (n // 2)]

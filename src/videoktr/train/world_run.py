@@ -15,6 +15,10 @@ from pathlib import Path
 from .config import TrainConfig
 
 
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -109,9 +113,9 @@ def run_synthetic(config: TrainConfig) -> dict:
         "train": {
             "reward_first": steps[0]["reward"] if steps else None,
             "reward_last": steps[-1]["reward"] if steps else None,
-            "mean_step_seconds": (sum(h.get("step_time", 0.0) for h in steps) / len(steps)) if steps else None,
-            "mean_update_ratio": (sum(h.get("ktr/update_ratio", 0.0) for h in steps) / len(steps)
-                                  if steps and "ktr/update_ratio" in steps[0] else None),
+            "mean_step_seconds": _mean([h["step_time"] for h in steps if "step_time" in h]),
+            "mean_update_ratio": _mean([h["ktr/update_ratio"] for h in steps if "ktr/update_ratio" in h]),
+            "mean_attributed_share": _mean([h["ktr/attributed_share"] for h in steps if "ktr/attributed_share" in h]),
         },
         "plot": str(out / PLOT_NAME),
     }

@@ -62,5 +62,4 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["steps"] == 2 and report["processes"] == 2
-    assert proc.stderr.count("checking media: 100%") == 2  # both processes ran
+    assert report["steps"] == 2 and report["processes"] == 2  # accelerate saw a world of 2 processes

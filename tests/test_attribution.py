@@ -243,3 +243,22 @@ def test_bad_options_are_named(kwargs, match):
 def test_ratio_outside_range(ratio):
     with pytest.raises(ValueError, match=r"ratio must be in \(0, 1\]"):
         SelectionOptions(ratio=ratio).validate()
+
+
+def test_shared_prefix_equals_full_forward_for_qwen2_vl(tmp_path):
+    from videoktr.attribution import PREFIX_SHARING_FAMILIES
+    from videoktr.models.factory import create_model_dir, load_model, load_processor
+
+    assert "qwen2_vl" in PREFIX_SHARING_FAMILIES
+    path = create_model_dir(tmp_path / "q2", size="tiny", family="qwen2_vl")
+    model, processor = load_model(path, dtype="float32").eval(), load_processor(path)
+    prompts = encode_prompts(processor, ROWS[:3] + ROWS[:1])
+    cids, cmask = make_completions(processor, RESPONSES[:4])
+    args = dict(prompt_ids=prompts["input_ids"], prompt_mask=prompts["attention_mask"], completion_ids=cids,
+                completion_mask=cmask, pixel_values_videos=prompts["pixel_values_videos"],
+                video_grid_thw=prompts["video_grid_thw"])
+    shared = attribute(model, **args, generator=torch.Generator().manual_seed(1))
+    full = attribute(model, **args, options=AttributionOptions(share_prefix=False), generator=torch.Generator().manual_seed(1))
+    valid = cmask.bool()
+    for s in ("visual", "temporal"):
+        assert torch.allclose(shared.scores[s][valid], full.scores[s][valid], atol=1e-5)

@@ -174,8 +174,19 @@ def perturbed_features(
     return [out[o] for o in owner], [perms[o] for o in owner]
 
 
+def _video_forward_kwargs(adapter, row_videos: list[list[tuple]]) -> dict:
+    """Forward kwargs for forward rows whose videos are given as (features, grid [3], seconds or None) tuples."""
+    flat = [v for videos in row_videos for v in videos]
+    if not flat:
+        return {}
+    kwargs = {**adapter.video_kwargs([f for f, _, _ in flat]), "video_grid_thw": torch.stack([g for _, g, _ in flat])}
+    if flat[0][2] is not None:
+        kwargs["second_per_grid_ts"] = torch.stack([s for _, _, s in flat])
+    return kwargs
+
+
 def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask, rows,
-                           prefix_of, videos_of_row, feats, grids, secs) -> torch.Tensor:
+                           prefix_of, row_videos) -> torch.Tensor:
     """Hidden states predicting each completion token [R, C, H] for forward rows `rows` (batch indices), where
     rows with equal `prefix_of` share their prompt and video: the prompt prefixes run once (U rows) with a KV
     cache, the cache is gathered to the R rows, and only the completions run per row. The G responses to one
@@ -185,26 +196,9 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     device = prompt_ids.device
     uniq = sorted(set(prefix_of))  # positions in `rows` of the first row of each prefix
     u_index = {u: i for i, u in enumerate(uniq)}
-    # per forward row, its videos' features are in `feats` in row order; take those of the unique rows
-    starts, k = [], 0
-    for b in rows:
-        starts.append(k)
-        k += len(videos_of_row[b])
-    u_feats, u_grids, u_secs = [], [], []
-    for u in uniq:
-        for j in range(len(videos_of_row[rows[u]])):
-            u_feats.append(feats[starts[u] + j])
-            u_grids.append(grids[starts[u] + j])
-            if secs:
-                u_secs.append(secs[starts[u] + j])
     u_rows = torch.tensor([rows[u] for u in uniq], device=device)
     p_ids, p_mask = prompt_ids[u_rows], prompt_mask[u_rows]
-    kwargs = {}
-    if u_feats:
-        kwargs.update(adapter.video_kwargs(u_feats))
-        kwargs["video_grid_thw"] = torch.stack(u_grids)
-        if u_secs:
-            kwargs["second_per_grid_ts"] = torch.stack(u_secs)
+    kwargs = _video_forward_kwargs(adapter, [row_videos[u] for u in uniq])
     model.model.rope_deltas = None
     prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
                          use_cache=True, past_key_values=DynamicCache(config=model.config), **kwargs)
@@ -309,7 +303,7 @@ def attribute(
 
     hidden_by_part: dict[str, torch.Tensor] = {}
     if parts:
-        rows, prefix_keys, feats, grids, secs = [], [], [], [], []
+        rows, prefix_keys, row_videos = [], [], []  # per forward row: batch row, prefix id, its videos
         first_of: dict[tuple, int] = {}  # prefix key -> index of its first row in the forward
         for name, part_rows, part_feats in parts:
             for b in part_rows:
@@ -317,26 +311,19 @@ def attribute(
                 key = (name, tuple(owner[v] for v in videos_of_row[b]), tuple(prompt_ids[b].tolist()))
                 prefix_keys.append(first_of.setdefault(key, len(rows)))
                 rows.append(b)
-                for v in videos_of_row[b]:
-                    feats.append(part_feats[v])
-                    grids.append(video_grid_thw[v])
-                    if second_per_grid_ts is not None:
-                        secs.append(second_per_grid_ts[v])
-        kwargs = {}
-        if feats:
-            kwargs.update(adapter.video_kwargs(feats))
-            kwargs["video_grid_thw"] = torch.stack(grids)
-            if secs:
-                kwargs["second_per_grid_ts"] = torch.stack(secs)
-        idx = torch.tensor(rows, device=device)
+                row_videos.append([(part_feats[v], video_grid_thw[v],
+                                    None if second_per_grid_ts is None else second_per_grid_ts[v])
+                                   for v in videos_of_row[b]])
         if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES and len(first_of) < len(rows):
             hidden = _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                            rows, prefix_keys, videos_of_row, feats, grids, secs)
+                                            rows, prefix_keys, row_videos)
         else:
+            idx = torch.tensor(rows, device=device)
             input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
             attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
-            out = model.model(input_ids=input_ids, attention_mask=attention_mask,
-                              mm_token_type_ids=adapter.mm_token_type_ids(input_ids), use_cache=False, **kwargs)
+            out = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                              mm_token_type_ids=adapter.mm_token_type_ids(input_ids),
+                              **_video_forward_kwargs(adapter, row_videos))
             hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # position P-1+t predicts completion token t
         hidden = hidden / options.temperature  # [R, C, H]
         start_row = 0

@@ -131,6 +131,45 @@ def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None) 
     return path
 
 
+def start_run_dir(config: TrainConfig) -> Path:
+    """Seed the run, create its directory and record the resolved configuration there."""
+    import torch
+
+    torch.manual_seed(config.run.seed)
+    out = Path(config.run.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return out
+
+
+def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str) -> dict:
+    """Train (resuming from the run directory's last checkpoint when allowed), write log_history.json and the
+    plot on the main process, and return the training statistics of the report."""
+    from accelerate import PartialState
+
+    resume = last_checkpoint(out) if config.run.resume else None
+    if resume:
+        print(f"      resuming from {resume}")
+    trainer.train(resume_from_checkpoint=resume)
+    history = trainer.state.log_history
+    if PartialState().is_main_process:
+        (out / "log_history.json").write_text(json.dumps(history, indent=2))
+        plot_history(history, out / PLOT_NAME, accuracy_key=accuracy_key)
+    steps = [h for h in history if "reward" in h]
+
+    def mean(key):
+        values = [h[key] for h in steps if key in h]
+        return sum(values) / len(values) if values else None
+
+    return {
+        "reward_first": steps[0]["reward"] if steps else None,
+        "reward_last": steps[-1]["reward"] if steps else None,
+        "mean_step_seconds": mean("step_time"),
+        "mean_update_ratio": mean("ktr/update_ratio"),
+        "mean_attributed_share": mean("ktr/attributed_share"),
+    }
+
+
 def write_report(output_dir: Path, report: dict) -> Path:
     path = output_dir / REPORT_NAME
     path.write_text(json.dumps(report, indent=2, default=float))
@@ -164,8 +203,6 @@ def run(config: TrainConfig) -> dict:
 def run_dataset(config: TrainConfig) -> dict:
     """Train on Video-R1-format rows: validated rows, media probed once, bad samples skipped and recorded
     (never substituted), rewards by problem_type."""
-    import torch
-
     from ..data.videor1 import build_prompt, load_videor1, without_row_ref, write_skipped
     from ..models.factory import load_model, load_processor
     from ..rewards import build_rewards
@@ -173,10 +210,7 @@ def run_dataset(config: TrainConfig) -> dict:
     if not config.model.model:
         raise ValueError("model.model (--model) must name a model directory when training on data "
                          "(e.g. a Qwen2.5-VL checkpoint, or one written by `videoktr init-model`)")
-    torch.manual_seed(config.run.seed)
-    out = Path(config.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    out = start_run_dir(config)
     d = config.data
     data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames)
     rows, skipped = [without_row_ref(row) for row in data.rows], list(data.skipped)
@@ -195,13 +229,7 @@ def run_dataset(config: TrainConfig) -> dict:
     reward_funcs, _ = build_rewards({"accuracy": weights[0], "format": weights[1] if len(weights) > 1 else 1.0})
     trainer = build_trainer(config, model, processor, trl_rows(rows, Path(d.data_root or "."), build_prompt),
                             reward_funcs)
-    resume = last_checkpoint(out) if config.run.resume else None
-    trainer.train(resume_from_checkpoint=resume)
-    history = trainer.state.log_history
-    if main_process:
-        (out / "log_history.json").write_text(json.dumps(history, indent=2))
-        plot_history(history, out / PLOT_NAME, accuracy_key="rewards/accuracy/mean")
-    steps = [h for h in history if "reward" in h]
+    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean")
     return {
         "method": config.rl.method,
         "model": config.model.model,
@@ -210,7 +238,6 @@ def run_dataset(config: TrainConfig) -> dict:
         "skipped_samples": len(skipped),
         "skipped_file": str(out / "skipped.jsonl"),
         "steps": trainer.state.global_step,
-        "reward_first": steps[0]["reward"] if steps else None,
-        "reward_last": steps[-1]["reward"] if steps else None,
+        "train": train,
         "plot": str(out / PLOT_NAME),
     }

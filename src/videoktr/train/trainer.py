@@ -42,6 +42,32 @@ class RowVideo:
 
 
 @dataclass
+class EncodedMedia:
+    """Encoder outputs of one pass, per row in row order: videos (attributed) and images (not attributed)."""
+
+    videos: list[RowVideo]
+    video_features: list[torch.Tensor]
+    images: list[RowVideo]
+    image_features: list[torch.Tensor]
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [r.key for r in self.videos]
+
+    def forward_kwargs(self, adapter, device, detach: bool = False) -> dict:
+        """mm_encoder_outputs + grids for the model forward (detach=True: reuse without gradient)."""
+        if not self.videos and not self.images:
+            return {}
+        grab = (lambda fs: [f.detach() for f in fs]) if detach else list
+        kwargs = adapter.media_kwargs(grab(self.video_features), grab(self.image_features))
+        if self.videos:
+            kwargs.update(_grid_kwargs(self.videos, device))
+        if self.images:
+            kwargs["image_grid_thw"] = torch.cat([r.grid for r in self.images]).to(device)
+        return kwargs
+
+
+@dataclass
 class VideoOptions:
     fps: float = 2.0
     min_frames: int = 4
@@ -245,17 +271,16 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     # ----------------------------------------------------------------------------------------------------------
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs
-    def _video_inputs(self, model, rows: list[RowVideo | None], grad: bool):
-        """Encode the unique clips and images among `rows` once each; return forward kwargs, the per-video
-        features and the video keys (in row order; images are not attributed)."""
+    def _encode_media(self, model, rows: list[RowVideo | None], grad: bool) -> EncodedMedia:
+        """Encode the unique clips and images among `rows` once each (the G copies of a prompt share one run)."""
         videos = [r for r in rows if r is not None and r.kind == "video"]
         images = [r for r in rows if r is not None and r.kind == "image"]
-        if not videos and not images:
-            return {}, [], []
         unwrapped = self.accelerator.unwrap_model(model)
         device = self.accelerator.device
 
         def encode(present: list[RowVideo], fn) -> list[torch.Tensor]:
+            if not present:
+                return []
             first: dict[str, RowVideo] = {}
             for r in present:
                 first.setdefault(r.key, r)
@@ -266,26 +291,20 @@ class VideoGRPOTrainer(GRPOTrainer):
             by_key = {r.key: f for r, f in zip(unique, encoded)}
             return [by_key[r.key] for r in present]
 
-        video_features = encode(videos, self.adapter.encode_videos) if videos else []
-        image_features = encode(images, self.adapter.encode_images) if images else []
-        kwargs = self.adapter.media_kwargs(video_features, image_features)
-        if videos:
-            kwargs.update(_grid_kwargs(videos, device))
-        if images:
-            kwargs["image_grid_thw"] = torch.cat([r.grid for r in images]).to(device)
-        return kwargs, video_features, [r.key for r in videos]
+        return EncodedMedia(videos, encode(videos, self.adapter.encode_videos),
+                            images, encode(images, self.adapter.encode_images))
 
     def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy, grad):
-        kwargs, features, keys = self._video_inputs(model, rows, grad)
+        media = self._encode_media(model, rows, grad)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         labels[:, :-logits_to_keep] = -100
         with self.accelerator.autocast():
             out = model(input_ids=input_ids, attention_mask=attention_mask,
                         mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids), labels=labels,
-                        fused_lm_head=True, **kwargs)
+                        fused_lm_head=True, **media.forward_kwargs(self.adapter, self.accelerator.device))
         logps = out.log_probs[:, -logits_to_keep:]
         entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
-        return logps, entropy, features, keys
+        return logps, entropy, media
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **kwargs):
@@ -298,7 +317,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
             end = start + batch_size
-            lp, ent, _, _ = self._forward_logps(model, input_ids[start:end], attention_mask[start:end],
+            lp, ent, _ = self._forward_logps(model, input_ids[start:end], attention_mask[start:end],
                                                 logits_to_keep, rows[start:end], compute_entropy, grad=True)
             logps.append(lp)
             entropies.append(ent)
@@ -306,7 +325,7 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     # ----------------------------------------------------------------------------------------------------------
     # Loss: Eq. 2 with the key-token mask
-    def _key_token_weights(self, inputs, logps, entropy, features, keys):
+    def _key_token_weights(self, inputs, logps, entropy, media: EncodedMedia):
         """Key-token weights [B, C] for this batch: computed once per generated batch and cached in `inputs`
         (later iterations over the same rollouts reuse the mask, as the paper computes it per rollout).
 
@@ -320,6 +339,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         B = logps.shape[0]
         rows = inputs.get("videos") or [None] * B
         active = inputs["advantages"].reshape(B, -1).ne(0).any(-1)
+        features, keys = media.video_features, media.video_keys
         if (self.beta != 0.0 and self.mask_kl) or self.selection_options.scope == "global":
             active = torch.ones_like(active)
         weights = torch.zeros_like(logps, dtype=torch.float32)
@@ -362,7 +382,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         return weights
 
     @torch.no_grad()
-    def _tw_grpo_weights(self, inputs, features):
+    def _tw_grpo_weights(self, inputs, media: EncodedMedia):
         """TW-GRPO weights [B, C] (core.baselines), from a no-grad pass that reuses this step's encoder outputs;
         cached per rollout like the key-token mask."""
         if "ktr_weights" in inputs:
@@ -371,13 +391,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         ids = torch.cat([prompt_ids, completion_ids], 1)
         mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        rows = inputs.get("videos") or [None] * ids.shape[0]
-        if any(r is not None and r.kind == "image" for r in rows):
-            kwargs, _, _ = self._video_inputs(self.model, rows, grad=False)  # images: encode again, no grad
-        else:
-            present = [r for r in rows if r is not None]
-            kwargs = ({**self.adapter.video_kwargs([f.detach() for f in features]), **_grid_kwargs(present, ids.device)}
-                      if present else {})
+        kwargs = media.forward_kwargs(self.adapter, ids.device, detach=True)
         hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
                                  mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
         P, C = prompt_ids.shape[1], completion_ids.shape[1]
@@ -396,13 +410,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         C = completion_ids.size(1)
         rows = inputs.get("videos") or [None] * input_ids.size(0)
-        logps, entropy, features, keys = self._forward_logps(model, input_ids, attention_mask, C, rows,
-                                                             compute_entropy=True, grad=True)
+        logps, entropy, media = self._forward_logps(model, input_ids, attention_mask, C, rows,
+                                                    compute_entropy=True, grad=True)
         weights = None
         if self.method in ("ktr", "entropy"):
-            weights = self._key_token_weights(inputs, logps, entropy, features, keys)
+            weights = self._key_token_weights(inputs, logps, entropy, media)
         elif self.method == "twgrpo":
-            weights = self._tw_grpo_weights(inputs, features)
+            weights = self._tw_grpo_weights(inputs, media)
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
         loss, stats = masked_clipped_loss(

@@ -15,10 +15,6 @@ from pathlib import Path
 from .config import TrainConfig
 
 
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -54,17 +50,12 @@ def prepare_world_and_model(config: TrainConfig):
 
 
 def run_synthetic(config: TrainConfig) -> dict:
-    import torch
-
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
     from ..models.factory import load_model, load_processor
-    from .run import PLOT_NAME, build_trainer, last_checkpoint, plot_history, trl_rows
+    from .run import PLOT_NAME, build_trainer, start_run_dir, train_and_record, trl_rows
 
-    torch.manual_seed(config.run.seed)
-    out = Path(config.run.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    out = start_run_dir(config)
     world, model_dir = prepare_world_and_model(config)
     world_dir = world.root
     rl_rows = synthetic.read_rows(world.rl)
@@ -86,19 +77,12 @@ def run_synthetic(config: TrainConfig) -> dict:
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
     trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
                             [synthetic.accuracy_reward, synthetic.format_reward])
-    resume = last_checkpoint(out) if config.run.resume else None
-    if resume:
-        print(f"      resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean")
 
     # 5. after RL
     print("[5/5] held-out accuracy after RL")
     after = heldout_accuracy(trainer.model, processor, eval_rows, world_dir)
     gain = paired_gain(before.pop("per_item"), after.pop("per_item"))
-    history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=2))
-    plot_history(history, out / PLOT_NAME, accuracy_key="rewards/accuracy_reward/mean")
-    steps = [h for h in history if "reward" in h]
     report = {
         "method": config.rl.method,
         "model": str(model_dir),
@@ -110,13 +94,7 @@ def run_synthetic(config: TrainConfig) -> dict:
         "attribution_auc": attribution["auc"] if attribution else None,
         "attribution_precision": attribution["precision"] if attribution else None,
         "attribution": attribution,
-        "train": {
-            "reward_first": steps[0]["reward"] if steps else None,
-            "reward_last": steps[-1]["reward"] if steps else None,
-            "mean_step_seconds": _mean([h["step_time"] for h in steps if "step_time" in h]),
-            "mean_update_ratio": _mean([h["ktr/update_ratio"] for h in steps if "ktr/update_ratio" in h]),
-            "mean_attributed_share": _mean([h["ktr/attributed_share"] for h in steps if "ktr/attributed_share" in h]),
-        },
+        "train": train,
         "plot": str(out / PLOT_NAME),
     }
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from builders import random_frames
+from builders import length_reward, make_trainer, random_frames
 
 from videoktr.data.video import write_video
 
@@ -22,30 +22,6 @@ def clip_rows(tmp_path_factory):
             {"type": "video", "video": str(path)}, {"type": "text", "text": "Which colour appeared first?"}]}],
             "solution": "red"})
     return rows
-
-
-def length_reward(completions, **kwargs):
-    """Varies within a group for a random model, so advantages are non-zero."""
-    return [float(len(c[0]["content"]) % 7) for c in completions]
-
-
-def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
-    from datasets import Dataset
-    from trl import GRPOConfig
-
-    from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
-    from videoktr.train.trainer import VideoGRPOTrainer
-
-    torch.manual_seed(0)
-    model = load_model(tiny_dir, dtype="float32")
-    processor = load_processor(tiny_dir)
-    args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
-                max_completion_length=8, max_steps=max_steps, use_cpu=True, report_to=[], logging_steps=1,
-                save_strategy="no", learning_rate=1e-3, bf16=False, gradient_checkpointing=False,
-                generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, seed=0)
-    args.update(config)
-    return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
-                            args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method)
 
 
 def generated_batch(trainer):

@@ -81,6 +81,15 @@ class RLConfig:
                                              "response over selected tokens (official code, without its NaN)",
                                  ("sequence", "token", "selected"))
     reward_weights: list = _f([1.0, 0.5], "weights of the reward functions (accuracy, format)")
+    use_vllm: bool = _f(False, "sample rollouts with vLLM (needs vLLM and a GPU; videos and images ride along in "
+                               "colocate mode, see README 'vLLM rollouts')")
+    vllm_mode: str = _f("colocate", "colocate: a vLLM engine inside each training process (videos supported); "
+                                    "server: `trl vllm-serve` on other GPUs (text and TRL's images only)",
+                        ("colocate", "server"))
+    vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of GPU memory vLLM may take")
+    vllm_tensor_parallel_size: int = _f(1, "colocate: GPUs one vLLM engine spans")
+    vllm_enable_sleep_mode: bool = _f(False, "colocate: release vLLM's memory during the optimizer step")
+    vllm_server_base_url: str = _f("", "server: base URL of the vLLM server (empty: http://localhost:8000)")
 
 
 @dataclass

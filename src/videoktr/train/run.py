@@ -56,7 +56,15 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
         lr_scheduler_type=rl.lr_scheduler_type,
         warmup_steps=rl.warmup_steps,
         reward_weights=list(rl.reward_weights),
-        generation_kwargs={"suppress_tokens": suppress_tokens},
+        # vision special tokens never sampled: transformers' suppress_tokens, vLLM's logit_bias
+        generation_kwargs=({"logit_bias": {t: -100.0 for t in suppress_tokens}} if rl.use_vllm
+                           else {"suppress_tokens": suppress_tokens}),
+        use_vllm=rl.use_vllm,
+        vllm_mode=rl.vllm_mode,
+        vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=rl.vllm_tensor_parallel_size,
+        vllm_enable_sleep_mode=rl.vllm_enable_sleep_mode,
+        vllm_server_base_url=rl.vllm_server_base_url or None,
         seed=run.seed,
         logging_steps=run.logging_steps,
         save_strategy="steps",

@@ -19,6 +19,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from trl import GRPOTrainer
@@ -28,6 +30,7 @@ from ..core import group_position_kl, masked_clipped_loss, tw_grpo_weights
 from ..data.video import read_video
 from ..models.adapters import adapter_for
 from .distributed import all_gather_1d
+from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
 
 
 @dataclass
@@ -133,6 +136,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         # decoded clips of the current batches (the G copies of a prompt decode once); small, since full-resolution
         # frames of real videos take tens of MB each
         self._load_clip = lru_cache(maxsize=16)(self._decode)
+        self._pending_template_ids: list[list[int]] | None = None
+        if self.use_vllm:
+            self._prepare_vllm()
 
     # ----------------------------------------------------------------------------------------------------------
     # Prompts: decode videos, processor with fps metadata, remember each row's video
@@ -141,49 +147,51 @@ class VideoGRPOTrainer(GRPOTrainer):
         return read_video(path, target_fps=o.fps, min_frames=o.min_frames, max_frames=o.max_frames)
 
     def _tokenize_prompts(self, prompts: list):
-        videos = [media_parts(p, "video") for p in prompts]
-        images = [media_parts(p, "image") for p in prompts]
-        if not any(videos) and not any(images):
+        batch = encode_prompts(self.processing_class, self.adapter, prompts, self._load_clip)
+        if batch is None:
             self._pending_videos = None
             return super()._tokenize_prompts(prompts)
-        for v, i in zip(videos, images):
-            if len(v) + len(i) > 1:
-                raise ValueError("one video or image per prompt is supported; a prompt names " + ", ".join(map(str, v + i)))
-        processor = self.processing_class
-        texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-        clips = [self._load_clip(str(v[0])) for v in videos if v]
-        kwargs = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
-        if clips:
-            kwargs.update(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
-                          do_sample_frames=False)
-        if any(images):
-            from PIL import Image
+        self._pending_videos = batch.rows
+        self._pending_prompt_ids = batch.prompt_ids
+        self._pending_template_ids = batch.template_ids
+        return batch.prompt_ids, None, batch.fields
 
-            kwargs["images"] = [Image.open(i[0]).convert("RGB") for i in images if i]
-        enc = processor(**kwargs)
-        mask = enc["attention_mask"].bool()
-        prompt_ids = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
-        video_pixels = self.adapter.split_pixels(enc["pixel_values_videos"], enc["video_grid_thw"]) if clips else []
-        image_pixels = self.adapter.split_pixels(enc["pixel_values"], enc["image_grid_thw"]) if any(images) else []
-        secs = enc.get("second_per_grid_ts")
-        rows: list[RowVideo | None] = []
-        v = i = 0
-        for vid, img in zip(videos, images):
-            if vid:
-                rows.append(RowVideo(str(vid[0]), video_pixels[v], enc["video_grid_thw"][v : v + 1],
-                                     None if secs is None else torch.as_tensor(secs)[v : v + 1]))
-                v += 1
-            elif img:
-                rows.append(RowVideo(str(img[0]), image_pixels[i], enc["image_grid_thw"][i : i + 1], None, "image"))
-                i += 1
-            else:
-                rows.append(None)
-        self._pending_videos = rows
-        self._pending_prompt_ids = prompt_ids
-        keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
-        fields = {k: enc[k] for k in keys if k in enc}
-        fields["mm_token_type_ids"] = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
-        return prompt_ids, None, fields
+    # ----------------------------------------------------------------------------------------------------------
+    # vLLM rollouts with videos (colocate): each request carries its row's frames, see train/rollout.py
+    def _prepare_vllm(self):
+        """Wrap TRL's colocated vLLM engine so requests carry media; check vLLM will resize as we do."""
+        if self.vllm_mode != "colocate":
+            return  # server mode: checked per batch (text-only and image batches go through TRL unchanged)
+        generation = self.vllm_generation
+        if not isinstance(generation.llm, MediaInjectingLLM):
+            generation.llm = MediaInjectingLLM(generation.llm)
+        name = getattr(self.accelerator.unwrap_model(self.model), "name_or_path", "")
+        if name and Path(name).is_dir() and getattr(self.processing_class, "video_processor", None) is not None:
+            check_vllm_budget(name, self.processing_class)
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        rows = self._pending_videos
+        if self.use_vllm and rows is not None and any(r is not None for r in rows):
+            self._queue_vllm_media(prompt_ids, rows)
+        return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+
+    def _queue_vllm_media(self, prompt_ids, rows):
+        generation = self.vllm_generation
+        if generation.mode != "colocate":
+            raise ValueError("vLLM server mode cannot carry videos or the trainer's images: TRL 1.16 sends images "
+                             "through the server's chat render endpoint and has no video route. Use "
+                             "--vllm-mode colocate (rl.vllm_mode) for video data.")
+        if len(prompt_ids) != len(rows):
+            raise RuntimeError(f"{len(prompt_ids)} prompts to generate for but {len(rows)} media rows "
+                               "(multi-turn tool calls with videos are not supported)")
+        requests = vllm_requests(self._pending_template_ids, rows, self.processing_class)
+        ids = [list(p) for p in prompt_ids]
+        if generation.tensor_parallel_size > 1:  # TRL gathers the prompts of the TP group; gather ours alike
+            gathered = [None] * generation.tensor_parallel_size
+            torch.distributed.all_gather_object(gathered, (requests, ids), group=generation.tp_group)
+            requests = [r for part in gathered for r in part[0]]
+            ids = [i for part in gathered for i in part[1]]
+        generation.llm.pending, generation.llm.pending_ids = requests, ids
 
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
@@ -434,6 +442,60 @@ class VideoGRPOTrainer(GRPOTrainer):
         for k, v in stats.items():
             self._metrics[mode][k].append(float(v))
         return loss
+
+
+class EncodedPrompts(NamedTuple):
+    prompt_ids: list[list[int]]  # per prompt, unpadded, placeholders expanded (what the model reads)
+    rows: list[RowVideo | None]  # per prompt: its video or image (None: text only)
+    fields: dict  # batched processor outputs TRL carries to generation (pixels, grids, mm_token_type_ids)
+    template_ids: list[list[int]]  # per prompt, one placeholder token per video/image (what vLLM expands)
+
+
+def encode_prompts(processor, adapter, prompts: list, load_clip):
+    """Tokenize conversational prompts with their videos/images as the trainer does (fps metadata included).
+
+    Returns None when no prompt has a video or image, else an `EncodedPrompts`.
+    """
+    videos = [media_parts(p, "video") for p in prompts]
+    images = [media_parts(p, "image") for p in prompts]
+    if not any(videos) and not any(images):
+        return None
+    for v, i in zip(videos, images):
+        if len(v) + len(i) > 1:
+            raise ValueError("one video or image per prompt is supported; a prompt names " + ", ".join(map(str, v + i)))
+    texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    clips = [load_clip(str(v[0])) for v in videos if v]
+    kwargs = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
+    if clips:
+        kwargs.update(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
+                      do_sample_frames=False)
+    if any(images):
+        from PIL import Image
+
+        kwargs["images"] = [Image.open(i[0]).convert("RGB") for i in images if i]
+    enc = processor(**kwargs)
+    mask = enc["attention_mask"].bool()
+    prompt_ids = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
+    video_pixels = adapter.split_pixels(enc["pixel_values_videos"], enc["video_grid_thw"]) if clips else []
+    image_pixels = adapter.split_pixels(enc["pixel_values"], enc["image_grid_thw"]) if any(images) else []
+    secs = enc.get("second_per_grid_ts")
+    rows: list[RowVideo | None] = []
+    v = i = 0
+    for vid, img in zip(videos, images):
+        if vid:
+            rows.append(RowVideo(str(vid[0]), video_pixels[v], enc["video_grid_thw"][v : v + 1],
+                                 None if secs is None else torch.as_tensor(secs)[v : v + 1]))
+            v += 1
+        elif img:
+            rows.append(RowVideo(str(img[0]), image_pixels[i], enc["image_grid_thw"][i : i + 1], None, "image"))
+            i += 1
+        else:
+            rows.append(None)
+    keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
+    fields = {k: enc[k] for k in keys if k in enc}
+    fields["mm_token_type_ids"] = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
+    template_ids = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return EncodedPrompts(prompt_ids, rows, fields, template_ids)
 
 
 def _grid_kwargs(rows: list[RowVideo], device) -> dict:

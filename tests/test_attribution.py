@@ -262,3 +262,54 @@ def test_shared_prefix_equals_full_forward_for_qwen2_vl(tmp_path):
     valid = cmask.bool()
     for s in ("visual", "temporal"):
         assert torch.allclose(shared.scores[s][valid], full.scores[s][valid], atol=1e-5)
+
+
+def _encode_image_rows(processor, rows):
+    """rows: list of (question, image array or None) -> processor outputs (left-padded chat prompts)."""
+    from PIL import Image
+
+    texts, images = [], []
+    for question, image in rows:
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": question}]
+        texts.append(processor.apply_chat_template([{"role": "user", "content": content}],
+                                                   add_generation_prompt=True, tokenize=False))
+        if image is not None:
+            images.append(Image.fromarray(image))
+    return processor(text=texts, images=images or None, return_tensors="pt", padding=True, padding_side="left")
+
+
+def test_image_rows_get_a_visual_score_from_zeroed_image_features(tiny):
+    """An image row's visual score is |log p(full) - log p(image features zeroed)|, checked row by row against
+    plain single-row forwards; image rows have no temporal score; identical images share one prefix."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    model, processor = tiny
+    img_a, img_b = random_frames(21, n=1)[0], random_frames(22, n=1)[0]
+    rows = [("What colour is it?", img_a), ("What colour is it?", img_a), ("Is it bright?", img_b),
+            ("What is two plus two?", None)]
+    enc = _encode_image_rows(processor, rows)
+    cids, cmask = make_completions(processor, RESPONSES)
+    with torch.no_grad():
+        feats = list(model.model.get_image_features(enc["pixel_values"], enc["image_grid_thw"]).pooler_output)
+    result = attribute(model, enc["input_ids"], enc["attention_mask"], cids, cmask, image_features=feats,
+                       image_grid_thw=enc["image_grid_thw"], image_keys=["a", "a", "b"])
+    assert not result.valid["temporal"].any()
+    assert torch.equal(result.valid["visual"][:3], cmask.bool()[:3]) and not result.valid["visual"][3].any()
+    for b, (question, image) in enumerate(rows[:3]):
+        single = _encode_image_rows(processor, [(question, image)])
+        comp = cids[b][cmask[b].bool()]
+        ids = torch.cat([single["input_ids"][0], comp])[None]
+        base = dict(input_ids=ids, attention_mask=torch.ones_like(ids), image_grid_thw=single["image_grid_thw"],
+                    mm_token_type_ids=torch.cat([single["mm_token_type_ids"][0], torch.zeros_like(comp)])[None].int())
+        with torch.no_grad():
+            own = model.model.get_image_features(single["pixel_values"], single["image_grid_thw"]).pooler_output
+            zero = {"image": BaseModelOutputWithPooling(pooler_output=tuple(torch.zeros_like(f) for f in own))}
+            full = model(**base, pixel_values=single["pixel_values"]).logits[0].double()
+            pert = model(**base, mm_encoder_outputs=zero).logits[0].double()
+        P, n = single["input_ids"].shape[1], len(comp)
+        lp = [x[P - 1 : P - 1 + n].log_softmax(-1).gather(-1, comp[:, None]).squeeze(-1) for x in (full, pert)]
+        torch.testing.assert_close(result.logp[b, :n].double(), lp[0], atol=1e-4, rtol=0)
+        torch.testing.assert_close(result.scores["visual"][b, :n].double(), (lp[0] - lp[1]).abs(), atol=1e-4, rtol=0)
+    assert result.scores["visual"][:3].sum() > 0
+    with pytest.raises(ValueError, match="image_features"):
+        attribute(model, enc["input_ids"], enc["attention_mask"], cids, cmask)

@@ -100,24 +100,25 @@ class Attribution:
     permutations: list[torch.Tensor] = field(default_factory=list)  # temporal permutation per video
 
 
-def _videos_per_row(prompt_ids: torch.Tensor, video_token_id: int, grid_thw: torch.Tensor, merge: int) -> list[list[int]]:
-    """Which videos (indices into grid_thw) belong to each row: placeholder counts consumed in order."""
+def _media_per_row(prompt_ids: torch.Tensor, token_id: int, grid_thw: torch.Tensor, merge: int,
+                   kind: str = "video") -> list[list[int]]:
+    """Which videos (or images: indices into grid_thw) belong to each row: placeholder counts consumed in order."""
     tokens_per_video = (grid_thw.prod(-1) // merge**2).tolist()
-    counts = (prompt_ids == video_token_id).sum(-1).tolist()
+    counts = (prompt_ids == token_id).sum(-1).tolist()
     rows, v = [], 0
     for b, n in enumerate(counts):
         mine = []
         while n > 0:
             if v >= len(tokens_per_video):
-                raise ValueError(f"row {b} has more video placeholder tokens than the batch has video features")
+                raise ValueError(f"row {b} has more {kind} placeholder tokens than the batch has {kind} features")
             mine.append(v)
             n -= tokens_per_video[v]
             v += 1
         if n != 0:
-            raise ValueError(f"row {b}: video placeholder count does not match video_grid_thw")
+            raise ValueError(f"row {b}: {kind} placeholder count does not match {kind}_grid_thw")
         rows.append(mine)
     if v != len(tokens_per_video):
-        raise ValueError(f"batch has {len(tokens_per_video)} videos but placeholders for {v}")
+        raise ValueError(f"batch has {len(tokens_per_video)} {kind}s but placeholders for {v}")
     return rows
 
 
@@ -174,19 +175,25 @@ def perturbed_features(
     return [out[o] for o in owner], [perms[o] for o in owner]
 
 
-def _video_forward_kwargs(adapter, row_videos: list[list[tuple]]) -> dict:
-    """Forward kwargs for forward rows whose videos are given as (features, grid [3], seconds or None) tuples."""
+def _media_forward_kwargs(adapter, row_videos: list[list[tuple]], row_images: list[list[tuple]] | None = None) -> dict:
+    """Forward kwargs for forward rows whose videos are given as (features, grid [3], seconds or None) tuples
+    and whose images as (features, grid [3]) tuples."""
     flat = [v for videos in row_videos for v in videos]
-    if not flat:
+    flat_images = [i for images in (row_images or []) for i in images]
+    if not flat and not flat_images:
         return {}
-    kwargs = {**adapter.video_kwargs([f for f, _, _ in flat]), "video_grid_thw": torch.stack([g for _, g, _ in flat])}
-    if flat[0][2] is not None:
-        kwargs["second_per_grid_ts"] = torch.stack([s for _, _, s in flat])
+    kwargs = adapter.media_kwargs([f for f, _, _ in flat], [f for f, _ in flat_images])
+    if flat:
+        kwargs["video_grid_thw"] = torch.stack([g for _, g, _ in flat])
+        if flat[0][2] is not None:
+            kwargs["second_per_grid_ts"] = torch.stack([s for _, _, s in flat])
+    if flat_images:
+        kwargs["image_grid_thw"] = torch.stack([g for _, g in flat_images])
     return kwargs
 
 
 def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask, rows,
-                           prefix_of, row_videos) -> torch.Tensor:
+                           prefix_of, row_videos, row_images) -> torch.Tensor:
     """Hidden states predicting each completion token [R, C, H] for forward rows `rows` (batch indices), where
     rows with equal `prefix_of` share their prompt and video: the prompt prefixes run once (U rows) with a KV
     cache, the cache is gathered to the R rows, and only the completions run per row. The G responses to one
@@ -198,7 +205,7 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     u_index = {u: i for i, u in enumerate(uniq)}
     u_rows = torch.tensor([rows[u] for u in uniq], device=device)
     p_ids, p_mask = prompt_ids[u_rows], prompt_mask[u_rows]
-    kwargs = _video_forward_kwargs(adapter, [row_videos[u] for u in uniq])
+    kwargs = _media_forward_kwargs(adapter, [row_videos[u] for u in uniq], [row_images[u] for u in uniq])
     model.model.rope_deltas = None
     prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
                          use_cache=True, past_key_values=DynamicCache(config=model.config), **kwargs)
@@ -235,6 +242,9 @@ def attribute(
     donors: Sequence[torch.Tensor] = (),
     video_features: list[torch.Tensor] | None = None,
     video_keys: Sequence | None = None,
+    image_features: list[torch.Tensor] | None = None,
+    image_grid_thw: torch.Tensor | None = None,
+    image_keys: Sequence | None = None,
 ) -> Attribution:
     """Score every response token under each enabled signal.
 
@@ -243,6 +253,9 @@ def attribute(
     unperturbed input is evaluated in the same forward. video_features: precomputed encoder outputs per video
     (e.g. the trainer's policy pass, detached); video_keys: an identifier per video (equal keys = the same clip,
     which then shares one perturbation draw); without keys, identical pixels are detected.
+    image_features/image_grid_thw/image_keys: the same for images (encoder outputs, e.g. the trainer's). An
+    image row gets a visual score (its image features perturbed as a video's are: visual tokens on image data,
+    paper B.2); it has no temporal score (excluded there).
     """
     options = options or AttributionOptions()
     options.validate()
@@ -258,14 +271,12 @@ def attribute(
     need_all_full = logp is None or ("entropy" in options.signals and entropy is None)
     need_full = need_all_full or options.distance != "logprob"
 
-    has_video = torch.zeros(B, dtype=torch.bool, device=device)
     videos_of_row: list[list[int]] = [[] for _ in range(B)]
     features: list[torch.Tensor] = []
     owner: list[int] = []
     groups: list[int] = []
     if video_grid_thw is not None and video_grid_thw.numel():
-        videos_of_row = _videos_per_row(prompt_ids, adapter.video_token_id, video_grid_thw, adapter.spatial_merge_size)
-        has_video = torch.tensor([bool(v) for v in videos_of_row], device=device)
+        videos_of_row = _media_per_row(prompt_ids, adapter.video_token_id, video_grid_thw, adapter.spatial_merge_size)
         groups = adapter.num_groups(video_grid_thw).tolist()
         if video_features is None:
             pixels = adapter.split_pixels(pixel_values_videos, video_grid_thw)
@@ -283,51 +294,74 @@ def attribute(
             first: dict = {}
             owner = [first.setdefault(k, i) for i, k in enumerate(video_keys)]
 
-    # Assemble the rows of the single forward: [unperturbed?] + [visual] + [temporal] (perturbed parts only for
-    # rows with a video). Each part lists (row index, features of that row's videos).
-    parts: list[tuple[str, list[int], list[torch.Tensor]]] = []
+    images_of_row: list[list[int]] = [[] for _ in range(B)]
+    image_feats: list[torch.Tensor] = []
+    image_owner: list[int] = []
+    if image_grid_thw is not None and image_grid_thw.numel():
+        if image_features is None or len(image_features) != len(image_grid_thw):
+            raise ValueError("image rows need `image_features`: one encoder output per image of image_grid_thw")
+        images_of_row = _media_per_row(prompt_ids, adapter.image_token_id, image_grid_thw,
+                                       adapter.spatial_merge_size, "image")
+        image_feats = list(image_features)
+        first_image: dict = {}
+        image_owner = [first_image.setdefault(k, i) for i, k in enumerate(image_keys or range(len(image_feats)))]
+    elif need_all_full and (prompt_ids == adapter.image_token_id).any():
+        raise ValueError("attribute() encodes videos only: for rows with images pass `image_features` and "
+                         "`image_grid_thw`, or `logp` and `entropy` from the caller's own forward")
+
+    # Assemble the rows of the single forward: [unperturbed?] + [visual] + [temporal]. The visual part holds the
+    # rows with a video or an image, the temporal part the rows with a video. Each part lists (name, rows, video
+    # features, image features): the features of every video/image of the batch, perturbed for that part or not.
+    parts: list[tuple[str, list[int], list[torch.Tensor], list[torch.Tensor]]] = []
     video_rows = [b for b in range(B) if videos_of_row[b]]
-    if need_all_full and (prompt_ids == adapter.image_token_id).any():
-        raise ValueError("attribute() encodes videos only: for rows with images pass `logp` and `entropy` from "
-                         "the caller's own forward (the trainer does)")
+    visual_rows = [b for b in range(B) if videos_of_row[b] or images_of_row[b]]
     if need_full:
-        parts.append(("full", list(range(B)) if need_all_full else video_rows, features))
+        parts.append(("full", list(range(B)) if need_all_full else visual_rows, features, image_feats))
     permutations: list[torch.Tensor] = []
     for kind in perturb_kinds:
-        if not video_rows:
+        part_rows = visual_rows if kind == "visual" else video_rows
+        if not part_rows:
             continue
-        pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner)
-        if kind == "temporal":
-            permutations = perms
-        parts.append((kind, video_rows, pert))
+        pert = features
+        if video_rows:
+            pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner)
+            if kind == "temporal":
+                permutations = perms
+        pert_images = image_feats
+        if kind == "visual" and image_feats:
+            pert_images, _ = perturbed_features(image_feats, [1] * len(image_feats), kind, options, generator,
+                                                (), image_owner)
+        parts.append((kind, part_rows, pert, pert_images))
 
     hidden_by_part: dict[str, torch.Tensor] = {}
     if parts:
-        rows, prefix_keys, row_videos = [], [], []  # per forward row: batch row, prefix id, its videos
+        rows, prefix_keys, row_videos, row_images = [], [], [], []  # per forward row: batch row, prefix id, media
         first_of: dict[tuple, int] = {}  # prefix key -> index of its first row in the forward
-        for name, part_rows, part_feats in parts:
+        for name, part_rows, part_feats, part_images in parts:
             for b in part_rows:
-                # rows whose prompt and (perturbed) video are identical share one prompt prefix
-                key = (name, tuple(owner[v] for v in videos_of_row[b]), tuple(prompt_ids[b].tolist()))
+                # rows whose prompt and (perturbed) media are identical share one prompt prefix
+                key = (name, tuple(owner[v] for v in videos_of_row[b]),
+                       tuple(image_owner[i] for i in images_of_row[b]), tuple(prompt_ids[b].tolist()))
                 prefix_keys.append(first_of.setdefault(key, len(rows)))
                 rows.append(b)
                 row_videos.append([(part_feats[v], video_grid_thw[v],
                                     None if second_per_grid_ts is None else second_per_grid_ts[v])
                                    for v in videos_of_row[b]])
+                row_images.append([(part_images[i], image_grid_thw[i]) for i in images_of_row[b]])
         if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES and len(first_of) < len(rows):
             hidden = _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                            rows, prefix_keys, row_videos)
+                                            rows, prefix_keys, row_videos, row_images)
         else:
             idx = torch.tensor(rows, device=device)
             input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
             attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
             out = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                               mm_token_type_ids=adapter.mm_token_type_ids(input_ids),
-                              **_video_forward_kwargs(adapter, row_videos))
+                              **_media_forward_kwargs(adapter, row_videos, row_images))
             hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # position P-1+t predicts completion token t
         hidden = hidden / options.temperature  # [R, C, H]
         start_row = 0
-        for name, part_rows, _ in parts:
+        for name, part_rows, _, _ in parts:
             hidden_by_part[name] = hidden[start_row : start_row + len(part_rows)]
             start_row += len(part_rows)
 
@@ -342,21 +376,26 @@ def attribute(
 
     scores: dict[str, torch.Tensor] = {}
     valid: dict[str, torch.Tensor] = {}
-    rows_t = torch.tensor(video_rows, dtype=torch.long, device=device)
+    full_rows = list(range(B)) if need_all_full else visual_rows  # batch rows of the "full" part, in order
     for kind in perturb_kinds:
+        part_rows = visual_rows if kind == "visual" else video_rows
         score = torch.zeros(B, C, dtype=torch.float32, device=device)
-        if video_rows:
+        if part_rows:
+            rows_t = torch.tensor(part_rows, dtype=torch.long, device=device)
             h = hidden_by_part[kind]
             if options.distance == "logprob":
                 pert_logp = lm_head_logprobs(h, head.weight, completion_ids[rows_t], bias=bias,
                                              chunk_size=options.chunk_size)
                 score[rows_t] = logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed)
             else:
-                full = hidden_by_part["full"][rows_t] if need_all_full else hidden_by_part["full"]
-                score[rows_t] = lm_head_distribution_distance(full, h, head.weight, options.distance, bias=bias,
+                at = torch.tensor([full_rows.index(b) for b in part_rows], device=device)
+                score[rows_t] = lm_head_distribution_distance(hidden_by_part["full"][at], h, head.weight,
+                                                              options.distance, bias=bias,
                                                               chunk_size=options.chunk_size)
         scores[kind] = score
-        valid[kind] = cmask & has_video[:, None]
+        has = torch.zeros(B, dtype=torch.bool, device=device)
+        has[part_rows] = True
+        valid[kind] = cmask & has[:, None]
     if "entropy" in options.signals:
         scores["entropy"] = entropy.float()
         valid["entropy"] = cmask.clone()

@@ -218,9 +218,15 @@ def test_image_and_video_rows_in_one_batch(tiny_dir, clip_rows, tmp_path, method
     assert torch.isfinite(loss)
     loss.backward()
     assert sum(p.grad.abs().sum().item() for p in trainer.model.model.visual.parameters() if p.grad is not None) > 0
-    if method == "ktr":  # image rows: no visual/temporal score yet (excluded), entropy tokens still selected
+    if method == "ktr":  # image rows: a visual score (image features zeroed), no temporal score
         image_rows = [i for i, v in enumerate(inputs["videos"]) if v.kind == "image"]
         assert all(inputs["ktr_weights"][i].sum() >= 1 for i in image_rows)
+        trainer.attribution_options.signals = ("visual",)  # paper B.2's visual-tokens-only variant
+        del inputs["ktr_weights"]
+        trainer._compute_loss(trainer.model, inputs)
+        for i in range(len(inputs["videos"])):  # every row, image or video, gets its top-r visual tokens
+            n = int(inputs["completion_mask"][i].sum())
+            assert inputs["ktr_weights"][i].sum() == max(1, -(-n * 2 // 10))
 
 
 def test_zero_advantage_responses_are_not_attributed(tiny_dir, clip_rows, tmp_path):

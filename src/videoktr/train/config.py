@@ -84,7 +84,8 @@ class RLConfig:
     use_vllm: bool = _f(False, "sample rollouts with vLLM (needs vLLM and a GPU; videos and images ride along in "
                                "colocate mode, see README 'vLLM rollouts')")
     vllm_mode: str = _f("colocate", "colocate: a vLLM engine inside each training process (videos supported); "
-                                    "server: `trl vllm-serve` on other GPUs (text and TRL's images only)",
+                                    "server: `trl vllm-serve` on other GPUs (text-only data: video and image rows are "
+                                    "refused there)",
                         ("colocate", "server"))
     vllm_gpu_memory_utilization: float = _f(0.3, "colocate: share of GPU memory vLLM may take")
     vllm_tensor_parallel_size: int = _f(1, "colocate: GPUs one vLLM engine spans")

@@ -357,16 +357,22 @@ class VideoGRPOTrainer(GRPOTrainer):
             inputs["ktr_weights"] = weights
             return weights
         idx = active.nonzero().squeeze(-1).tolist()
-        feature_of = {}  # row -> index into `features` (video rows, in row order)
+        feature_of, image_of = {}, {}  # row -> index into the pass's video (image) features, in row order
         for i, r in enumerate(rows):
-            if r is not None and r.kind == "video":
-                feature_of[i] = len(feature_of)
+            if r is not None:
+                table = feature_of if r.kind == "video" else image_of
+                table[i] = len(table)
         sub_video = [i for i in idx if i in feature_of]
-        video_kwargs = {}
+        sub_image = [i for i in idx if i in image_of]
+        media_kwargs = {}
         if sub_video:
-            video_kwargs = dict(**_grid_kwargs([rows[i] for i in sub_video], logps.device),
+            media_kwargs.update(**_grid_kwargs([rows[i] for i in sub_video], logps.device),
                                 video_features=[features[feature_of[i]].detach() for i in sub_video],
                                 video_keys=[keys[feature_of[i]] for i in sub_video])
+        if sub_image:  # images get a visual score too (their features perturbed); no temporal score
+            media_kwargs.update(image_grid_thw=torch.cat([rows[i].grid for i in sub_image]).to(logps.device),
+                                image_features=[media.image_features[image_of[i]].detach() for i in sub_image],
+                                image_keys=[rows[i].key for i in sub_image])
         if self.attribution_options.visual_strategy == "replace" and features:
             self._donors = ([f.detach() for f in features] + self._donors)[:16]
         pick = torch.tensor(idx, device=logps.device)
@@ -375,7 +381,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             unwrapped, inputs["prompt_ids"][pick], inputs["prompt_mask"][pick], inputs["completion_ids"][pick],
             inputs["completion_mask"][pick], options=self.attribution_options, logp=logps.detach()[pick],
             entropy=entropy.detach()[pick] if entropy is not None else None, generator=self._attr_generator,
-            donors=self._donors if self.attribution_options.visual_strategy == "replace" else (), **video_kwargs)
+            donors=self._donors if self.attribution_options.visual_strategy == "replace" else (), **media_kwargs)
         group_ids = None
         if self.selection_options.scope in ("group", "quantile"):
             group_ids = _prompt_groups(inputs["prompt_ids"][pick])

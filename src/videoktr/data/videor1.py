@@ -210,7 +210,7 @@ def resolve_media(row: dict, data_root: str | Path | None) -> Path:
 
 
 def probe_media(path: Path, data_type: str, fps: float = 2.0, min_frames: int = 4,
-                max_frames: int = 16) -> tuple[str, str] | None:
+                max_frames: int = 16, backend: str = "pyav") -> tuple[str, str] | None:
     """None when `path` decodes, else (kind, reason). Videos are decoded with `read_video`, images with PIL."""
     if not path.is_file():
         return "missing_media", f"{data_type} file not found: {path}"
@@ -226,7 +226,9 @@ def probe_media(path: Path, data_type: str, fps: float = 2.0, min_frames: int = 
     from .video import read_video
 
     try:
-        read_video(path, target_fps=fps, min_frames=min_frames, max_frames=max_frames)
+        read_video(path, target_fps=fps, min_frames=min_frames, max_frames=max_frames, backend=backend)
+    except ImportError:
+        raise  # a missing optional backend is a setup error, not a bad file
     except Exception as exc:  # VideoDecodeError names the file; anything else is reported the same way
         return "undecodable_media", str(exc) if str(path) in str(exc) else f"cannot decode video {path}: {exc}"
     return None
@@ -234,7 +236,7 @@ def probe_media(path: Path, data_type: str, fps: float = 2.0, min_frames: int = 
 
 def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 2.0, min_frames: int = 4,
                 max_frames: int = 16, progress: bool = True, workers: int = 1,
-                max_warnings: int = 20) -> tuple[list[dict], list[SkippedSample]]:
+                max_warnings: int = 20, backend: str = "pyav") -> tuple[list[dict], list[SkippedSample]]:
     """Probe each unique media file of `rows` once -> (rows whose media decodes, skipped rows). Never raises
     for a bad file: each affected row is skipped, logged (the first `max_warnings` individually, then a
     summary) and recorded with its reason."""
@@ -245,7 +247,7 @@ def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 
     results: dict[tuple[str, str], tuple[str, str] | None] = {}
 
     def probe(key):
-        return key, probe_media(Path(key[0]), key[1], fps, min_frames, max_frames)
+        return key, probe_media(Path(key[0]), key[1], fps, min_frames, max_frames, backend)
 
     bar = tqdm(total=len(unique), desc="checking media", unit="file", disable=not progress)
     try:
@@ -313,12 +315,12 @@ class VideoR1Data:
 
 def load_videor1(path: str | Path, data_root: str | Path | None, *, on_error: str = "raise",
                  check: bool = True, fps: float = 2.0, min_frames: int = 4, max_frames: int = 16,
-                 progress: bool = True, workers: int = 1) -> VideoR1Data:
+                 progress: bool = True, workers: int = 1, backend: str = "pyav") -> VideoR1Data:
     """`load_rows` then (when `check`) `check_media`: the rows a run can train on, and what was left out."""
     rows, skipped = load_rows(path, on_error=on_error)
     if check:
         rows, bad_media = check_media(rows, data_root, fps=fps, min_frames=min_frames, max_frames=max_frames,
-                                      progress=progress, workers=workers)
+                                      progress=progress, workers=workers, backend=backend)
         skipped = skipped + bad_media
     return VideoR1Data(rows, skipped)
 

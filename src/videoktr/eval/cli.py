@@ -64,6 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="maximum frames per video (the paper reports 16, 32 and 64; default %(default)s)")
     parser.add_argument("--fps", type=float, default=R.DEFAULT_FPS,
                         help="frame sampling rate before the frame cap (default %(default)s, as Video-R1)")
+    parser.add_argument("--video-backend", choices=("pyav", "decord"), default="pyav",
+                        help="video decoder (decord is optional: pip install decord); both sample the same frames")
     parser.add_argument("--max-pixels", type=int, default=R.DEFAULT_MAX_PIXELS,
                         help="pixel budget per frame/image (default 256*28*28 = %(default)s)")
     parser.add_argument("--min-pixels", type=int, default=None,
@@ -193,7 +195,7 @@ def _run(args) -> int:
 
                 generator = HFGenerator(args.model, frames=args.frames, fps=args.fps, max_pixels=args.max_pixels,
                                         min_pixels=args.min_pixels, device=args.device, dtype=args.dtype,
-                                        seed=args.seed)
+                                        seed=args.seed, video_backend=args.video_backend)
             gs = _settings(args, generator.describe())
             outputs = R.run_generation(items, generator, out_dir, data_root=args.data_root, settings=gs,
                                        progress=not args.no_progress, desc=name)

@@ -29,7 +29,7 @@ class HFGenerator:
 
     def __init__(self, model_path: str | Path, *, frames: int = DEFAULT_FRAMES, fps: float = DEFAULT_FPS,
                  min_frames: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_pixels: int | None = None,
-                 device: str | None = None, dtype: str | None = None, seed: int = 0):
+                 device: str | None = None, dtype: str | None = None, seed: int = 0, video_backend: str = "pyav"):
         import torch
 
         from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
@@ -42,6 +42,7 @@ class HFGenerator:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype
         self.seed = seed
+        self.video_backend = video_backend
         self.model = load_model(model_path, dtype=dtype, device=self.device).eval()
         self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.suppress = suppressed_token_ids(self.processor.tokenizer)
@@ -61,7 +62,7 @@ class HFGenerator:
             content = []
             if req.video is not None:
                 clip = read_video(req.video, target_fps=self.fps, min_frames=self.min_frames,
-                                  max_frames=self.frames)
+                                  max_frames=self.frames, backend=self.video_backend)
                 videos.append(clip.frames)
                 metas.append(clip.metadata())
                 content.append({"type": "video"})

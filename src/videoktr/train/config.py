@@ -51,6 +51,8 @@ class DataConfig:
     max_frames: int = _f(16, "most frames per clip (even; the paper trains with 16)")
     max_pixels: int = _f(128 * 28 * 28, "per-frame pixel budget for training (paper: 128*28*28)")
     min_pixels: int = _f(56 * 56, "per-frame lower pixel bound")
+    video_backend: str = _f("pyav", "video decoder: pyav (default) or decord (optional: pip install decord); "
+                                    "both sample the same frame indices", ("pyav", "decord"))
 
 
 @dataclass

@@ -182,7 +182,7 @@ def check_vllm_budget(model_dir: str, processor) -> None:
         raise ValueError(
             f"the run's per-frame video budget ({ours} vision tokens per frame) exceeds max_video_tokens={saved} "
             f"in {model_dir}'s video processor config, which vLLM uses and cannot override per request: raise "
-            f"max_video_tokens there to at least {ours}, or lower model.max_pixels")
+            f"max_video_tokens there to at least {ours}, or lower data.max_pixels")
 
 
 class MediaInjectingLLM:

@@ -99,7 +99,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
             temporal_strategy=k.temporal_strategy, segment_groups=k.segment_groups, distance=k.distance,
             signed=k.signed),
         selection=SelectionOptions(ratio=k.ratio, scope=k.selection, weighting=k.weighting),
-        video=VideoOptions(fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames),
+        video=VideoOptions(fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames, backend=d.video_backend),
         loss_normalization=config.rl.loss_normalization,
         mask_kl=k.mask_kl,
         seed=config.run.seed,
@@ -220,7 +220,8 @@ def run_dataset(config: TrainConfig) -> dict:
                          "(e.g. a Qwen2.5-VL checkpoint, or one written by `videoktr init-model`)")
     out = start_run_dir(config)
     d = config.data
-    data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames)
+    data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames,
+                        backend=d.video_backend)
     rows, skipped = [without_row_ref(row) for row in data.rows], list(data.skipped)
     from accelerate import PartialState
 

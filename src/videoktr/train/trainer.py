@@ -75,6 +75,7 @@ class VideoOptions:
     fps: float = 2.0
     min_frames: int = 4
     max_frames: int = 16
+    backend: str = "pyav"  # data.video.VIDEO_BACKENDS
 
 
 def media_parts(prompt, kind: str = "video") -> list[str]:
@@ -144,7 +145,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     # Prompts: decode videos, processor with fps metadata, remember each row's video
     def _decode(self, path: str):
         o = self.video_options
-        return read_video(path, target_fps=o.fps, min_frames=o.min_frames, max_frames=o.max_frames)
+        return read_video(path, target_fps=o.fps, min_frames=o.min_frames, max_frames=o.max_frames, backend=o.backend)
 
     def _tokenize_prompts(self, prompts: list):
         batch = encode_prompts(self.processing_class, self.adapter, prompts, self._load_clip)

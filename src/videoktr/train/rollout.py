@@ -3,16 +3,16 @@
 TRL 1.16's colocated vLLM path sends token ids plus images only; a video prompt reaches vLLM as a run of
 `<|video_pad|>` tokens with no frames behind it. Here every row carries its own visual input to vLLM:
 
-- `vllm_request(prompt_ids, row, processor)` builds one row's request. Frames: the exact frames the
+- `vllm_requests(template_ids, rows, processor)` builds each row's request. Frames: the exact frames the
   trainer's processor produced (un-patchify its `pixel_values_videos`, undo rescale + normalisation, back to
-  uint8), so vLLM's copy of the HF processor sees frames already at their final size: resizing is the
-  identity, the grid and the number of placeholder tokens equal the trainer's, and the fps metadata travels in
-  the video's metadata (it sets `second_per_grid_ts`, the temporal position of every group). Tokens: the
-  chat template tokenized *without* the processor's expansion (one `<|video_pad|>` per video), which vLLM
-  expands itself (Qwen3-VL's per-group timestamps included); vLLM 0.33 does not recognise an
-  already-expanded run in a token prompt and would expand its first token a second time (measured: 621
-  prompt tokens became 1,196). bench/vllm_requests.py runs vLLM's own processor on these
-  requests and checks that it returns the trainer's prompt ids, grid, pixel values and second_per_grid_ts.
+  uint8), so vLLM's copy of the HF processor sees frames already at their final size (the resize bounds sent
+  along admit them, so resizing is the identity); the grid and the number of placeholder tokens equal the
+  trainer's, and the fps travels in the video's metadata (it sets `second_per_grid_ts`, the temporal
+  position of every group). Tokens: the chat template tokenized *without* the processor's expansion (one
+  `<|video_pad|>` per video), which vLLM expands itself (Qwen3-VL's per-group timestamps included); vLLM
+  0.33 does not recognise an already-expanded run in a token prompt and would expand its first token a
+  second time (measured: 621 prompt tokens became 1,196). bench/vllm_requests.py runs vLLM's own processor
+  on these requests and checks that it returns the trainer's prompt ids, grid, pixels and second_per_grid_ts.
 - `MediaInjectingLLM` wraps the `vllm.LLM` that TRL drives: TRL builds `{"prompt_token_ids": ids}` requests
   and handles sampling parameters, tensor-parallel gathering, sleep mode and weight sync as it always does;
   the wrapper swaps in each row's request (same position, same expanded ids) before vLLM sees it.

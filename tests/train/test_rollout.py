@@ -175,32 +175,32 @@ class FakeColocatedLLM:
             assert "multi_modal_data" in request, "a video row reached vLLM without its video"
             enc = emulate_vllm(self.model_dir, request)
             self.seen.append(enc)
-            with torch.no_grad():
-                out = self.model.generate(**enc, do_sample=True, max_new_tokens=sampling_params.max_tokens,
-                                          suppress_tokens=self.suppress, top_k=0, output_logits=True,
-                                          return_dict_in_generate=True)
-            tokens = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
-            logprobs = [{t: SimpleNamespace(logprob=torch.log_softmax(s[0], -1)[t].item(), rank=1)}
-                        for t, s in zip(tokens, out.logits)]
-            outputs.append(SimpleNamespace(prompt_token_ids=enc["input_ids"][0].tolist(),
-                                           outputs=[SimpleNamespace(token_ids=tokens, logprobs=logprobs)]))
+            samples = []
+            for _ in range(getattr(sampling_params, "n", 1)):
+                with torch.no_grad():
+                    out = self.model.generate(**enc, do_sample=True, max_new_tokens=sampling_params.max_tokens,
+                                              suppress_tokens=self.suppress, top_k=0, output_logits=True,
+                                              return_dict_in_generate=True)
+                tokens = out.sequences[0, enc["input_ids"].shape[1]:].tolist()
+                logprobs = [{t: SimpleNamespace(logprob=torch.log_softmax(s[0], -1)[t].item(), rank=1)}
+                            for t, s in zip(tokens, out.logits)]
+                samples.append(SimpleNamespace(token_ids=tokens, logprobs=logprobs))
+            outputs.append(SimpleNamespace(prompt_token_ids=enc["input_ids"][0].tolist(), outputs=samples))
         return outputs
 
 
-def test_colocated_vllm_rollouts_carry_each_rows_video(tiny_dir, tmp_path, monkeypatch):
-    """TRL's own colocate path (VLLMGeneration.generate) with the engine stood in: every request carries its
-    clip, vLLM-side processing reproduces the trainer's prompt ids and pixels, and KTR trains on the result."""
+def _colocated_trainer(tiny_dir, tmp_path, monkeypatch, method):
+    """A trainer whose rollouts go through TRL's own colocate code (VLLMGeneration.generate), the engine stood
+    in by FakeColocatedLLM."""
     import trl.generation.vllm_generation as vg
 
     from videoktr.models.factory import suppressed_token_ids
-    from videoktr.train.rollout import MediaInjectingLLM
-
 
     rows = []
     for i in range(2):
         path = write_video(tmp_path / f"c{i}.mp4", random_frames(200 + i), fps=2.0)
         rows.append({"prompt": _prompt({"type": "video", "video": str(path)}), "solution": "red"})
-    trainer = make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=1)
+    trainer = make_trainer(tiny_dir, rows, tmp_path, method=method, max_steps=1)
     suppress = suppressed_token_ids(trainer.processing_class.tokenizer)
     engine = FakeColocatedLLM(tiny_dir, trainer.model, suppress)
     monkeypatch.setattr(vg, "SamplingParams", lambda **kw: SimpleNamespace(**kw), raising=False)
@@ -213,8 +213,16 @@ def test_colocated_vllm_rollouts_carry_each_rows_video(tiny_dir, tmp_path, monke
     generation.sync_weights = lambda: None
     trainer.use_vllm, trainer.vllm_mode, trainer.vllm_generation, trainer._last_loaded_step = True, "colocate", generation, -1
     trainer._prepare_vllm()
-    assert isinstance(generation.llm, MediaInjectingLLM)
+    return trainer, engine
 
+
+def test_colocated_vllm_rollouts_carry_each_rows_video(tiny_dir, tmp_path, monkeypatch):
+    """Every request carries its clip, vLLM-side processing reproduces the trainer's prompt ids and pixels, and
+    KTR trains on the result."""
+    from videoktr.train.rollout import MediaInjectingLLM
+
+    trainer, engine = _colocated_trainer(tiny_dir, tmp_path, monkeypatch, "ktr")
+    assert isinstance(trainer.vllm_generation.llm, MediaInjectingLLM)
     trainer.model.train()
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert len(engine.seen) == 8
@@ -232,6 +240,26 @@ def test_colocated_vllm_rollouts_carry_each_rows_video(tiny_dir, tmp_path, monke
     assert batch["importance_sampling_ratio"].sub(1).abs().max() < 1e-3
     loss = trainer._compute_loss(trainer.model, batch)
     assert torch.isfinite(loss)
+
+
+def test_tgrpo_shuffled_responses_come_from_the_engine(tiny_dir, tmp_path, monkeypatch):
+    """T-GRPO with vLLM: one extra request per prompt group, n = G/2, on that group's clip with its temporal
+    groups permuted (never the identity)."""
+    trainer, engine = _colocated_trainer(tiny_dir, tmp_path, monkeypatch, "tgrpo")
+    trainer.model.train()
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    assert len(engine.seen) == 8 + 2  # 8 rollouts, then one shuffled request per prompt group
+    clips = {row.key: row for row in batch["videos"]}
+    for enc in engine.seen[8:]:
+        pixels = enc["pixel_values_videos"]
+        t = int(enc["video_grid_thw"][0, 0])
+        own = [r for r in clips.values() if torch.allclose(pixels.sort(0).values, r.pixels.sort(0).values, atol=1e-5)]
+        assert len(own) == 1  # the same patches as one clip ...
+        groups = pixels.reshape(t, -1, pixels.shape[-1])
+        source = own[0].pixels.reshape(t, -1, pixels.shape[-1])
+        order = [next(j for j in range(t) if torch.allclose(groups[i], source[j], atol=1e-5)) for i in range(t)]
+        assert sorted(order) == list(range(t)) and order != list(range(t))  # ... in another temporal order
+    assert len(trainer._metrics["train"]["tgrpo/p_shuffled"]) == 1
 
 
 def test_server_mode_refuses_video_rows(tiny_dir, tmp_path):

@@ -119,7 +119,10 @@ def masked_clipped_loss(
         if normalization == "token":
             return x.sum() / cmask.sum().clamp(min=1)
         denom = cmask.sum(1) if normalization == "sequence" else m.sum(1)  # [B]
-        rows = torch.where(denom > 0, x.sum(1) / torch.where(denom > 0, denom, 1), 0)  # [B]
+        # a denominator below the smallest normal float (soft weights summing to a subnormal) counts as nothing
+        # selected: 1/denom would overflow to inf and 0 * inf is a NaN gradient
+        ok = denom > torch.finfo(denom.dtype).tiny
+        rows = torch.where(ok, x.sum(1) / torch.where(ok, denom, 1), 0)  # [B]
         return rows.mean() if rows.numel() else x.sum()
 
     loss = reduce(per_token)

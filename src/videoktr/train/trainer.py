@@ -217,8 +217,6 @@ class VideoGRPOTrainer(GRPOTrainer):
     @torch.no_grad()
     def _temporal_bonus(self, inputs, prompts, accuracy: torch.Tensor) -> torch.Tensor:
         """Bonus [n] for this process's rows: one shuffled clip per prompt group, G/2 responses on it."""
-        from trl.models import unwrap_model_for_generation
-
         from ..models.perturb import permute_groups, temporal_permutation
 
         G, opts = self.num_generations, self.tgrpo_options
@@ -231,32 +229,19 @@ class VideoGRPOTrainer(GRPOTrainer):
         bonus = torch.zeros(n, device=accuracy.device)
         if not groups:
             return bonus
-        device, pad = self.accelerator.device, self._tokenizer.pad_token_id
-        ids, pixels, grids, secs = [], [], [], []
+        shuffled_rows = []
         for g in groups:
             row = self._pending_videos[g * G]
             t = int(row.grid[0, 0])
-            shuffled = permute_groups(row.pixels, t, temporal_permutation(t, "shuffle", self._attr_generator))
-            for _ in range(per):
-                ids.append(torch.tensor(self._pending_prompt_ids[g * G]))
-                pixels.append(shuffled)
-                grids.append(row.grid)
-                secs.append(row.seconds_per_group)
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for i, x in enumerate(ids):  # left padding
-            input_ids[i, width - len(x):] = x
-            attention[i, width - len(x):] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        extra = {"second_per_grid_ts": torch.cat(secs).to(device)} if secs[0] is not None else {}
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
-                                         generation_kwargs=self.generation_kwargs) as unwrapped:
-            out = unwrapped.generate(
-                input_ids=input_ids, attention_mask=attention, pixel_values_videos=torch.cat(pixels).to(device),
-                video_grid_thw=torch.cat(grids).to(device), mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids),
-                generation_config=self.generation_config, **extra)
-        texts = self._tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+            perm = temporal_permutation(t, "shuffle", self._attr_generator)
+            shuffled_rows.append(RowVideo(f"{row.key}#order={perm.tolist()}", permute_groups(row.pixels, t, perm),
+                                          row.grid, row.seconds_per_group))
+        generation = getattr(self, "vllm_generation", None)
+        if (self.use_vllm and generation.mode == "colocate" and generation.tensor_parallel_size == 1
+                and not generation.enable_sleep_mode):
+            texts = self._sample_shuffled_vllm(groups, shuffled_rows, per)
+        else:  # the training model samples them (server mode, TP > 1, sleep mode, or no vLLM)
+            texts = self._sample_shuffled_hf(groups, shuffled_rows, per)
         rows = [inputs[g * G] for g in groups for _ in range(per)]
         kwargs = {k: [r[k] for r in rows] for k in rows[0] if k not in ("prompt", "completion", "completion_ids")}
         reward_fn = self.reward_funcs[opts.reward_index]
@@ -277,6 +262,48 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["tgrpo/p_shuffled"].append(sum(p_shuffled) / len(p_shuffled))
         self._metrics["train"]["tgrpo/bonus_share"].append((bonus > 0).float().mean().item())
         return bonus
+
+    def _sample_shuffled_hf(self, groups: list[int], shuffled: list[RowVideo], per: int) -> list[str]:
+        """T-GRPO's `per` responses per group on its shuffled clip, sampled by the training model."""
+        from trl.models import unwrap_model_for_generation
+
+        G, device, pad = self.num_generations, self.accelerator.device, self._tokenizer.pad_token_id
+        ids = [torch.tensor(self._pending_prompt_ids[g * G]) for g in groups for _ in range(per)]
+        rows = [r for r in shuffled for _ in range(per)]
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
+        attention = torch.zeros_like(input_ids)
+        for i, x in enumerate(ids):  # left padding
+            input_ids[i, width - len(x):] = x
+            attention[i, width - len(x):] = 1
+        input_ids, attention = input_ids.to(device), attention.to(device)
+        secs = [r.seconds_per_group for r in rows]
+        extra = {"second_per_grid_ts": torch.cat(secs).to(device)} if secs[0] is not None else {}
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         generation_kwargs=self.generation_kwargs) as unwrapped:
+            out = unwrapped.generate(
+                input_ids=input_ids, attention_mask=attention,
+                pixel_values_videos=torch.cat([r.pixels for r in rows]).to(device),
+                video_grid_thw=torch.cat([r.grid for r in rows]).to(device),
+                mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids),
+                generation_config=self.generation_config, **extra)
+        return self._tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
+
+    def _sample_shuffled_vllm(self, groups: list[int], shuffled: list[RowVideo], per: int) -> list[str]:
+        """The same responses sampled by the colocated vLLM engine (weights already synced for this step):
+        one request per group with n=per, the shuffled clip rebuilt from its permuted patches."""
+        from trl.generation import vllm_generation
+
+        G, generation = self.num_generations, self.vllm_generation
+        requests = vllm_requests([self._pending_template_ids[g * G] for g in groups], shuffled, self.processing_class)
+        params = dict(n=per, temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k,
+                      min_p=0.0 if generation.min_p is None else generation.min_p,
+                      repetition_penalty=generation.repetition_penalty, max_tokens=generation.max_completion_length)
+        params.update(generation.generation_kwargs)
+        llm = generation.llm._llm if isinstance(generation.llm, MediaInjectingLLM) else generation.llm
+        outputs = llm.generate(requests, sampling_params=vllm_generation.SamplingParams(**params), use_tqdm=False)
+        return self._tokenizer.batch_decode([o.token_ids for out in outputs for o in out.outputs],
+                                            skip_special_tokens=True)
 
     # ----------------------------------------------------------------------------------------------------------
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs

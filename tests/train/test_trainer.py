@@ -55,7 +55,8 @@ def test_video_reaches_every_pass_and_logps_match_fresh_forward(tiny_dir, clip_r
     ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
     mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
     C = inputs["completion_ids"].shape[1]
-    logps, _, _ = trainer._forward_logps(model, ids, mask, C, inputs["videos"], False, grad=False)
+    with torch.no_grad():
+        logps, _, _ = trainer._forward_logps(model, ids, mask, C, inputs["videos"], False)
     # reference: the model's own pixel path, one row at a time, no padding
     for b in range(ids.shape[0]):
         row = inputs["videos"][b]

@@ -130,14 +130,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.mask_kl = mask_kl
         self.adapter = adapter_for(self.accelerator.unwrap_model(self.model))
         self.tgrpo_options = tgrpo or TemporalGRPOOptions()
-        self._pending_videos: list[RowVideo | None] | None = None
-        self._pending_prompt_ids: list[list[int]] | None = None
+        self._pending: EncodedPrompts | None = None  # the batch being generated for (None: no media in it)
         self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
         self._donors: list[torch.Tensor] = []  # earlier batches' features, for visual_strategy="replace"
         # decoded clips of the current batches (the G copies of a prompt decode once); small, since full-resolution
         # frames of real videos take tens of MB each
         self._load_clip = lru_cache(maxsize=16)(self._decode)
-        self._pending_template_ids: list[list[int]] | None = None
         if self.use_vllm:
             self._prepare_vllm()
 
@@ -148,21 +146,22 @@ class VideoGRPOTrainer(GRPOTrainer):
         return read_video(path, target_fps=o.fps, min_frames=o.min_frames, max_frames=o.max_frames, backend=o.backend)
 
     def _tokenize_prompts(self, prompts: list):
-        batch = encode_prompts(self.processing_class, self.adapter, prompts, self._load_clip)
-        if batch is None:
-            self._pending_videos = None
+        self._pending = encode_prompts(self.processing_class, self.adapter, prompts, self._load_clip)
+        if self._pending is None:
             return super()._tokenize_prompts(prompts)
-        self._pending_videos = batch.rows
-        self._pending_prompt_ids = batch.prompt_ids
-        self._pending_template_ids = batch.template_ids
-        return batch.prompt_ids, None, batch.fields
+        return self._pending.prompt_ids, None, self._pending.fields
+
+    @property
+    def _pending_videos(self) -> list[RowVideo | None] | None:
+        """Each row's video or image in the batch being generated for (None when the batch has no media)."""
+        return None if self._pending is None else self._pending.rows
 
     # ----------------------------------------------------------------------------------------------------------
     # vLLM rollouts with videos (colocate): each request carries its row's frames, see train/rollout.py
     def _prepare_vllm(self):
         """Wrap TRL's colocated vLLM engine so requests carry media; check vLLM will resize as we do."""
         if self.vllm_mode != "colocate":
-            return  # server mode: checked per batch (text-only and image batches go through TRL unchanged)
+            return  # server mode: text-only batches go through TRL unchanged, media rows are refused per batch
         generation = self.vllm_generation
         if not isinstance(generation.llm, MediaInjectingLLM):
             generation.llm = MediaInjectingLLM(generation.llm)
@@ -185,7 +184,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         if len(prompt_ids) != len(rows):
             raise RuntimeError(f"{len(prompt_ids)} prompts to generate for but {len(rows)} media rows "
                                "(multi-turn tool calls with videos are not supported)")
-        requests = vllm_requests(self._pending_template_ids, rows, self.processing_class)
+        requests = vllm_requests(self._pending.template_ids, rows, self.processing_class)
         ids = [list(p) for p in prompt_ids]
         if generation.tensor_parallel_size > 1:  # TRL gathers the prompts of the TP group; gather ours alike
             gathered = [None] * generation.tensor_parallel_size
@@ -197,7 +196,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         output = super()._generate_and_score_completions(inputs)
         rows = self._pending_videos
-        self._pending_videos = None
+        self._pending = None
         if rows is not None:
             output["videos"] = rows
         return output
@@ -267,26 +266,21 @@ class VideoGRPOTrainer(GRPOTrainer):
         """T-GRPO's `per` responses per group on its shuffled clip, sampled by the training model."""
         from trl.models import unwrap_model_for_generation
 
-        G, device, pad = self.num_generations, self.accelerator.device, self._tokenizer.pad_token_id
-        ids = [torch.tensor(self._pending_prompt_ids[g * G]) for g in groups for _ in range(per)]
+        from trl.trainer.utils import pad
+
+        G, device = self.num_generations, self.accelerator.device
+        ids = [torch.tensor(self._pending.prompt_ids[g * G]) for g in groups for _ in range(per)]
         rows = [r for r in shuffled for _ in range(per)]
-        width = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for i, x in enumerate(ids):  # left padding
-            input_ids[i, width - len(x):] = x
-            attention[i, width - len(x):] = 1
-        input_ids, attention = input_ids.to(device), attention.to(device)
-        secs = [r.seconds_per_group for r in rows]
-        extra = {"second_per_grid_ts": torch.cat(secs).to(device)} if secs[0] is not None else {}
+        input_ids = pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attention = pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left").to(device)
+        width = input_ids.shape[1]
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          generation_kwargs=self.generation_kwargs) as unwrapped:
             out = unwrapped.generate(
                 input_ids=input_ids, attention_mask=attention,
                 pixel_values_videos=torch.cat([r.pixels for r in rows]).to(device),
-                video_grid_thw=torch.cat([r.grid for r in rows]).to(device),
                 mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids),
-                generation_config=self.generation_config, **extra)
+                generation_config=self.generation_config, **_grid_kwargs(rows, device))
         return self._tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
 
     def _sample_shuffled_vllm(self, groups: list[int], shuffled: list[RowVideo], per: int) -> list[str]:
@@ -295,7 +289,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         from trl.generation import vllm_generation
 
         G, generation = self.num_generations, self.vllm_generation
-        requests = vllm_requests([self._pending_template_ids[g * G] for g in groups], shuffled, self.processing_class)
+        requests = vllm_requests([self._pending.template_ids[g * G] for g in groups], shuffled, self.processing_class)
         params = dict(n=per, temperature=generation.temperature, top_p=generation.top_p, top_k=generation.top_k,
                       min_p=0.0 if generation.min_p is None else generation.min_p,
                       repetition_penalty=generation.repetition_penalty, max_tokens=generation.max_completion_length)
@@ -307,8 +301,9 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     # ----------------------------------------------------------------------------------------------------------
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs
-    def _encode_media(self, model, rows: list[RowVideo | None], grad: bool) -> EncodedMedia:
-        """Encode the unique clips and images among `rows` once each (the G copies of a prompt share one run)."""
+    def _encode_media(self, model, rows: list[RowVideo | None]) -> EncodedMedia:
+        """Encode the unique clips and images among `rows` once each (the G copies of a prompt share one run);
+        with gradient when the caller's pass has one (the policy pass), without in TRL's no-grad old/ref passes."""
         videos = [r for r in rows if r is not None and r.kind == "video"]
         images = [r for r in rows if r is not None and r.kind == "image"]
         unwrapped = self.accelerator.unwrap_model(model)
@@ -321,17 +316,16 @@ class VideoGRPOTrainer(GRPOTrainer):
             for r in present:
                 first.setdefault(r.key, r)
             unique = list(first.values())
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                encoded = fn(unwrapped, torch.cat([r.pixels for r in unique]).to(device),
-                             torch.cat([r.grid for r in unique]).to(device))
+            encoded = fn(unwrapped, torch.cat([r.pixels for r in unique]).to(device),
+                         torch.cat([r.grid for r in unique]).to(device))
             by_key = {r.key: f for r, f in zip(unique, encoded)}
             return [by_key[r.key] for r in present]
 
         return EncodedMedia(videos, encode(videos, self.adapter.encode_videos),
                             images, encode(images, self.adapter.encode_images))
 
-    def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy, grad):
-        media = self._encode_media(model, rows, grad)
+    def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy):
+        media = self._encode_media(model, rows)
         labels = input_ids.masked_fill(attention_mask == 0, -100)
         labels[:, :-logits_to_keep] = -100
         with self.accelerator.autocast():
@@ -354,7 +348,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.size(0), batch_size):
             end = start + batch_size
             lp, ent, _ = self._forward_logps(model, input_ids[start:end], attention_mask[start:end],
-                                                logits_to_keep, rows[start:end], compute_entropy, grad=True)
+                                                logits_to_keep, rows[start:end], compute_entropy)
             logps.append(lp)
             entropies.append(ent)
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
@@ -452,8 +446,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         C = completion_ids.size(1)
         rows = inputs.get("videos") or [None] * input_ids.size(0)
-        logps, entropy, media = self._forward_logps(model, input_ids, attention_mask, C, rows,
-                                                    compute_entropy=True, grad=True)
+        logps, entropy, media = self._forward_logps(model, input_ids, attention_mask, C, rows, compute_entropy=True)
         weights = None
         if self.method in ("ktr", "entropy"):
             weights = self._key_token_weights(inputs, logps, entropy, media)
@@ -498,37 +491,61 @@ def encode_prompts(processor, adapter, prompts: list, load_clip):
         if len(v) + len(i) > 1:
             raise ValueError("one video or image per prompt is supported; a prompt names " + ", ".join(map(str, v + i)))
     texts = [processor.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
-    clips = [load_clip(str(v[0])) for v in videos if v]
-    kwargs = dict(text=texts, padding=True, padding_side="left", return_tensors="pt")
+    # TRL repeats each prompt G times: the processor (resize + patchify of every frame) runs once per distinct
+    # (text, media) prompt and its outputs are shared by the copies
+    seen: dict[tuple, int] = {}
+    unique: list[int] = []  # first row of each distinct prompt
+    copy_of: list[int] = []  # row -> index into `unique`
+    for r, key in enumerate(zip(texts, map(str, videos), map(str, images))):
+        if key not in seen:
+            seen[key] = len(unique)
+            unique.append(r)
+        copy_of.append(seen[key])
+    u_videos, u_images = [videos[r] for r in unique], [images[r] for r in unique]
+    clips = [load_clip(str(v[0])) for v in u_videos if v]
+    kwargs = dict(text=[texts[r] for r in unique], padding=True, padding_side="left", return_tensors="pt")
     if clips:
         kwargs.update(videos=[c.frames for c in clips], video_metadata=[c.metadata() for c in clips],
                       do_sample_frames=False)
-    if any(images):
+    if any(u_images):
         from PIL import Image
 
-        kwargs["images"] = [Image.open(i[0]).convert("RGB") for i in images if i]
+        kwargs["images"] = [Image.open(i[0]).convert("RGB") for i in u_images if i]
     enc = processor(**kwargs)
     mask = enc["attention_mask"].bool()
-    prompt_ids = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
+    u_ids = [ids[m].tolist() for ids, m in zip(enc["input_ids"], mask)]
+    u_types = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
     video_pixels = adapter.split_pixels(enc["pixel_values_videos"], enc["video_grid_thw"]) if clips else []
-    image_pixels = adapter.split_pixels(enc["pixel_values"], enc["image_grid_thw"]) if any(images) else []
+    image_pixels = adapter.split_pixels(enc["pixel_values"], enc["image_grid_thw"]) if any(u_images) else []
     secs = enc.get("second_per_grid_ts")
-    rows: list[RowVideo | None] = []
+    u_rows: list[RowVideo | None] = []
     v = i = 0
-    for vid, img in zip(videos, images):
+    for vid, img in zip(u_videos, u_images):
         if vid:
-            rows.append(RowVideo(str(vid[0]), video_pixels[v], enc["video_grid_thw"][v : v + 1],
-                                 None if secs is None else torch.as_tensor(secs)[v : v + 1]))
+            u_rows.append(RowVideo(str(vid[0]), video_pixels[v], enc["video_grid_thw"][v : v + 1],
+                                   None if secs is None else torch.as_tensor(secs)[v : v + 1]))
             v += 1
         elif img:
-            rows.append(RowVideo(str(img[0]), image_pixels[i], enc["image_grid_thw"][i : i + 1], None, "image"))
+            u_rows.append(RowVideo(str(img[0]), image_pixels[i], enc["image_grid_thw"][i : i + 1], None, "image"))
             i += 1
         else:
-            rows.append(None)
-    keys = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "pixel_values", "image_grid_thw")
-    fields = {k: enc[k] for k in keys if k in enc}
-    fields["mm_token_type_ids"] = [t[m].tolist() for t, m in zip(enc["mm_token_type_ids"], mask)]
-    template_ids = [processor.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+            u_rows.append(None)
+    rows = [u_rows[u] for u in copy_of]
+    prompt_ids = [u_ids[u] for u in copy_of]
+    # batched fields for every row, in row order (what the processor would have returned for all of them)
+    fields: dict = {"mm_token_type_ids": [u_types[u] for u in copy_of]}
+    row_videos = [r for r in rows if r is not None and r.kind == "video"]
+    row_images = [r for r in rows if r is not None and r.kind == "image"]
+    if row_videos:
+        fields["pixel_values_videos"] = torch.cat([r.pixels for r in row_videos])
+        fields["video_grid_thw"] = torch.cat([r.grid for r in row_videos])
+        if secs is not None:
+            fields["second_per_grid_ts"] = torch.cat([r.seconds_per_group for r in row_videos])
+    if row_images:
+        fields["pixel_values"] = torch.cat([r.pixels for r in row_images])
+        fields["image_grid_thw"] = torch.cat([r.grid for r in row_images])
+    u_template = [processor.tokenizer(texts[r], add_special_tokens=False)["input_ids"] for r in unique]
+    template_ids = [u_template[u] for u in copy_of]
     return EncodedPrompts(prompt_ids, rows, fields, template_ids)
 
 

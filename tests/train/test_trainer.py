@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from builders import length_reward, make_trainer, random_frames
+from builders import make_trainer, random_frames
 
 from videoktr.data.video import write_video
 

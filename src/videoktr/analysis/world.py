@@ -217,15 +217,19 @@ def attribution_quality(model, processor, rows: Sequence[dict], world_dir, optio
                 cmask[j, :n] = 1
                 for name in label_names:
                     lab[name][j, :n] = labels[i][name]
-            completion, cmask = completion.to(device), cmask.to(device)
-            valid_all = cmask.bool().cpu()
             for name in label_names:
-                all_labels[name].append(lab[name][valid_all])
+                all_labels[name].append(lab[name][cmask.bool()])
+            completion, cmask = completion.to(device), cmask.to(device)
+            # the unperturbed log-probs/entropies depend only on the batch and the temperature: computed by the
+            # first options set of each temperature, passed to the others so that they skip those rows
+            unperturbed: dict[float, dict] = {}
             for opt_i, (key, options) in enumerate(options_by_strategy.items()):
                 gen = torch.Generator().manual_seed(seed * 1000003 + b_idx)
                 att = attribute(model, enc["input_ids"], enc["attention_mask"], completion, cmask,
                                 pixel_values_videos=enc["pixel_values_videos"], video_grid_thw=enc["video_grid_thw"],
-                                second_per_grid_ts=enc.get("second_per_grid_ts"), options=options, generator=gen)
+                                second_per_grid_ts=enc.get("second_per_grid_ts"), options=options, generator=gen,
+                                **unperturbed.get(options.temperature, {}))
+                unperturbed.setdefault(options.temperature, {"logp": att.logp, "entropy": att.entropy})
                 for signal, score in att.scores.items():
                     if signal == "entropy" and opt_i > 0:
                         continue  # identical for every options set

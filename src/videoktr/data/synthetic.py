@@ -59,6 +59,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -381,7 +382,7 @@ def order_counterfactuals(layout: Layout, question: dict, max_permutations: int 
     """Distinct arrangements of the layout's temporal groups (same events, same blanks) other than the layout
     itself, for which the question is well-posed. All of them up to `max_permutations`, else a random sample."""
     n = len(layout)
-    if np.prod(range(1, n + 1)) <= max_permutations:
+    if math.factorial(n) <= max_permutations:
         perms = itertools.permutations(range(n))
     else:
         rng = rng or np.random.default_rng(0)
@@ -393,14 +394,12 @@ def order_counterfactuals(layout: Layout, question: dict, max_permutations: int 
 
 def all_layouts(config: WorldConfig):
     """Every layout of the world (for exhaustive labels on small worlds)."""
-    for k in range(config.min_events, config.max_events + 1):
-        for where in itertools.combinations(range(config.groups), k):
-            for colours in itertools.permutations(config.colours, k):
-                for shapes in itertools.product(config.shapes, repeat=k):
-                    layout: list = [None] * config.groups
-                    for g, c, s in zip(where, colours, shapes):
-                        layout[g] = (c, s)
-                    yield tuple(layout)
+    for seq in all_sequences(config):
+        for where in itertools.combinations(range(config.groups), len(seq)):
+            layout: list = [None] * config.groups
+            for g, event in zip(where, seq):
+                layout[g] = event
+            yield tuple(layout)
 
 
 def _as_layout(events: Sequence[tuple[str, str]], config: WorldConfig) -> Layout:
@@ -833,7 +832,6 @@ def corpus(config: WorldConfig | None = None, repeats: int = 20) -> list[str]:
 # ------------------------------------------------------------------------------------------------- rewards
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.S)
-_FORMAT_RE = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.S)
 _NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve".split())}
 
@@ -886,5 +884,8 @@ def accuracy_reward(completions, solution, **kwargs) -> list[float]:
 
 
 def format_reward(completions, **kwargs) -> list[float]:
-    """1.0 when the whole response (surrounding whitespace ignored) is <think>...</think> <answer>...</answer>."""
-    return [float(_FORMAT_RE.fullmatch(_text(c).strip()) is not None) for c in completions]
+    """1.0 when the whole response (surrounding whitespace ignored) is <think>...</think> <answer>...</answer>
+    (`videoktr.rewards.format_reward`, the reward real data trains with)."""
+    from ..rewards import format_reward
+
+    return format_reward(completions)

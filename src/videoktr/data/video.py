@@ -153,12 +153,12 @@ def _read_pyav(path: Path, target_fps: float, min_frames: int, max_frames: int) 
                     frames.append(kept[i] if i in kept else (frames[-1] if frames else next(iter(kept.values()))))
                 n_source = total
             else:
-                decoded = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+                decoded = list(container.decode(stream))  # converted to RGB below, only the sampled frames
                 if not decoded:
                     raise VideoDecodeError(f"no decodable frame in {path}")
                 source_fps = source_fps if source_fps > 0 else target_fps
                 idx = sample_indices(len(decoded), source_fps, target_fps, min_frames, max_frames)
-                frames = [decoded[i] for i in idx]
+                frames = [decoded[i].to_ndarray(format="rgb24") for i in idx]
                 n_source = len(decoded)
     except VideoDecodeError:
         raise

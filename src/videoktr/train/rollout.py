@@ -87,10 +87,10 @@ def video_metadata_dict(num_frames: int, fps: float) -> dict:
     }
 
 
-# processor settings that decide the resize, sent with every request so vLLM's copy of the processor (loaded
-# from the checkpoint, without the run's pixel budget) resizes exactly as the trainer's: the per-frame cap of
-# Qwen3-VL's video processor bounds frames that `size` alone would let through.
-_RESIZE_SETTINGS = ("cap_pixels_per_frame", "max_video_tokens")
+# processor settings besides `size` that decide the resize, sent with every request so vLLM's copy of the
+# processor (loaded from the checkpoint, without the run's pixel budget) resizes as the trainer's. Qwen3-VL's
+# `max_video_tokens` is not among them: its processor reads it from the object only (see check_vllm_budget).
+_RESIZE_SETTINGS = ("cap_pixels_per_frame",)
 
 
 def _resize_kwargs(sub_processor, frames: np.ndarray) -> dict:
@@ -130,7 +130,7 @@ def _media_fields(row, processor) -> dict:
     else:
         raise ValueError(f"unknown media kind {row.kind!r} (expected 'video' or 'image')")
     # identical rows (the G copies of a prompt) share an id, so vLLM processes and hashes them once
-    uid = hashlib.sha1(f"{row.key}|{row.kind}|{row.grid.tolist()}|{frames.shape}".encode()).hexdigest()
+    uid = hashlib.sha1(f"{row.key}|{row.kind}|{row.grid.tolist()}".encode()).hexdigest()
     return {"multi_modal_data": data, "mm_processor_kwargs": kwargs, "multi_modal_uuids": {row.kind: [uid]}}
 
 
@@ -156,7 +156,7 @@ def vllm_requests(template_ids: list[list[int]], rows: list, processor) -> list[
         k = (row.key, row.kind, tuple(row.grid.reshape(-1).tolist()))
         if k not in cache:
             cache[k] = _media_fields(row, processor)
-        n = sum(t == placeholder_token(processor, row.kind) for t in ids)
+        n = ids.count(placeholder_token(processor, row.kind))
         if n != 1:
             raise ValueError(f"a prompt with one {row.kind} ({row.key}) has {n} {row.kind} placeholder tokens")
         out.append({"prompt_token_ids": list(ids), **cache[k]})

@@ -153,6 +153,20 @@ def find_files(root: Path, names: list[str], max_depth: int = 3) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def discover_files(name: str, data_root: Path, patterns: list[str], what: str = "question file",
+                   many: bool = False, max_depth: int = 3) -> list[Path]:
+    """`find_files`, with the errors every benchmark gives: none found, or (unless `many`) several found; both
+    name the benchmark, the folder and --questions."""
+    found = find_files(data_root, patterns, max_depth)
+    if not found:
+        raise BenchmarkError(f"{name}: no {what} under {data_root} (looked for {', '.join(patterns)}); "
+                             f"pass one with --questions")
+    if len(found) > 1 and not many:
+        raise BenchmarkError(f"{name}: several {what}s apply under {data_root}: "
+                             f"{', '.join(map(str, found))}; pick one with --questions")
+    return found
+
+
 def read_json(path: Path):
     """Parse a JSON file; tolerate trailing commas (the VideoMME answer template has them)."""
     try:

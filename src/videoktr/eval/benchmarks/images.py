@@ -24,7 +24,7 @@ import base64
 import re
 from pathlib import Path
 
-from .base import Benchmark, BenchmarkError, Item, find_files, letters, read_records, require
+from .base import Benchmark, BenchmarkError, Item, discover_files, find_files, letters, read_records, require
 from .videommmu import _NUMBER, split_answers
 
 
@@ -48,17 +48,6 @@ def _image(value, path: Path, where: str) -> tuple[str | None, bytes | None]:
     raise BenchmarkError(f"{path}: {where}: unreadable image cell of type {type(value).__name__}")
 
 
-def _discover(name: str, data_root: Path, patterns: list[str], many: bool = False) -> list[Path]:
-    found = find_files(data_root, patterns)
-    if not found:
-        raise BenchmarkError(f"{name}: no question file under {data_root} (looked for {', '.join(patterns)}); "
-                             f"pass one with --questions")
-    if len(found) > 1 and not many:
-        raise BenchmarkError(f"{name}: several question files apply under {data_root}: "
-                             f"{', '.join(map(str, found))}; pick one with --questions")
-    return found
-
-
 class MMMU(Benchmark):
     name = "mmmu"
     title = "MMMU (val)"
@@ -66,7 +55,7 @@ class MMMU(Benchmark):
     layout = "<Subject>/validation-*.parquet (all subjects), or mmmu_validation.jsonl / .json"
 
     def discover(self, data_root, tasks):
-        return _discover(self.name, data_root, ["*/validation-*.parquet", "validation-*.parquet",
+        return discover_files(self.name, data_root, ["*/validation-*.parquet", "validation-*.parquet",
                                                 "mmmu_validation.jsonl", "mmmu_validation.json"], many=True)
 
     def load_file(self, path: Path, tasks) -> list[Item]:
@@ -115,7 +104,8 @@ class AI2D(Benchmark):
     layout = "data/test-*.parquet, test-*.parquet, ai2d.jsonl or ai2d.json"
 
     def discover(self, data_root, tasks):
-        return _discover(self.name, data_root, ["data/test-*.parquet", "test-*.parquet", "ai2d.jsonl", "ai2d.json"])
+        return discover_files(self.name, data_root,
+                              ["data/test-*.parquet", "test-*.parquet", "ai2d.jsonl", "ai2d.json"])
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         items = []
@@ -167,7 +157,7 @@ class MMStar(Benchmark):
     layout = "mmstar.parquet, mmstar.jsonl or mmstar.json"
 
     def discover(self, data_root, tasks):
-        return _discover(self.name, data_root, ["mmstar.parquet", "MMStar/mmstar.parquet", "mmstar.jsonl",
+        return discover_files(self.name, data_root, ["mmstar.parquet", "MMStar/mmstar.parquet", "mmstar.jsonl",
                                                 "mmstar.json"])
 
     def load_file(self, path: Path, tasks) -> list[Item]:
@@ -198,7 +188,7 @@ class ChartQA(Benchmark):
         found = find_files(data_root, [f"test/test_{t}.json" for t in tasks] + [f"test_{t}.json" for t in tasks])
         if found:
             return found
-        return _discover(self.name, data_root, ["data/test-*.parquet", "test-*.parquet"])
+        return discover_files(self.name, data_root, ["data/test-*.parquet", "test-*.parquet"])
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         original = path.stem in ("test_human", "test_augmented")

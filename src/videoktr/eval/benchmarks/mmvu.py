@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Benchmark, BenchmarkError, Item, find_files, read_records, relative_url_path, require
+from .base import Benchmark, BenchmarkError, Item, discover_files, read_records, relative_url_path, require
 
 FIELDS = ("id", "video", "question_type", "question", "choices", "answer")
 
@@ -24,13 +24,8 @@ class MMVU(Benchmark):
     layout = "validation.json (root, data/ or up to 3 folders deep); videos/<Subject>/<n>.mp4"
 
     def discover(self, data_root: Path, tasks) -> list[Path]:
-        found = find_files(data_root, ["validation.json", "data/validation.json"])
-        if not found:
-            raise BenchmarkError(f"mmvu: no validation.json under {data_root}; pass it with --questions")
-        if len(found) > 1:
-            raise BenchmarkError(f"mmvu: several validation.json under {data_root}: "
-                                 f"{', '.join(map(str, found))}; pick one with --questions")
-        return found
+        return discover_files(self.name, data_root, ["validation.json", "data/validation.json"],
+                              what="validation.json")
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         items = []

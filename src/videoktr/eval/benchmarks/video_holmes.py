@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import Benchmark, BenchmarkError, Item, find_files, read_records, require
+from .base import Benchmark, BenchmarkError, Item, discover_files, read_records, require
 
 QUESTION_TYPES = {
     "SR": "Social Reasoning",
@@ -29,14 +29,8 @@ class VideoHolmes(Benchmark):
     layout = "test_Video-Holmes.json (at the root or up to 3 folders deep); videos/<video ID>.mp4"
 
     def discover(self, data_root: Path, tasks) -> list[Path]:
-        found = find_files(data_root, ["test_Video-Holmes.json", "Benchmark/test_Video-Holmes.json"])
-        if not found:
-            raise BenchmarkError(f"video_holmes: no test_Video-Holmes.json under {data_root}; "
-                                 f"pass the file with --questions")
-        if len(found) > 1:
-            raise BenchmarkError(f"video_holmes: several question files under {data_root}: "
-                                 f"{', '.join(map(str, found))}; pick one with --questions")
-        return found
+        return discover_files(self.name, data_root, ["test_Video-Holmes.json", "Benchmark/test_Video-Holmes.json"],
+                              what="test_Video-Holmes.json")
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         items = []

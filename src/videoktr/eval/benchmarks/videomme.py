@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .base import (Benchmark, BenchmarkError, Item, find_files, parse_labelled_options, read_records,
+from .base import (Benchmark, BenchmarkError, Item, discover_files, parse_labelled_options, read_records,
                    require)
 
 CANDIDATES = ["videomme/test-00000-of-00001.parquet", "test-00000-of-00001.parquet", "videomme_questions.json",
@@ -38,14 +38,7 @@ class VideoMME(Benchmark):
               "videomme.json (exactly one; else --questions); data/<videoID>.mp4")
 
     def discover(self, data_root: Path, tasks) -> list[Path]:
-        found = find_files(data_root, CANDIDATES, max_depth=2)
-        if not found:
-            raise BenchmarkError(f"videomme: no question file under {data_root} (looked for "
-                                 f"{', '.join(CANDIDATES)}); pass one with --questions")
-        if len(found) > 1:
-            raise BenchmarkError(f"videomme: several question files apply under {data_root}: "
-                                 f"{', '.join(map(str, found))}; pick one with --questions")
-        return found
+        return discover_files(self.name, data_root, CANDIDATES, max_depth=2)
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         rows = read_records(path)

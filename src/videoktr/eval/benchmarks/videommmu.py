@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import Benchmark, BenchmarkError, Item, find_files, letters, read_json, require
+from .base import Benchmark, BenchmarkError, Item, discover_files, letters, read_json, require
 
 TRACKS = {"perception": "Perception", "comprehension": "Comprehension", "adaptation": "Adaptation"}
 FIELDS = ("id", "question", "options", "answer")
@@ -51,13 +51,7 @@ class VideoMMMU(Benchmark):
     def discover(self, data_root: Path, tasks) -> list[Path]:
         paths = []
         for task in tasks:
-            found = find_files(data_root, [f"{task}_video.json"])
-            if not found:
-                raise BenchmarkError(f"videommmu: no {task}_video.json under {data_root}; pass it with --questions")
-            if len(found) > 1:
-                raise BenchmarkError(f"videommmu: several {task}_video.json under {data_root}: "
-                                     f"{', '.join(map(str, found))}; pick one with --questions")
-            paths.extend(found)
+            paths.extend(discover_files(self.name, data_root, [f"{task}_video.json"], what=f"{task}_video.json"))
         return paths
 
     def load_file(self, path: Path, tasks) -> list[Item]:

@@ -177,10 +177,6 @@ def _norm(text: str) -> str:
     return text.strip(" .,;:!?\"'`*()[]")
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[\w'.%/-]+", text)
-
-
 # --------------------------------------------------------------------------------------------- choices
 
 _PHRASE = (r"(?i:\b(?:final\s+answer|correct\s+answer|best\s+answer|correct\s+option|best\s+option|correct\s+choice"

@@ -48,21 +48,10 @@ def test_sampled_fps_reflects_clamping(tmp_path):
 
 def test_stream_without_frame_count_or_duration_decodes(tmp_path):
     """A raw H.264 stream states neither its length nor its duration: every frame is decoded, then sampled."""
-    from fractions import Fraction
-
     import av
 
     frames = _clip(20)
-    path = tmp_path / "raw.h264"
-    with av.open(str(path), mode="w", format="h264") as container:
-        stream = container.add_stream("libx264", rate=Fraction(4))
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv444p"
-        stream.options = {"crf": "0", "preset": "ultrafast"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    path = write_video(tmp_path / "raw.h264", frames, fps=4.0)  # raw H.264: the muxer follows the extension
     with av.open(str(path)) as container:  # the case under test: no frame count, no duration
         assert not container.streams.video[0].frames and container.streams.video[0].duration is None
     clip = read_video(path, target_fps=2.0, min_frames=4, max_frames=16)

@@ -56,7 +56,7 @@ class MMMU(Benchmark):
 
     def discover(self, data_root, tasks):
         return discover_files(self.name, data_root, ["*/validation-*.parquet", "validation-*.parquet",
-                                                "mmmu_validation.jsonl", "mmmu_validation.json"], many=True)
+                                                     "mmmu_validation.jsonl", "mmmu_validation.json"], many=True)
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         items = []
@@ -158,7 +158,7 @@ class MMStar(Benchmark):
 
     def discover(self, data_root, tasks):
         return discover_files(self.name, data_root, ["mmstar.parquet", "MMStar/mmstar.parquet", "mmstar.jsonl",
-                                                "mmstar.json"])
+                                                     "mmstar.json"])
 
     def load_file(self, path: Path, tasks) -> list[Item]:
         items = []

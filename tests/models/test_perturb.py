@@ -1,13 +1,11 @@
-"""Perturbations of vision-encoder outputs, against pixel-level references and obvious loops."""
+"""Perturbations of vision-encoder outputs, against obvious loops (the pixel-level reference of the group
+permutation, per family, is in test_families.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from builders import encode_prompts, random_frames
 
-from videoktr.models.adapters import adapter_for
 from videoktr.models.perturb import (
     permute_groups,
     replace_features,
@@ -15,25 +13,6 @@ from videoktr.models.perturb import (
     zero_features,
     zero_fraction,
 )
-
-
-def test_group_shuffle_of_features_equals_reencoding_shuffled_frames(tiny):
-    """The encoder attends within one temporal group (2 frames), so permuting its output blocks is the same as
-    permuting frame pairs in pixel space and encoding again."""
-    model, processor = tiny
-    adapter = adapter_for(model)
-    frames = random_frames(7, n=8)
-    groups = 4
-    perm = torch.tensor([2, 0, 3, 1])
-    frame_order = np.concatenate([[2 * g, 2 * g + 1] for g in perm.tolist()])
-    a = encode_prompts(processor, [("Q?", frames)])
-    b = encode_prompts(processor, [("Q?", frames[frame_order])])
-    with torch.no_grad():
-        fa = adapter.encode_videos(model, a["pixel_values_videos"], a["video_grid_thw"])[0]
-        fb = adapter.encode_videos(model, b["pixel_values_videos"], b["video_grid_thw"])[0]
-    shuffled = permute_groups(fa, groups, perm)
-    assert (shuffled - fb).abs().max().item() < 1e-5
-    assert (fa - fb).abs().max().item() > 1e-2  # the shuffle did change the features
 
 
 def test_temporal_permutation_is_never_identity():
@@ -85,4 +64,4 @@ def test_visual_perturbations():
         zero_fraction(f, 0.0)
     donor = torch.randn(4, 4)
     r = replace_features(f, donor)
-    assert torch.equal(r, donor[torch.arange(10) % 4])
+    assert torch.equal(r, torch.cat([donor, donor, donor[:2]]))  # 4 donor rows cycled to 10

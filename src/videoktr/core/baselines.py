@@ -38,10 +38,11 @@ def group_position_kl(hidden: torch.Tensor, weight: torch.Tensor, valid: torch.T
         for g in groups:
             rows = group_ids == g
             lp, vg = logp[rows], v[rows].float()  # [n, c, V], [n, c]
+            p = lp.exp()
             count = vg.sum(0).clamp(min=1.0)  # [c]
-            mean_p = (lp.exp() * vg[..., None]).sum(0) / count[:, None]  # [c, V]
+            mean_p = (p * vg[..., None]).sum(0) / count[:, None]  # [c, V]
             log_mean = mean_p.clamp_min(1e-30).log()
-            kl = (lp.exp() * (lp - log_mean[None])).sum(-1)  # [n, c]
+            kl = (p * (lp - log_mean[None])).sum(-1)  # [n, c]
             out[rows, s : s + chunk_positions] = torch.where(vg > 0, kl.clamp_min(0.0), 0.0)
     return out
 

@@ -101,10 +101,19 @@ def logprobs_and_entropy(logits: torch.Tensor, index: torch.Tensor,
     return logp, ent
 
 
+def _check_head(weight: torch.Tensor, hidden_size: int) -> None:
+    if weight.dim() != 2 or weight.shape[1] != hidden_size:
+        raise ValueError(f"weight must be [V, H] with H = {hidden_size}, got {tuple(weight.shape)}")
+
+
+def _head_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """h [c, H] -> logits [c, V] in the head's dtype (as the model's lm_head would make them)."""
+    return F.linear(h.to(weight.dtype), weight, bias)
+
+
 def _head_chunk(h: torch.Tensor, idx: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 with_entropy: bool):
-    z = F.linear(h.to(weight.dtype), weight, bias)  # [c, V] in the head's dtype
-    logp, ent = _logp_entropy(z, idx, with_entropy)
+    logp, ent = _logp_entropy(_head_logits(h, weight, bias), idx, with_entropy)
     return (logp, ent) if with_entropy else (logp,)
 
 
@@ -126,9 +135,8 @@ def lm_head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, index: torch.Te
     if hidden.shape[:-1] != index.shape:
         raise ValueError(f"index shape {tuple(index.shape)} must equal hidden shape without the hidden "
                          f"dimension {tuple(hidden.shape[:-1])}")
-    if weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(f"weight must be [V, H] with H = {hidden.shape[-1]}, got {tuple(weight.shape)}")
     H = hidden.shape[-1]
+    _check_head(weight, H)
     out = _map_row_chunks(_head_chunk, (hidden.reshape(-1, H), index.reshape(-1)), index.shape, chunk_size,
                           params=(weight, bias, with_entropy))
     return out if with_entropy else out[0]

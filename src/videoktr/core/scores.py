@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .logprobs import _map_row_chunks
+from .logprobs import _check_head, _head_logits, _map_row_chunks
 
 __all__ = ["DISTANCES", "logprob_shift", "distribution_distance", "lm_head_distribution_distance"]
 
@@ -104,13 +104,11 @@ def lm_head_distribution_distance(hidden_full: torch.Tensor, hidden_perturbed: t
     if hidden_full.shape != hidden_perturbed.shape:
         raise ValueError(f"hidden_full {tuple(hidden_full.shape)} and hidden_perturbed "
                          f"{tuple(hidden_perturbed.shape)} must have the same shape")
-    if weight.dim() != 2 or weight.shape[1] != hidden_full.shape[-1]:
-        raise ValueError(f"weight must be [V, H] with H = {hidden_full.shape[-1]}, got {tuple(weight.shape)}")
     H = hidden_full.shape[-1]
+    _check_head(weight, H)
 
     def chunk(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor]:
-        return _distance(F.linear(a.to(weight.dtype), weight, bias), F.linear(b.to(weight.dtype), weight, bias),
-                         metric)
+        return _distance(_head_logits(a, weight, bias), _head_logits(b, weight, bias), metric)
 
     (d,) = _map_row_chunks(chunk, (hidden_full.reshape(-1, H), hidden_perturbed.reshape(-1, H)),
                            hidden_full.shape[:-1], chunk_size)

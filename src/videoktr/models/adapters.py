@@ -22,8 +22,8 @@ Supported families (transformers 5.23; each verified in tests/models/test_famili
   per-video forward input; its temporal RoPE id of a group is its text position. The placeholder count per
   video is still t*h*w/m^2, in t runs.
 
-Layout (all three; verified by `test_group_shuffle_of_features_equals_reencoding_shuffled_frames` and the
-per-family layout test): for a video with grid (t, h, w) in patches and spatial merge m, the encoder returns
+Layout (all three; verified by `test_group_permutation_of_features_equals_reencoding_permuted_frames` and
+the per-family layout test): for a video with grid (t, h, w) in patches and spatial merge m, the encoder returns
 t * (h/m) * (w/m) rows in temporal-group-major order, so rows [g*n, (g+1)*n) with n = h*w/m^2 belong to
 temporal group g (2 frames). The encoder attends only within one temporal group (transformers'
 `get_vision_cu_seqlens`: one attention segment per temporal patch) and its position signals are spatial only
@@ -52,7 +52,6 @@ class QwenVLAdapter:
     video_token_id: int
     image_token_id: int
     spatial_merge_size: int
-    temporal_patch_size: int = 2
     # Names of per-video forward inputs the family's processor emits besides pixel_values_videos and
     # video_grid_thw (and that the model's forward consumes).
     extra_video_inputs: tuple[str, ...] = ()
@@ -67,10 +66,14 @@ class QwenVLAdapter:
         """grid_thw [N, 3] -> temporal groups per video [N]."""
         return grid_thw[:, 0]
 
-    def encode_videos(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Run the vision tower once: returns one feature tensor [t*h*w/m^2, D] per video."""
-        out = model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+    def _per_item(self, out) -> list[torch.Tensor]:
+        """The vision tower's output -> one feature tensor per video or image."""
         return list(out.pooler_output)
+
+    def encode_videos(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
+        """Run the vision tower once: returns one feature tensor [t*h*w/m^2, D] per video (Qwen3-VL: see
+        `Qwen3VLAdapter`)."""
+        return self._per_item(model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True))
 
     def split_pixels(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """pixel_values_videos [sum t*h*w, P] -> one patch tensor per video [t*h*w, P]."""
@@ -78,8 +81,7 @@ class QwenVLAdapter:
 
     def encode_images(self, model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
         """Run the vision tower once on images: one feature tensor [h*w/m^2, D] per image."""
-        out = model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-        return list(out.pooler_output)
+        return self._per_item(model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
 
     def _encoder_output(self, features: list[torch.Tensor]):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -114,20 +116,13 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     num_deepstack: int = 0  # K = len(vision_config.deepstack_visual_indexes)
 
-    def _joined(self, out) -> list[torch.Tensor]:
+    def _per_item(self, out) -> list[torch.Tensor]:
+        """One tensor [N, D * (1 + K)] per video or image: its main features | its K DeepStack levels."""
         deep = list(out.deepstack_features or [])
         if len(deep) != self.num_deepstack:
             raise ValueError(f"the vision tower returned {len(deep)} DeepStack levels, the config names "
                              f"{self.num_deepstack}")
         return [torch.cat([main] + [level[v] for level in deep], dim=-1) for v, main in enumerate(out.pooler_output)]
-
-    def encode_videos(self, model, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """Run the vision tower once: one tensor [t*h*w/m^2, D * (1 + K)] per video (main | DeepStack levels)."""
-        return self._joined(model.model.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True))
-
-    def encode_images(self, model, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor) -> list[torch.Tensor]:
-        """One tensor [h*w/m^2, D * (1 + K)] per image (main | DeepStack levels)."""
-        return self._joined(model.model.get_image_features(pixel_values, image_grid_thw, return_dict=True))
 
     def split_features(self, feature: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """[N, D * (1 + K)] -> (main [N, D], K DeepStack tensors [N, D])."""
@@ -159,7 +154,6 @@ def adapter_for_config(config) -> QwenVLAdapter:
         video_token_id=int(config.video_token_id),
         image_token_id=int(config.image_token_id),
         spatial_merge_size=int(vision.spatial_merge_size),
-        temporal_patch_size=int(vision.temporal_patch_size),
     )
     if model_type == "qwen3_vl":
         return Qwen3VLAdapter(**common, timestamps_in_text=True,

@@ -222,10 +222,8 @@ def set_video_pixel_budget(video_processor, min_pixels: int | None = None, max_p
     Qwen3-VL processor keeps its own (e.g. a checkpoint's whole-clip) budget, with the per-frame cap on (the
     reference behaviour of qwen-vl-utils; transformers otherwise warns and leaves it off).
     """
-    try:
-        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
-    except ImportError:  # pragma: no cover - every supported transformers has it
-        Qwen3VLVideoProcessor = ()
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+
     size = dict(video_processor.size)
     if isinstance(video_processor, Qwen3VLVideoProcessor):
         if min_pixels is None and max_pixels is None:

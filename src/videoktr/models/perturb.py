@@ -53,7 +53,7 @@ def temporal_permutation(
     shuffle: uniformly random among the non-identity permutations when num_groups >= 2 (re-drawn until not the
     identity; the official code's single randperm may be the identity, which scores every token 0).
     reverse: perm = [G-1, ..., 0]. segment: independent shuffles inside consecutive blocks of `segment_groups`
-    groups, re-drawn until not the identity when some block has >= 2 groups.
+    groups, re-drawn until not the identity (the first block always has >= 2 groups, so one exists).
     """
     if strategy not in TEMPORAL_STRATEGIES:
         raise ValueError(f"temporal_strategy must be one of {TEMPORAL_STRATEGIES}, got {strategy!r}")
@@ -70,8 +70,6 @@ def temporal_permutation(
         else:
             blocks = [identity[i : i + segment_groups] for i in range(0, num_groups, segment_groups)]
             perm = torch.cat([b[torch.randperm(len(b), generator=generator)] for b in blocks])
-            if all(len(b) < 2 for b in blocks):
-                return perm
         if not torch.equal(perm, identity):
             return perm
 

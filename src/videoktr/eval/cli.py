@@ -199,7 +199,7 @@ def _run(args) -> int:
             gs = _settings(args, generator.describe())
             outputs = R.run_generation(items, generator, out_dir, data_root=args.data_root, settings=gs,
                                        progress=not args.no_progress, desc=name)
-            settings = {**gs.identity()["generator"], "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
+            settings = {**gs.generator, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
                         "temperature": args.temperature, "top_p": args.top_p}
         records = score_items(items, outputs, allow_missing=args.allow_missing)
         summary = summarize(items, records, name)

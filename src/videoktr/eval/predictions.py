@@ -11,11 +11,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .benchmarks.base import BenchmarkError, Item, read_json
+from .benchmarks.base import BenchmarkError, Item, iter_jsonl, read_json
 
 TEMPCOMPASS_TASKS = ("multi-choice", "yes_no", "caption_matching")
 
@@ -54,17 +53,7 @@ def _our_row(row, path: Path, where: str) -> Prediction:
 
 
 def _read_jsonl(path: Path) -> list[Prediction]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
-            rows.append(_our_row(row, path, f"line {n}"))
-    return rows
+    return [_our_row(row, path, f"line {n}") for n, row in iter_jsonl(path)]
 
 
 def _video_r1_row(row, path: Path, i: int) -> Prediction:
@@ -91,9 +80,9 @@ def _tempcompass(data: dict, path: Path) -> list[Prediction]:
             raise BenchmarkError(f"{path}: video {vid}: expected {{dimension: [predictions]}}")
         for dim, preds in dims.items():
             for k, p in enumerate(preds):
-                out = p.get("prediction", p.get("response")) if isinstance(p, dict) else None
                 if not isinstance(p, dict) or ("prediction" not in p and "response" not in p):
                     raise BenchmarkError(f"{path}: video {vid}, {dim}[{k}]: expected 'prediction'")
+                out = p.get("prediction", p.get("response"))
                 rows.append(Prediction(f"{vid}/{dim}/{k}", out, task, "tempcompass"))
     return rows
 

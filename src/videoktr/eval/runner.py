@@ -103,10 +103,9 @@ def load_predictions_file(path: Path) -> dict[tuple[str, str], str]:
         return done
     data = path.read_bytes()
     lines = data.split(b"\n")
-    good_end = 0
-    offset = 0
+    good_end = 0  # byte offset just past the last line read
     for n, line in enumerate(lines):
-        end = offset + len(line) + (1 if n < len(lines) - 1 else 0)
+        end = good_end + len(line) + (1 if n < len(lines) - 1 else 0)
         if line.strip():
             try:
                 row = json.loads(line)
@@ -116,7 +115,6 @@ def load_predictions_file(path: Path) -> dict[tuple[str, str], str]:
                     break
                 raise ValueError(f"{path}: line {n + 1} is corrupt ({exc}); fix or delete it") from exc
         good_end = end
-        offset = end
     if good_end < len(data):
         with path.open("r+b") as f:
             f.truncate(good_end)
@@ -158,10 +156,11 @@ def run_generation(items: list[Item], generator: Generator, out_dir: str | Path,
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), unit="item", desc=desc or None,
                disable=not progress, dynamic_ncols=True)
+    size = max(1, settings.batch_size)
     try:
         with pred_path.open("a", encoding="utf-8") as f:
-            for start in range(0, len(requests), max(1, settings.batch_size)):
-                batch = requests[start:start + settings.batch_size]
+            for start in range(0, len(requests), size):
+                batch = requests[start:start + size]
                 outputs = generator.generate(batch, max_new_tokens=settings.max_new_tokens,
                                              temperature=settings.temperature, top_p=settings.top_p)
                 if len(outputs) != len(batch):

@@ -183,17 +183,21 @@ def read_json(path: Path):
                                  f"{first.msg})") from first
 
 
-def read_jsonl(path: Path) -> list:
-    rows = []
+def iter_jsonl(path: Path):
+    """(line number, parsed row) for each non-blank line of a JSONL file."""
     with path.open(encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise BenchmarkError(f"{path}: line {n} is not valid JSON ({exc.msg})") from exc
-    return rows
+            yield n, row
+
+
+def read_jsonl(path: Path) -> list:
+    return [row for _, row in iter_jsonl(path)]
 
 
 def read_records(path: Path) -> list[dict]:
@@ -300,6 +304,12 @@ def letters(n: int) -> list[str]:
     if n > 26:
         raise ValueError(f"{n} options: at most 26 are supported")
     return [chr(ord("A") + i) for i in range(n)]
+
+
+def lettered_options(texts) -> dict[str, str]:
+    """["x", " y"] -> {"A": "x", "B": "y"}: option texts labelled A, B, ... in order."""
+    texts = list(texts)
+    return dict(zip(letters(len(texts)), (str(t).strip() for t in texts)))
 
 
 def relative_url_path(url: str, marker: str = "/resolve/main/") -> str:

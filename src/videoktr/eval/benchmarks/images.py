@@ -24,8 +24,9 @@ import base64
 import re
 from pathlib import Path
 
-from .base import Benchmark, BenchmarkError, Item, discover_files, find_files, letters, read_records, require
-from .videommmu import _NUMBER, split_answers
+from .base import (Benchmark, BenchmarkError, Item, discover_files, find_files, lettered_options, letters,
+                   read_records, require)
+from .videommmu import open_answer
 
 
 def _image(value, path: Path, where: str) -> tuple[str | None, bytes | None]:
@@ -86,14 +87,12 @@ class MMMU(Benchmark):
                           extra={"images": paths} if len(paths) > 1 else {})
             answer = str(row["answer"]).strip()
             if opts and row.get("question_type", "multiple-choice") != "open":
-                options = dict(zip(letters(len(opts)), (str(o).strip() for o in opts)))
+                options = lettered_options(opts)
                 if answer not in options:
                     raise BenchmarkError(f"{path}: {where}: answer {answer!r} is not one of {list(options)}")
                 items.append(Item(answer=answer, answer_type="mc", options=options, **common))
             else:
-                answers = split_answers(answer)
-                kind = "numeric" if all(_NUMBER.match(a.replace(",", "")) for a in answers) else "open"
-                items.append(Item(answer=answers[0], alternatives=tuple(answers[1:]), answer_type=kind, **common))
+                items.append(Item(**open_answer(answer), **common))
         return items
 
 
@@ -112,13 +111,12 @@ class AI2D(Benchmark):
         for i, row in enumerate(read_records(path)):
             where = f"row {i}"
             require(row, ("question", "options", "answer", "image"), path, where)
-            opts = list(row["options"])
-            options = dict(zip(letters(len(opts)), (str(o).strip() for o in opts)))
+            options = lettered_options(row["options"])
             try:
-                answer = letters(len(opts))[int(str(row["answer"]).strip())]
+                answer = list(options)[int(str(row["answer"]).strip())]
             except (ValueError, IndexError) as exc:
                 raise BenchmarkError(f"{path}: {where}: answer {row['answer']!r} is not an option index "
-                                     f"0..{len(opts) - 1}") from exc
+                                     f"0..{len(options) - 1}") from exc
             p, b = _image(row["image"], path, where)
             items.append(Item(id=str(row.get("id", i)), benchmark=self.name, question=str(row["question"]).strip(),
                               answer=answer, answer_type="mc", options=options, image=p,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .base import Benchmark, BenchmarkError, Item, discover_files, letters, read_json, require
+from .base import Benchmark, BenchmarkError, Item, discover_files, lettered_options, read_json, require
 
 TRACKS = {"perception": "Perception", "comprehension": "Comprehension", "adaptation": "Adaptation"}
 FIELDS = ("id", "question", "options", "answer")
@@ -40,6 +40,14 @@ def split_answers(answer: str) -> list[str]:
         if parts:
             return parts
     return [text]
+
+
+def open_answer(answer: str) -> dict:
+    """Item fields of an open answer: the first of `split_answers` as the answer, the rest as alternatives,
+    scored as numbers when every one is a number, else as text."""
+    answers = split_answers(answer)
+    kind = "numeric" if all(_NUMBER.match(a.replace(",", "")) for a in answers) else "open"
+    return dict(answer=answers[0], alternatives=tuple(answers[1:]), answer_type=kind)
 
 
 class VideoMMMU(Benchmark):
@@ -84,15 +92,13 @@ class VideoMMMU(Benchmark):
                       video=f"{track}/{item_id}.mp4", categories=categories, task=task)
         qtype = row.get("question_type")
         if opts and qtype != "open":
-            options = dict(zip(letters(len(opts)), (str(o).strip() for o in opts)))
+            options = lettered_options(opts)
             if answer not in options:
                 raise BenchmarkError(f"{path}: {where}: answer {answer!r} is not an option label {list(options)}")
             categories["question_type"] = "multiple-choice"
             return Item(answer=answer, answer_type="mc", options=options, **common)
-        answers = split_answers(answer)
         categories["question_type"] = "open"
-        kind = "numeric" if all(_NUMBER.match(a.replace(",", "")) for a in answers) else "open"
-        return Item(answer=answers[0], alternatives=tuple(answers[1:]), answer_type=kind, **common)
+        return Item(**open_answer(answer), **common)
 
 
 ADAPTER = VideoMMMU()

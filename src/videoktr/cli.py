@@ -27,13 +27,18 @@ def _init_model(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from .train.config import config_from_args
+    from .train.distributed import end_process_group
     from .train.run import run
 
+    finished = False
     try:
         run(config_from_args(args))
+        finished = True
     except (ValueError, FileNotFoundError) as exc:  # bad option, file or row: the message names it
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:  # under `accelerate launch`: close the process group before the interpreter shuts down
+        end_process_group(wait=finished)
     return 0
 
 

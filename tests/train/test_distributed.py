@@ -46,6 +46,40 @@ def test_global_selection_across_two_gloo_processes_equals_one_process(tmp_path)
     assert torch.equal(got, global_top_ratio_mask(scores, valid, 0.3))
 
 
+@pytest.fixture
+def one_process_group():
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    yield dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_end_process_group_closes_a_live_group_and_is_a_no_op_without_one(one_process_group):
+    from videoktr.train.distributed import end_process_group
+
+    assert end_process_group() is True
+    assert not one_process_group.is_initialized()
+    assert end_process_group() is False
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_train_command_closes_the_process_group_on_success_and_on_error(one_process_group, monkeypatch, fails):
+    # a live gloo group at interpreter exit can abort the process (SIGABRT) after training succeeded
+    import videoktr.train.run as run_module
+    from videoktr.cli import main
+
+    def fake_run(config):
+        if fails:
+            raise ValueError("bad row")
+        return {}
+
+    monkeypatch.setattr(run_module, "run", fake_run)
+    assert main(["train", "--max-steps", "1"]) == (2 if fails else 0)
+    assert not one_process_group.is_initialized()
+
+
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     from videor1_fixture import write_videor1_fixture
@@ -61,5 +95,6 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "terminate called" not in proc.stderr  # every process shut down cleanly, not only rank 0
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2 and report["processes"] == 2  # accelerate saw a world of 2 processes

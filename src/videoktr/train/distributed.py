@@ -24,3 +24,21 @@ def all_gather_1d(values: torch.Tensor) -> list[torch.Tensor]:
     gathered = [torch.zeros_like(padded) for _ in range(world)]
     dist.all_gather(gathered, padded)
     return [g[: int(s.item())] for g, s in zip(gathered, sizes)]
+
+
+def end_process_group(*, wait: bool = True) -> bool:
+    """Tear down torch.distributed's default process group, if one is up; returns whether one was.
+
+    A process that exits with a live gloo group can abort at interpreter shutdown ("terminate called without
+    an active exception", SIGABRT): gloo's worker threads still hold work objects whose tensors need the
+    interpreter that is being torn down. Destroying the group while the interpreter is alive avoids that.
+    `wait` first waits for every process (use it on success only: a process that failed would never
+    arrive)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    if wait:
+        dist.barrier()
+    dist.destroy_process_group()
+    return True

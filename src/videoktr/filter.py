@@ -63,7 +63,9 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
     options.validate()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_videor1(data, data_root, fps=options.fps, max_frames=options.frames, progress=progress)
+    # the media-check cache lets a resumed filter skip decoding every clip again
+    loaded = load_videor1(data, data_root, fps=options.fps, max_frames=options.frames, progress=progress,
+                          cache=out / "media_check.jsonl")
     rows, skipped = loaded.rows, loaded.skipped
     write_skipped(out / "skipped.jsonl", skipped)
     ids = [str(r["problem_id"]) for r in rows]

@@ -227,3 +227,86 @@ def test_prompt_matches_the_evaluation_prompt_of_the_same_row(fx):
 def test_skipped_sample_is_plain_data():
     s = SkippedSample("f line 3", 3, "./v.mp4", "video file not found: /d/v.mp4")
     assert s.kind == "missing_media" and s.to_json()["reason"].startswith("video file not found")
+
+
+def _counting_decoder(monkeypatch) -> list[str]:
+    calls = []
+    real = video_mod.read_video
+
+    def counting(path, *a, **k):
+        calls.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(video_mod, "read_video", counting)
+    return calls
+
+
+def test_media_cache_reuses_results_until_a_file_or_the_settings_change(fx, tmp_path, monkeypatch):
+    rows, _ = load_rows(fx.data_file)
+    cache = tmp_path / "cache" / "media_check.jsonl"
+    first = check_media(rows, fx.root, progress=False, cache=cache)
+    calls = _counting_decoder(monkeypatch)
+    assert check_media(rows, fx.root, progress=False, cache=cache) == first and calls == []
+    # the missing file is probed again (it may have appeared); it never reaches the decoder
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 20 - len(SHARED_INDICES) + 1 - 1  # every unique file that exists
+    # a replaced clip (new size/mtime) is decoded again, and only it
+    corrupt = resolve_media(rows[CORRUPT_INDEX], fx.root)
+    good = resolve_media(rows[0], fx.root)
+    corrupt.write_bytes(good.read_bytes())
+    kept, skipped = check_media(rows, fx.root, progress=False, cache=cache)
+    assert calls == [str(corrupt)] and len(kept) == 19 and [s.kind for s in skipped] == ["missing_media"]
+    # other probe settings: nothing is reused
+    calls.clear()
+    check_media(rows, fx.root, progress=False, cache=cache, max_frames=8)
+    assert len(calls) == len(lines) - 1  # the image goes through PIL
+    # a damaged cache line is ignored, not fatal
+    cache.write_text("{not json\n" + cache.read_text())
+    calls.clear()
+    assert check_media(rows, fx.root, progress=False, cache=cache, max_frames=8)[1] == skipped and calls == []
+
+
+def test_processes_share_out_the_media_check(fx, tmp_path, monkeypatch):
+    """Two ranks (threads here, with an all-gather built on a barrier) each decode a disjoint share of the
+    files; both get the one-process answer, and rank 0's cache decides for both."""
+    import threading
+
+    rows, _ = load_rows(fx.data_file)
+    expected = check_media(rows, fx.root, progress=False)
+    cache = tmp_path / "media_check.jsonl"
+    check_media(rows[:3], fx.root, progress=False, cache=cache)  # rank 0 knows three files already
+    calls = _counting_decoder(monkeypatch)
+    slots, barrier, got, decoded = [None, None], threading.Barrier(2), {}, {0: [], 1: []}
+
+    def rank_main(rank):
+        def gather(value):
+            slots[rank] = value
+            barrier.wait()
+            out = list(slots)
+            barrier.wait()
+            return out
+
+        got[rank] = check_media(rows, fx.root, progress=False, rank=rank, world_size=2, gather=gather,
+                                cache=cache)
+
+    real_probe = check_media.__globals__["probe_media"]
+
+    def probe(path, *a, **k):
+        decoded[int(threading.current_thread().name[-1])].append(str(path))
+        return real_probe(path, *a, **k)
+
+    monkeypatch.setitem(check_media.__globals__, "probe_media", probe)
+    threads = [threading.Thread(target=rank_main, args=(r,), name=f"rank{r}") for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert got[0] == expected and got[1] == expected
+    unique = {str(resolve_media(r, fx.root)) for r in rows}
+    known = {str(resolve_media(r, fx.root)) for r in rows[:3]}
+    assert decoded[0] and decoded[1] and not set(decoded[0]) & set(decoded[1])
+    assert sorted(decoded[0] + decoded[1]) == sorted(unique - known)  # each unknown file once, none known
+    assert len(calls) == len(unique - known) - 2  # the missing file and the image never reach read_video
+    assert len(cache.read_text().splitlines()) == len(unique) - 1  # rank 0 recorded all (not the missing one)
+    with pytest.raises(ValueError, match="needs a gather function"):
+        check_media(rows, fx.root, progress=False, rank=0, world_size=2)

@@ -98,3 +98,6 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     assert "terminate called" not in proc.stderr  # every process shut down cleanly, not only rank 0
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2 and report["processes"] == 2  # accelerate saw a world of 2 processes
+    # the two processes shared out the media check (all_gather_object) and agree on the 2 skipped rows
+    assert report["skipped_samples"] == 2 and report["rows"] == 18
+    assert len((out / "media_check.jsonl").read_text().splitlines()) == 18  # every file that exists

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np

@@ -16,8 +16,9 @@ Policy:
   list), the problem_id when there is one, and the field. `on_error="skip"` records it as a SkippedSample
   (kind "invalid_row") instead. A JSON file that does not parse at all is always an error.
 - A missing or undecodable media file never fails the run and is never replaced by another clip:
-  `check_media` probes each unique file once (videos decoded with `read_video`, images with PIL) and drops
-  the rows that use a bad one, each recorded as a SkippedSample (kinds "missing_media", "undecodable_media")
+  `check_media` probes each unique file once (videos decoded with `read_video`, images with PIL; shared out
+  over the processes of a multi-process run, and remembered in a cache file while the file is unchanged) and
+  drops the rows that use a bad one, each recorded as a SkippedSample (kinds "missing_media", "undecodable_media")
   with a logged warning; `write_skipped` writes the records as JSONL for the run's report.
 
 Loaded rows are copies of the file's objects with data_type/problem_type canonical, `options` a list (empty
@@ -234,36 +235,125 @@ def probe_media(path: Path, data_type: str, fps: float = 2.0, min_frames: int = 
     return None
 
 
-def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 2.0, min_frames: int = 4,
-                max_frames: int = 16, progress: bool = True, workers: int = 1,
-                max_warnings: int = 20, backend: str = "pyav") -> tuple[list[dict], list[SkippedSample]]:
-    """Probe each unique media file of `rows` once -> (rows whose media decodes, skipped rows). Never raises
-    for a bad file: each affected row is skipped, logged (the first `max_warnings` individually, then a
-    summary) and recorded with its reason."""
+ProbeKey = tuple[str, str]  # (resolved media path, data_type)
+ProbeResult = tuple[str, str] | None  # None: the file decodes; else (kind, reason)
+
+
+class MediaCache:
+    """Probe results kept in a JSONL file and reused while a file is unchanged.
+
+    One line per probed file: its path, data_type, size and mtime_ns, the probe settings (fps, frame bounds,
+    backend) and the result. An entry is reused only when the file's size and mtime and the settings all still
+    match, so an edited or replaced clip is probed again. A damaged cache line is ignored (and rewritten)."""
+
+    def __init__(self, path: str | Path, settings: dict):
+        self.path = Path(path)
+        self.settings = settings
+        self._entries: dict[ProbeKey, dict] = {}
+        if self.path.is_file():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    e = json.loads(line)
+                    self._entries[(e["path"], e["data_type"])] = e
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+    @staticmethod
+    def _stamp(path: str) -> tuple[int, int] | None:
+        try:
+            st = Path(path).stat()
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns
+
+    def get(self, key: ProbeKey) -> tuple[bool, ProbeResult]:
+        """(found, result): found is False when the file was not probed with these settings as it is now."""
+        e = self._entries.get(key)
+        stamp = self._stamp(key[0])
+        if e is None or stamp is None or e.get("settings") != self.settings or tuple(e.get("stamp", ())) != stamp:
+            return False, None
+        result = e.get("result")
+        return True, (tuple(result) if result else None)
+
+    def update(self, results: dict[ProbeKey, ProbeResult]) -> None:
+        """Record `results` (files that exist only: a missing file is probed again next time) and rewrite the
+        file atomically."""
+        for key, result in results.items():
+            stamp = self._stamp(key[0])
+            if stamp is not None:
+                self._entries[key] = {"path": key[0], "data_type": key[1], "stamp": list(stamp),
+                                      "settings": self.settings, "result": list(result) if result else None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for e in self._entries.values():
+                f.write(json.dumps(e, ensure_ascii=False) + "\n")
+        tmp.replace(self.path)
+
+
+def _probe_all(keys: list[ProbeKey], probe, workers: int, progress: bool, desc: str) -> dict[ProbeKey, ProbeResult]:
     from tqdm.auto import tqdm
 
-    keys = [(str(resolve_media(r, data_root)), r["data_type"]) for r in rows]
-    unique = list(dict.fromkeys(keys))
-    results: dict[tuple[str, str], tuple[str, str] | None] = {}
-
-    def probe(key):
-        return key, probe_media(Path(key[0]), key[1], fps, min_frames, max_frames, backend)
-
-    bar = tqdm(total=len(unique), desc="checking media", unit="file", disable=not progress)
-    try:
-        if workers > 1 and len(unique) > 1:
+    results: dict[ProbeKey, ProbeResult] = {}
+    with tqdm(total=len(keys), desc=desc, unit="file", disable=not progress) as bar:
+        if workers > 1 and len(keys) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(workers) as pool:
-                for key, res in pool.map(probe, unique):
+            with ThreadPoolExecutor(workers) as pool:  # decoding releases the GIL (PyAV, decord, PIL)
+                for key, res in zip(keys, pool.map(probe, keys)):
                     results[key] = res
                     bar.update()
         else:
-            for key in unique:
-                results[key] = probe(key)[1]
+            for key in keys:
+                results[key] = probe(key)
                 bar.update()
-    finally:
-        bar.close()
+    return results
+
+
+def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 2.0, min_frames: int = 4,
+                max_frames: int = 16, progress: bool = True, workers: int = 1,
+                max_warnings: int = 20, backend: str = "pyav", cache: str | Path | None = None,
+                rank: int = 0, world_size: int = 1, gather=None) -> tuple[list[dict], list[SkippedSample]]:
+    """Probe each unique media file of `rows` once -> (rows whose media decodes, skipped rows). Never raises
+    for a bad file: each affected row is skipped, logged (the first `max_warnings` individually, then a
+    summary) and recorded with its reason.
+
+    cache: a `MediaCache` JSONL file; unchanged files probed before with the same settings are not decoded
+    again, and new results are added (read and written by rank 0 only).
+    Several processes (rank, world_size, gather): each probes every world_size-th file still to probe, and
+    gather(dict) -> [dict of each rank] (e.g. torch.distributed.all_gather_object) combines the results, so
+    N processes share the work instead of each decoding every file."""
+    keys = [(str(resolve_media(r, data_root)), r["data_type"]) for r in rows]
+    unique = list(dict.fromkeys(keys))
+    settings = {"fps": fps, "min_frames": min_frames, "max_frames": max_frames, "backend": backend}
+    store = MediaCache(cache, settings) if cache and rank == 0 else None
+    if world_size > 1 and gather is None:
+        raise ValueError("check_media: world_size > 1 needs a gather function")
+    results: dict[ProbeKey, ProbeResult] = {}
+    if store:
+        for key in unique:
+            found, res = store.get(key)
+            if found:
+                results[key] = res
+    if world_size > 1:  # rank 0's cache decides for all, so every process shares out the same files
+        results = gather(results if rank == 0 else {})[0]
+    if results:
+        logger.info("media check: %d of %d files known from the cache %s", len(results), len(unique), cache)
+    todo = [key for key in unique if key not in results]
+
+    def probe(key: ProbeKey) -> ProbeResult:
+        return probe_media(Path(key[0]), key[1], fps, min_frames, max_frames, backend)
+
+    mine = _probe_all(todo[rank::world_size], probe, workers, progress, "checking media")
+    new: dict[ProbeKey, ProbeResult] = {}
+    for part in (gather(mine) if world_size > 1 else [mine]):
+        new.update(part)
+    missing = [k for k in todo if k not in new]
+    if missing:
+        raise RuntimeError(f"media check: {len(missing)} files were probed by no process (first: {missing[0][0]})")
+    results.update(new)
+    if store and new:
+        store.update(new)
     kept, skipped = [], []
     for row, key in zip(rows, keys):
         bad = results[key]
@@ -315,12 +405,14 @@ class VideoR1Data:
 
 def load_videor1(path: str | Path, data_root: str | Path | None, *, on_error: str = "raise",
                  check: bool = True, fps: float = 2.0, min_frames: int = 4, max_frames: int = 16,
-                 progress: bool = True, workers: int = 1, backend: str = "pyav") -> VideoR1Data:
+                 progress: bool = True, workers: int = 1, backend: str = "pyav", cache: str | Path | None = None,
+                 rank: int = 0, world_size: int = 1, gather=None) -> VideoR1Data:
     """`load_rows` then (when `check`) `check_media`: the rows a run can train on, and what was left out."""
     rows, skipped = load_rows(path, on_error=on_error)
     if check:
         rows, bad_media = check_media(rows, data_root, fps=fps, min_frames=min_frames, max_frames=max_frames,
-                                      progress=progress, workers=workers, backend=backend)
+                                      progress=progress, workers=workers, backend=backend, cache=cache,
+                                      rank=rank, world_size=world_size, gather=gather)
         skipped = skipped + bad_media
     return VideoR1Data(rows, skipped)
 

@@ -53,6 +53,10 @@ class DataConfig:
     min_pixels: int = _f(56 * 56, "per-frame lower pixel bound")
     video_backend: str = _f("pyav", "video decoder: pyav (default) or decord (optional: pip install decord); "
                                     "both sample the same frame indices", ("pyav", "decord"))
+    media_workers: int = _f(0, "threads per process that decode media in the start-up check (0 = one per core, "
+                               "at most 8; the files are shared out over the processes of a multi-process run)")
+    media_cache: str = _f("", "JSONL file of media-check results, reused by later runs for files whose size and "
+                              "mtime are unchanged (empty = <output_dir>/media_check.jsonl; 'none' = no cache)")
 
 
 @dataclass
@@ -154,6 +158,8 @@ class TrainConfig:
             raise ValueError(f"ktr.signals must be a non-empty subset of visual/temporal/entropy, got {self.ktr.signals}")
         if self.rl.num_generations < 2:
             raise ValueError(f"rl.num_generations must be >= 2 (group advantages), got {self.rl.num_generations}")
+        if self.data.media_workers < 0:
+            raise ValueError(f"data.media_workers must be >= 0 (0 = automatic), got {self.data.media_workers}")
         if self.data.min_frames % 2 or self.data.max_frames % 2:
             raise ValueError("data.min_frames and data.max_frames must be even (2 frames per temporal patch)")
 

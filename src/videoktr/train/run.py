@@ -208,6 +208,28 @@ def run(config: TrainConfig) -> dict:
     return report
 
 
+def media_check_options(data, out: Path, state) -> dict:
+    """How the start-up media check runs: decoding threads, cache file, and (several processes) each process
+    probing its share of the files, combined with all_gather_object."""
+    import os
+
+    world = state.num_processes
+    workers = data.media_workers or max(1, min(8, (os.cpu_count() or 1) // world))
+    cache = None if data.media_cache == "none" else Path(data.media_cache or out / "media_check.jsonl")
+    opts = {"workers": workers, "cache": cache, "rank": state.process_index, "world_size": world,
+            "progress": state.is_main_process}
+    if world > 1:
+        import torch.distributed as dist
+
+        def gather(results: dict) -> list[dict]:
+            parts = [None] * world
+            dist.all_gather_object(parts, results)
+            return parts
+
+        opts["gather"] = gather
+    return opts
+
+
 def run_dataset(config: TrainConfig) -> dict:
     """Train on Video-R1-format rows: validated rows, media probed once, bad samples skipped and recorded
     (never substituted), rewards by problem_type."""
@@ -218,14 +240,14 @@ def run_dataset(config: TrainConfig) -> dict:
     if not config.model.model:
         raise ValueError("model.model (--model) must name a model directory when training on data "
                          "(e.g. a Qwen2.5-VL checkpoint, or one written by `videoktr init-model`)")
-    out = start_run_dir(config)
-    d = config.data
-    data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames,
-                        backend=d.video_backend)
-    rows, skipped = [without_row_ref(row) for row in data.rows], list(data.skipped)
     from accelerate import PartialState
 
-    main_process = PartialState().is_main_process
+    out = start_run_dir(config)
+    d, state = config.data, PartialState()
+    data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames,
+                        backend=d.video_backend, **media_check_options(d, out, state))
+    rows, skipped = [without_row_ref(row) for row in data.rows], list(data.skipped)
+    main_process = state.is_main_process
     if main_process:
         write_skipped(out / "skipped.jsonl", skipped)
     if skipped and main_process:

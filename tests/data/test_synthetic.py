@@ -71,6 +71,9 @@ def test_rows_follow_the_video_r1_schema(world):
     from videoktr.data.videor1 import validate_row
 
     rows = S.read_rows(world.train)
+    layout = (("red", "circle"), None, ("blue", "circle"), ("green", "square"))
+    counts = [order_row(layout, "count"), order_row(layout, "count_shape", shape="circle")]
+    assert [r["problem_type"] for r in counts] == ["numerical", "numerical"]  # the whole count family
     for row in rows:
         validate_row(row, "synthetic")
         assert row["data_type"] == "video" and row["options"] == [] and row["data_source"] == "synthetic"

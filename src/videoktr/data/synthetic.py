@@ -81,7 +81,7 @@ PALETTE = (
     ("white", (235, 235, 235)),
 )
 SHAPES = ("circle", "square", "triangle")
-GENERATOR_VERSION = 4  # bump when clips, questions or responses change: part of the world's cache key
+GENERATOR_VERSION = 5  # bump when clips, questions or responses change: part of the world's cache key
 
 Layout = tuple  # tuple[tuple[str, str] | None, ...]: one entry per temporal group
 
@@ -640,7 +640,7 @@ def make_row(problem_id: int, layout: Layout, question: dict, path: str, config:
         "problem_id": problem_id,
         "problem": question_text(question),
         "data_type": "video",
-        "problem_type": "numerical" if kind == "count" else "free-form",
+        "problem_type": "numerical" if family_of(kind) == "count" else "free-form",
         "options": [],
         "solution": f"<answer>{answer}</answer>",
         "path": path,

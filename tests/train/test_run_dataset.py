@@ -38,3 +38,31 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys):
 def test_bad_ratio_is_named(tmp_path, capsys):
     assert main(["train", "--ratio", "1.5", "--output-dir", str(tmp_path / "o")]) == 2
     assert "ratio must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_resume_continues_the_same_run_and_refuses_another(tiny_dir, tmp_path, capsys):
+    fx = write_videor1_fixture(tmp_path / "data")
+    out = tmp_path / "run"
+
+    def train(*extra):
+        return main(["train", "--data", str(fx.data_file), "--data-root", str(fx.root), "--model", str(tiny_dir),
+                     "--prompts-per-step", "1", "--num-generations", "4", "--max-completion-length", "8",
+                     "--output-dir", str(out), "--save-steps", "1", *extra])
+
+    assert train("--max-steps", "1") == 0 and (out / "checkpoint-1").is_dir()
+    # more steps (and another save cadence) continue the same run
+    assert train("--max-steps", "2", "--save-steps", "2") == 0
+    assert json.loads((out / "report.json").read_text())["steps"] == 2
+    assert "resuming from" in capsys.readouterr().out
+    # another option: refused, naming it, before any training; nothing in the directory is lost
+    checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))
+    assert train("--max-steps", "3", "--ratio", "0.5") == 2
+    err = capsys.readouterr().err
+    assert "different run" in err and "ktr.ratio: 0.2 -> 0.5" in err and "--no-resume" in err
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == checkpoints
+    # checkpoints with no identity (an older run directory) cannot be matched
+    (out / "run_identity.json").unlink()
+    assert train("--max-steps", "3") == 2 and "no run_identity.json" in capsys.readouterr().err
+    # --no-resume starts over from the model and records the new identity
+    assert train("--max-steps", "1", "--ratio", "0.5", "--no-resume") == 0
+    assert json.loads((out / "run_identity.json").read_text())["config"]["ktr"]["ratio"] == 0.5

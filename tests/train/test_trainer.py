@@ -147,10 +147,25 @@ def test_resume_continues_from_last_checkpoint(tiny_dir, clip_rows, tmp_path):
         def on_step_end(self, args, state, control, **kwargs):
             steps_run.append(state.global_step)
 
+    class WeightsAtStart(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            steps_run.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    second.add_callback(WeightsAtStart())
     second.add_callback(Record())
     second.train(resume_from_checkpoint=str(out / "checkpoint-2"))
+    start, steps_run = steps_run[0], steps_run[1:]
     assert steps_run == [3, 4]  # steps 1-2 are not repeated
     assert second.state.global_step == 4
+    # the resumed run starts from step 2's weights, every one of them (transformers alone loads none of them:
+    # the checkpoint stores Qwen-VL weights under other names), read here by transformers' own loader
+    from transformers import AutoModelForImageTextToText
+
+    saved = AutoModelForImageTextToText.from_pretrained(out / "checkpoint-2").state_dict()
+    initial = AutoModelForImageTextToText.from_pretrained(tiny_dir).state_dict()
+    assert saved.keys() == start.keys()
+    assert all(torch.equal(start[k], saved[k]) for k in saved)
+    assert not all(torch.equal(initial[k], saved[k]) for k in saved)  # two steps did change the weights
 
 
 def test_twgrpo_weights_are_scaled_per_response(tiny_dir, clip_rows, tmp_path):

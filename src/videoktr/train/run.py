@@ -150,12 +150,65 @@ def start_run_dir(config: TrainConfig) -> Path:
     return out
 
 
-def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str) -> dict:
-    """Train (resuming from the run directory's last checkpoint when allowed), write log_history.json and the
+IDENTITY_NAME = "run_identity.json"
+# options a resumed run may change: how long it runs, how it saves and logs, where things are written
+RESUMABLE = {"rl": ("max_steps",), "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit",
+                                           "logging_steps", "resume", "eval_attribution")}
+
+
+def run_identity(config: TrainConfig, start_model: str | Path) -> dict:
+    """What a checkpoint in the run directory must have been trained with to be resumed: every option except
+    the RESUMABLE ones, and the resolved starting model (e.g. the default run's warm start, named by a hash of
+    its inputs)."""
+    sections = config.to_dict()
+    for section, names in RESUMABLE.items():
+        for name in names:
+            sections[section].pop(name, None)
+    return {"config": sections, "start_model": str(Path(start_model).resolve())}
+
+
+def _differences(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b)) for d in _differences(a.get(k), b.get(k), f"{prefix}{k}.")]
+    return [] if a == b else [f"{prefix.rstrip('.')}: {b!r} -> {a!r}"]
+
+
+def checkpoint_to_resume(config: TrainConfig, out: Path, identity: dict) -> str | None:
+    """The run directory's last checkpoint when it may be resumed, None to start fresh; raises ValueError when
+    the checkpoints there come from another experiment (or one that cannot be told), rather than continuing
+    a different run silently."""
+    resume = last_checkpoint(out) if config.run.resume else None
+    if resume is None:
+        return None
+    remedy = "use another --output-dir, or --no-resume to start over in this one"
+    path = out / IDENTITY_NAME
+    if not path.is_file():
+        raise ValueError(f"{out} holds checkpoints ({Path(resume).name}) but no {IDENTITY_NAME}, so they cannot be "
+                         f"matched to this run's options: {remedy}")
+    differences = _differences(identity, json.loads(path.read_text()))
+    if differences:
+        raise ValueError(f"{out} holds checkpoints of a different run ({'; '.join(differences[:5])}"
+                         f"{'; ...' if len(differences) > 5 else ''}): {remedy}")
+    return resume
+
+
+def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> str | None:
+    """Before any expensive work: the checkpoint to resume (None: start fresh, and record this run's identity
+    in the run directory); raises ValueError when the directory holds another run's checkpoints."""
+    from accelerate import PartialState
+
+    identity = run_identity(config, start_model)
+    resume = checkpoint_to_resume(config, out, identity)
+    if resume is None and PartialState().is_main_process:
+        (out / IDENTITY_NAME).write_text(json.dumps(identity, indent=2))
+    return resume
+
+
+def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str, resume: str | None) -> dict:
+    """Train (from `resume`, a checkpoint from `prepare_resume`, when given), write log_history.json and the
     plot on the main process, and return the training statistics of the report."""
     from accelerate import PartialState
 
-    resume = last_checkpoint(out) if config.run.resume else None
     if resume:
         print(f"      resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -243,6 +296,7 @@ def run_dataset(config: TrainConfig) -> dict:
     from accelerate import PartialState
 
     out = start_run_dir(config)
+    resume = prepare_resume(config, out, config.model.model)
     d, state = config.data, PartialState()
     data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames,
                         backend=d.video_backend, **media_check_options(d, out, state))
@@ -260,7 +314,7 @@ def run_dataset(config: TrainConfig) -> dict:
     reward_funcs, _ = build_rewards({"accuracy": weights[0], "format": weights[1] if len(weights) > 1 else 1.0})
     trainer = build_trainer(config, model, processor, trl_rows(rows, Path(d.data_root or "."), build_prompt),
                             reward_funcs)
-    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean")
+    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean", resume=resume)
     return {
         "method": config.rl.method,
         "model": config.model.model,

@@ -29,6 +29,7 @@ from ..attribution import AttributionOptions, SelectionOptions, attribute, selec
 from ..core import group_position_kl, masked_clipped_loss, tw_grpo_weights
 from ..data.video import read_video
 from ..models.adapters import adapter_for
+from .checkpoint import load_checkpoint_weights, weight_files
 from .distributed import all_gather_1d
 from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
 
@@ -155,6 +156,15 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _pending_videos(self) -> list[RowVideo | None] | None:
         """Each row's video or image in the batch being generated for (None when the batch has no media)."""
         return None if self._pending is None else self._pending.rows
+
+    # ----------------------------------------------------------------------------------------------------------
+    # Resume: load the checkpoint's weights under the model's names (transformers loads none of a Qwen-VL's)
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        model = self.model if model is None else model
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled or not weight_files(resume_from_checkpoint) \
+                or hasattr(model, "peft_config"):
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)  # their own formats
+        load_checkpoint_weights(model, resume_from_checkpoint)
 
     # ----------------------------------------------------------------------------------------------------------
     # vLLM rollouts with videos (colocate): each request carries its row's frames, see train/rollout.py

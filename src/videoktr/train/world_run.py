@@ -53,10 +53,11 @@ def run_synthetic(config: TrainConfig) -> dict:
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
     from ..models.factory import load_model, load_processor
-    from .run import PLOT_NAME, build_trainer, start_run_dir, train_and_record, trl_rows
+    from .run import PLOT_NAME, build_trainer, prepare_resume, start_run_dir, train_and_record, trl_rows
 
     out = start_run_dir(config)
     world, model_dir = prepare_world_and_model(config)
+    resume = prepare_resume(config, out, model_dir)
     world_dir = world.root
     rl_rows = synthetic.read_rows(world.rl)
     eval_rows = synthetic.read_rows(world.eval)
@@ -77,7 +78,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
     trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
                             [synthetic.accuracy_reward, synthetic.format_reward])
-    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean")
+    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean", resume=resume)
 
     # 5. after RL
     print("[5/5] held-out accuracy after RL")

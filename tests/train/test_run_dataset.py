@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from videor1_fixture import write_videor1_fixture
 
 from videoktr.cli import main
@@ -27,6 +28,14 @@ def test_train_on_videor1_rows(tiny_dir, tmp_path, method):
     assert kinds == ["missing_media", "undecodable_media"]
     assert report["skipped_samples"] == 2 and report["rows"] == 18  # the image row trains too
     assert (out / "training.png").is_file()
+    if method == "ktr":  # the trained model is written ready to evaluate: the weights of the last step
+        from videoktr.models.factory import load_model, load_processor
+
+        assert report["train"]["final_model"] == str(out / "final")
+        final = load_model(out / "final").state_dict()
+        assert load_processor(out / "final").tokenizer is not None
+        last = load_model(out / "checkpoint-2").state_dict()
+        assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
 
 
 def test_missing_model_is_a_clear_error(tmp_path, capsys):

@@ -130,6 +130,8 @@ class RunConfig:
     save_total_limit: int = _f(2, "checkpoints kept")
     logging_steps: int = _f(1, "log every N steps")
     resume: bool = _f(True, "continue from the last checkpoint in output_dir if there is one")
+    save_final: bool = _f(True, "write the trained model (weights, tokenizer, processor) to <output_dir>/final, "
+                                "ready for `videoktr eval --model`")
     eval_attribution: bool = _f(True, "measure attribution AUC on held-out reference responses in the report")
 
 

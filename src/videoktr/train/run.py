@@ -14,6 +14,7 @@ from .config import TrainConfig
 
 REPORT_NAME = "report.json"
 PLOT_NAME = "training.png"
+FINAL_NAME = "final"  # the trained model, loadable like any checkpoint (videoktr eval --model)
 
 
 def trl_rows(rows: list[dict], media_root: Path, prompt_fn=None) -> list[dict]:
@@ -153,7 +154,7 @@ def start_run_dir(config: TrainConfig) -> Path:
 IDENTITY_NAME = "run_identity.json"
 # options a resumed run may change: how long it runs, how it saves and logs, where things are written
 RESUMABLE = {"rl": ("max_steps",), "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit",
-                                           "logging_steps", "resume", "eval_attribution")}
+                                           "logging_steps", "resume", "eval_attribution", "save_final")}
 
 
 def run_identity(config: TrainConfig, start_model: str | Path) -> dict:
@@ -212,6 +213,10 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
     if resume:
         print(f"      resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
+    final = None
+    if config.run.save_final:  # every process takes part (DeepSpeed ZeRO-3 gathers the shards); rank 0 writes
+        final = out / FINAL_NAME
+        trainer.save_model(str(final))
     history = trainer.state.log_history
     if PartialState().is_main_process:
         (out / "log_history.json").write_text(json.dumps(history, indent=2))
@@ -228,6 +233,7 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
         "mean_step_seconds": mean("step_time"),
         "mean_update_ratio": mean("ktr/update_ratio"),
         "mean_attributed_share": mean("ktr/attributed_share"),
+        "final_model": str(final) if final else None,
     }
 
 

@@ -100,4 +100,5 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     assert report["steps"] == 2 and report["processes"] == 2  # accelerate saw a world of 2 processes
     # the two processes shared out the media check (all_gather_object) and agree on the 2 skipped rows
     assert report["skipped_samples"] == 2 and report["rows"] == 18
+    assert report["media_check"] == {"files": 19, "from_cache": 0, "probed_here": 10, "processes": 2}
     assert len((out / "media_check.jsonl").read_text().splitlines()) == 18  # every file that exists

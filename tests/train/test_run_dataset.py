@@ -59,9 +59,13 @@ def test_resume_continues_the_same_run_and_refuses_another(tiny_dir, tmp_path, c
                      "--output-dir", str(out), "--save-steps", "1", *extra])
 
     assert train("--max-steps", "1") == 0 and (out / "checkpoint-1").is_dir()
-    # more steps (and another save cadence) continue the same run
+    assert json.loads((out / "report.json").read_text())["media_check"]["probed_here"] == 19
+    # more steps (and another save cadence) continue the same run; the media check comes from its cache
     assert train("--max-steps", "2", "--save-steps", "2") == 0
-    assert json.loads((out / "report.json").read_text())["steps"] == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2
+    # only the missing file is probed again
+    assert report["media_check"] == {"files": 19, "from_cache": 18, "probed_here": 1, "processes": 1}
     assert "resuming from" in capsys.readouterr().out
     # another option: refused, naming it, before any training; nothing in the directory is lost
     checkpoints = sorted(p.name for p in out.glob("checkpoint-*"))

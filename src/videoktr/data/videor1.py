@@ -313,10 +313,12 @@ def _probe_all(keys: list[ProbeKey], probe, workers: int, progress: bool, desc: 
 def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 2.0, min_frames: int = 4,
                 max_frames: int = 16, progress: bool = True, workers: int = 1,
                 max_warnings: int = 20, backend: str = "pyav", cache: str | Path | None = None,
-                rank: int = 0, world_size: int = 1, gather=None) -> tuple[list[dict], list[SkippedSample]]:
+                rank: int = 0, world_size: int = 1, gather=None,
+                stats: dict | None = None) -> tuple[list[dict], list[SkippedSample]]:
     """Probe each unique media file of `rows` once -> (rows whose media decodes, skipped rows). Never raises
     for a bad file: each affected row is skipped, logged (the first `max_warnings` individually, then a
-    summary) and recorded with its reason.
+    summary) and recorded with its reason. `stats` (a dict) receives files, from_cache, probed_here and
+    processes.
 
     cache: a `MediaCache` JSONL file; unchanged files probed before with the same settings are not decoded
     again, and new results are added (read and written by rank 0 only).
@@ -351,6 +353,8 @@ def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 
     missing = [k for k in todo if k not in new]
     if missing:
         raise RuntimeError(f"media check: {len(missing)} files were probed by no process (first: {missing[0][0]})")
+    if stats is not None:
+        stats.update(files=len(unique), from_cache=len(results), probed_here=len(mine), processes=world_size)
     results.update(new)
     if store and new:
         store.update(new)
@@ -391,6 +395,7 @@ class VideoR1Data:
 
     rows: list[dict]
     skipped: list[SkippedSample] = field(default_factory=list)
+    media_check: dict = field(default_factory=dict)  # check_media's stats (empty when not checked)
 
     @property
     def skipped_count(self) -> int:
@@ -409,12 +414,13 @@ def load_videor1(path: str | Path, data_root: str | Path | None, *, on_error: st
                  rank: int = 0, world_size: int = 1, gather=None) -> VideoR1Data:
     """`load_rows` then (when `check`) `check_media`: the rows a run can train on, and what was left out."""
     rows, skipped = load_rows(path, on_error=on_error)
+    stats: dict = {}
     if check:
         rows, bad_media = check_media(rows, data_root, fps=fps, min_frames=min_frames, max_frames=max_frames,
                                       progress=progress, workers=workers, backend=backend, cache=cache,
-                                      rank=rank, world_size=world_size, gather=gather)
+                                      rank=rank, world_size=world_size, gather=gather, stats=stats)
         skipped = skipped + bad_media
-    return VideoR1Data(rows, skipped)
+    return VideoR1Data(rows, skipped, stats)
 
 
 # --------------------------------------------------------------------------------------------- prompt

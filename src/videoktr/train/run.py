@@ -140,6 +140,15 @@ def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None) 
     return path
 
 
+def process_state():
+    """accelerate's view of this run's processes, set up as the trainer sets it up (`use_cpu` without a GPU:
+    a bare PartialState() under torchrun on CPU would see one process while the trainer later sees all)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def start_run_dir(config: TrainConfig) -> Path:
     """Seed the run, create its directory and record the resolved configuration there."""
     import torch
@@ -147,7 +156,8 @@ def start_run_dir(config: TrainConfig) -> Path:
     torch.manual_seed(config.run.seed)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if process_state().is_main_process:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return out
 
 
@@ -196,11 +206,9 @@ def checkpoint_to_resume(config: TrainConfig, out: Path, identity: dict) -> str 
 def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> str | None:
     """Before any expensive work: the checkpoint to resume (None: start fresh, and record this run's identity
     in the run directory); raises ValueError when the directory holds another run's checkpoints."""
-    from accelerate import PartialState
-
     identity = run_identity(config, start_model)
     resume = checkpoint_to_resume(config, out, identity)
-    if resume is None and PartialState().is_main_process:
+    if resume is None and process_state().is_main_process:
         (out / IDENTITY_NAME).write_text(json.dumps(identity, indent=2))
     return resume
 
@@ -208,8 +216,6 @@ def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> s
 def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str, resume: str | None) -> dict:
     """Train (from `resume`, a checkpoint from `prepare_resume`, when given), write log_history.json and the
     plot on the main process, and return the training statistics of the report."""
-    from accelerate import PartialState
-
     if resume:
         print(f"      resuming from {resume}")
     trainer.train(resume_from_checkpoint=resume)
@@ -218,7 +224,7 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
         final = out / FINAL_NAME
         trainer.save_model(str(final))
     history = trainer.state.log_history
-    if PartialState().is_main_process:
+    if process_state().is_main_process:
         (out / "log_history.json").write_text(json.dumps(history, indent=2))
         plot_history(history, out / PLOT_NAME, accuracy_key=accuracy_key)
     steps = [h for h in history if "reward" in h]
@@ -254,9 +260,7 @@ def run(config: TrainConfig) -> dict:
 
         report = run_synthetic(config)
     report["wall_seconds"] = time.perf_counter() - start
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = process_state()
     report["processes"] = state.num_processes
     if state.is_main_process:  # one report per run, whatever the number of processes
         out = Path(config.run.output_dir)
@@ -299,11 +303,9 @@ def run_dataset(config: TrainConfig) -> dict:
     if not config.model.model:
         raise ValueError("model.model (--model) must name a model directory when training on data "
                          "(e.g. a Qwen2.5-VL checkpoint, or one written by `videoktr init-model`)")
-    from accelerate import PartialState
-
     out = start_run_dir(config)
     resume = prepare_resume(config, out, config.model.model)
-    d, state = config.data, PartialState()
+    d, state = config.data, process_state()
     data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames,
                         backend=d.video_backend, **media_check_options(d, out, state))
     rows, skipped = [without_row_ref(row) for row in data.rows], list(data.skipped)
@@ -327,6 +329,7 @@ def run_dataset(config: TrainConfig) -> dict:
         "data": d.data,
         "rows": len(rows),
         "skipped_samples": len(skipped),
+        "media_check": data.media_check,  # files, from_cache, probed_here (by this process), processes
         "skipped_file": str(out / "skipped.jsonl"),
         "steps": trainer.state.global_step,
         "train": train,

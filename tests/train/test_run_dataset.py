@@ -61,7 +61,7 @@ def test_resume_continues_the_same_run_and_refuses_another(tiny_dir, tmp_path, c
     assert train("--max-steps", "1") == 0 and (out / "checkpoint-1").is_dir()
     assert json.loads((out / "report.json").read_text())["media_check"]["probed_here"] == 19
     # more steps (and another save cadence) continue the same run; the media check comes from its cache
-    assert train("--max-steps", "2", "--save-steps", "2") == 0
+    assert train("--max-steps", "2", "--save-steps", "2", "--media-workers", "1") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2
     # only the missing file is probed again

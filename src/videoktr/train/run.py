@@ -163,8 +163,9 @@ def start_run_dir(config: TrainConfig) -> Path:
 
 IDENTITY_NAME = "run_identity.json"
 # options a resumed run may change: how long it runs, how it saves and logs, where things are written
-RESUMABLE = {"rl": ("max_steps",), "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit",
-                                           "logging_steps", "resume", "eval_attribution", "save_final")}
+RESUMABLE = {"rl": ("max_steps",), "data": ("media_workers", "media_cache"),
+             "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit", "logging_steps", "resume",
+                     "eval_attribution", "save_final")}
 
 
 def run_identity(config: TrainConfig, start_model: str | Path) -> dict:

@@ -53,10 +53,12 @@ def run_synthetic(config: TrainConfig) -> dict:
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
     from ..models.factory import load_model, load_processor
-    from .run import PLOT_NAME, build_trainer, prepare_resume, start_run_dir, train_and_record, trl_rows
+    from .run import (PLOT_NAME, build_trainer, prepare_resume, process_state, start_run_dir, train_and_record,
+                      trl_rows)
 
     out = start_run_dir(config)
-    world, model_dir = prepare_world_and_model(config)
+    with process_state().main_process_first():  # several processes: one builds the caches, the others reuse them
+        world, model_dir = prepare_world_and_model(config)
     resume = prepare_resume(config, out, model_dir)
     world_dir = world.root
     rl_rows = synthetic.read_rows(world.rl)

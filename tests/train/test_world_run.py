@@ -1,0 +1,40 @@
+"""The default run (`videoktr train` with no data): synthetic world -> warm start -> RL -> report, on a tiny
+configuration; a second run reuses the cached world and warm start and resumes the RL run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from videoktr.cli import main
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
+
+
+def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
+    out, cache = tmp_path / "run", tmp_path / "cache"
+
+    def train(*extra):
+        return main(["train", "--model-size", "tiny", "--world-train", "200", "--world-eval", "12",
+                     "--world-rl", "8", "--warmstart-max-steps", "4", "--prompts-per-step", "2",
+                     "--num-generations", "2", "--max-completion-length", "16", "--attribution-rows", "4",
+                     "--save-steps", "1", "--output-dir", str(out), "--cache-dir", str(cache), *extra])
+
+    assert train("--max-steps", "1") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 1 and report["processes"] == 1
+    assert report["accuracy_before"]["overall"]["n"] == 12 and "gain" in report["accuracy_gain"]
+    assert set(report["attribution_auc"]) == {"visual", "temporal", "entropy"}
+    assert report["train"]["final_model"] == str(out / "final") and (out / "final" / "config.json").is_file()
+    assert (out / "training.png").is_file() and (out / "run_identity.json").is_file()
+    assert report["model"].startswith(str(cache / "warmstart-"))
+    capsys.readouterr()
+    # the second run builds nothing again and continues the RL run
+    assert train("--max-steps", "2") == 0
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and json.loads((out / "report.json").read_text())["steps"] == 2
+    assert len(list(cache.glob("warmstart-*"))) == 1 and len(list(cache.glob("world-*"))) == 1
+    # another method in the same directory is refused, naming the option
+    assert train("--max-steps", "3", "--method", "grpo") == 2
+    assert "rl.method: 'ktr' -> 'grpo'" in capsys.readouterr().err

@@ -63,3 +63,35 @@ def test_filter_cli_on_tiny_model(tiny_dir, tmp_path, capsys):
     summary = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert summary["rows"] == 18 and summary["skipped_samples"] == 2
     assert "kept" in capsys.readouterr().out
+
+
+def test_shards_split_the_rows_and_the_last_one_merges(tmp_path):
+    fx = write_videor1_fixture(tmp_path / "data")
+    whole = run_filter(fx.data_file, fx.root, "unused", tmp_path / "one", FilterOptions(samples=4),
+                       ScriptedGenerator(), progress=False)
+    out, seen = tmp_path / "sharded", []
+    for shard in (1, 0, 2):
+        gen = ScriptedGenerator()
+        summary = run_filter(fx.data_file, fx.root, "unused", out, FilterOptions(samples=4, shard=shard, num_shards=3),
+                             gen, progress=False)
+        seen.append(set(gen.rows_seen))
+        assert (out / f"accuracies.shard-{shard}-of-3.jsonl").is_file()
+        assert summary["complete"] == (shard == 2) and (out / "kept.jsonl").is_file() == (shard == 2)
+        if shard != 2:
+            assert summary["pending"] > 0
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])  # disjoint shares
+    assert seen[1] == {p for p in range(1, 21, 3)} - {7}  # shard 0: rows 0, 3, 6, ... (row 7's clip is missing)
+    assert {k: v for k, v in summary.items() if k != "kept_file" and k != "num_shards"} == \
+        {k: v for k, v in whole.items() if k != "kept_file" and k != "num_shards"}
+    assert (out / "kept.jsonl").read_text() == (tmp_path / "one" / "kept.jsonl").read_text()
+    # an unsharded run over the sharded results finds every row done
+    gen = ScriptedGenerator()
+    assert run_filter(fx.data_file, fx.root, "unused", out, FilterOptions(samples=4), gen, progress=False)["complete"]
+    assert gen.rows_seen == []
+
+
+def test_bad_shard_options_are_named(tmp_path, capsys):
+    fx = write_videor1_fixture(tmp_path / "data")
+    code = main(["filter", "--data", str(fx.data_file), "--data-root", str(fx.root), "--model", "unused",
+                 "--output-dir", str(tmp_path / "f"), "--shard", "2", "--num-shards", "2"])
+    assert code == 2 and "need 0 <= shard < num_shards" in capsys.readouterr().err

@@ -47,12 +47,17 @@ def _filter(args: argparse.Namespace) -> int:
 
     opts = FilterOptions(samples=args.samples, low=args.low, high=args.high, temperature=args.temperature,
                          max_new_tokens=args.max_new_tokens, rows_per_batch=args.rows_per_batch,
-                         frames=args.frames, max_pixels=args.max_pixels, seed=args.seed)
+                         frames=args.frames, max_pixels=args.max_pixels, seed=args.seed, shard=args.shard,
+                         num_shards=args.num_shards)
     try:
         summary = run_filter(args.data, args.data_root, args.model, args.output_dir, opts)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not summary["complete"]:
+        print(f"shard {summary['shard']} of {summary['num_shards']} done ({summary['shard_rows']} rows); "
+              f"{summary['pending']} rows of other shards pending: the last shard to finish writes kept.jsonl")
+        return 0
     print(f"kept {summary['kept']} of {summary['rows']} rows ({summary['too_easy']} too easy, "
           f"{summary['too_hard']} too hard, {summary['skipped_samples']} skipped): {summary['kept_file']}")
     return 0
@@ -107,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=16, help="most frames per clip (2 fps sampling)")
     p.add_argument("--max-pixels", type=int, default=128 * 28 * 28, help="per-frame pixel budget")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--shard", type=int, default=0,
+                   help="with --num-shards N: this process filters rows shard, shard+N, ... (one process per GPU, "
+                        "same --output-dir; the last shard to finish merges)")
+    p.add_argument("--num-shards", type=int, default=1, help="number of filter processes sharing the rows")
     p.set_defaults(func=_filter)
 
     try:

@@ -5,6 +5,12 @@ with the training accuracy reward, and keep the rows whose accuracy lies in [low
 are appended to `accuracies.jsonl` row by row, so a killed run resumes without recomputing finished rows;
 `kept.jsonl` (the kept rows, unchanged) and `summary.json` are written at the end. Rows with missing or
 undecodable media are skipped and recorded in `skipped.jsonl`, as in training.
+
+Several GPUs: run one process per GPU with `shard=i, num_shards=n` (`--shard i --num-shards n`) into the same
+output directory. Shard i takes rows i, i+n, i+2n, ... (of the validated rows, in file order) and writes
+`accuracies.shard-i-of-n.jsonl` and `skipped.shard-i-of-n.jsonl`; whichever shard finishes last (every row
+is then scored or skipped) writes the merged `kept.jsonl` and `summary.json`. Finished rows are read from
+every `accuracies*.jsonl` in the directory, so a run resumes under any sharding.
 """
 
 from __future__ import annotations
@@ -28,25 +34,44 @@ class FilterOptions:
     fps: float = 2.0
     max_pixels: int = 128 * 28 * 28
     seed: int = 0
+    shard: int = 0  # this process takes rows shard, shard + num_shards, ...
+    num_shards: int = 1
 
     def validate(self) -> None:
         if self.samples < 1:
             raise ValueError(f"samples must be >= 1, got {self.samples}")
         if not 0.0 <= self.low <= self.high <= 1.0:
             raise ValueError(f"need 0 <= low <= high <= 1, got low={self.low}, high={self.high}")
+        if self.num_shards < 1 or not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"need 0 <= shard < num_shards, got shard={self.shard}, num_shards={self.num_shards}")
+
+    @property
+    def tag(self) -> str:
+        """File-name tag of this shard ("" when unsharded)."""
+        return "" if self.num_shards == 1 else f".shard-{self.shard}-of-{self.num_shards}"
 
 
-def _done(path: Path) -> dict[str, dict]:
-    """Finished rows of an earlier (possibly killed) run; a line cut off by the kill is ignored."""
-    done = {}
-    if path.is_file():
+def _jsonl_records(out: Path, pattern: str) -> list[dict]:
+    """Records of every file matching `pattern` in `out`; a line cut off by a kill is ignored."""
+    records = []
+    for path in sorted(out.glob(pattern)):
         for line in path.read_text().splitlines():
             try:
-                rec = json.loads(line)
+                records.append(json.loads(line))
             except json.JSONDecodeError:
                 continue
-            done[str(rec["problem_id"])] = rec
-    return done
+    return records
+
+
+def _done(out: Path) -> dict[str, dict]:
+    """Finished rows of earlier (possibly killed) runs and of other shards, by problem_id."""
+    return {str(rec["problem_id"]): rec for rec in _jsonl_records(out, "accuracies*.jsonl")}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # shards may finish together: one tmp each
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path, output_dir: str | Path,
@@ -54,7 +79,7 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
     """Filter `data` with `model`; returns the summary. `generator` (tests) replaces the HF generator."""
     from tqdm import tqdm
 
-    from .data.videor1 import build_prompt, load_videor1, resolve_media, without_row_ref, write_skipped
+    from .data.videor1 import build_prompt, check_media, load_rows, resolve_media, write_skipped
     from .eval.benchmarks.base import Item
     from .eval.runner import Request
     from .rewards import accuracy_reward
@@ -63,16 +88,17 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
     options.validate()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # the media-check cache lets a resumed filter skip decoding every clip again
-    loaded = load_videor1(data, data_root, fps=options.fps, max_frames=options.frames, progress=progress,
-                          cache=out / "media_check.jsonl")
-    rows, skipped = loaded.rows, loaded.skipped
-    write_skipped(out / "skipped.jsonl", skipped)
-    ids = [str(r["problem_id"]) for r in rows]
+    all_rows, _ = load_rows(data)  # a malformed row is an error naming the file and row
+    ids = [str(r["problem_id"]) for r in all_rows]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{data}: problem_id values are not unique; the filter keys its progress on them")
-    acc_path = out / "accuracies.jsonl"
-    done = _done(acc_path)
+    tag = options.tag
+    # this shard's rows; the media-check cache lets a resumed filter skip decoding every clip again
+    rows, skipped = check_media(all_rows[options.shard :: options.num_shards], data_root, fps=options.fps,
+                                max_frames=options.frames, progress=progress, cache=out / f"media_check{tag}.jsonl")
+    write_skipped(out / f"skipped{tag}.jsonl", skipped)
+    acc_path = out / f"accuracies{tag}.jsonl"
+    done = _done(out)
     todo = [r for r in rows if str(r["problem_id"]) not in done]
     if generator is None:
         from .eval.generate import HFGenerator
@@ -108,12 +134,26 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
             os.fsync(sink.fileno())
             bar.update(len(batch))
     bar.close()
-    kept = [without_row_ref(r) for r in rows if done[str(r["problem_id"])]["kept"]]
-    (out / "kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
-    accs = [done[i]["accuracy"] for i in ids]
-    summary = {"rows": len(rows), "kept": len(kept), "skipped_samples": len(skipped),
+    return _merge(out, all_rows, options, shard_rows=len(rows))
+
+
+def _merge(out: Path, all_rows: list[dict], options: FilterOptions, shard_rows: int) -> dict:
+    """The summary; once every row of every shard is scored or skipped, also kept.jsonl and summary.json."""
+    from .data.videor1 import without_row_ref
+
+    done = _done(out)
+    skipped_ids = {str(rec["problem_id"]) for rec in _jsonl_records(out, "skipped*.jsonl")}
+    pending = [r for r in all_rows if str(r["problem_id"]) not in done and str(r["problem_id"]) not in skipped_ids]
+    if pending:
+        return {"complete": False, "shard": options.shard, "num_shards": options.num_shards,
+                "shard_rows": shard_rows, "pending": len(pending)}
+    scored = [r for r in all_rows if str(r["problem_id"]) in done]
+    kept = [without_row_ref(r) for r in scored if done[str(r["problem_id"])]["kept"]]
+    _write_atomic(out / "kept.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    accs = [done[str(r["problem_id"])]["accuracy"] for r in scored]
+    summary = {"complete": True, "rows": len(scored), "kept": len(kept), "skipped_samples": len(all_rows) - len(scored),
                "low": options.low, "high": options.high, "samples": options.samples,
                "too_easy": sum(a > options.high for a in accs), "too_hard": sum(a < options.low for a in accs),
-               "kept_file": str(out / "kept.jsonl")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+               "num_shards": options.num_shards, "kept_file": str(out / "kept.jsonl")}
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -277,14 +278,15 @@ class MediaCache:
 
     def update(self, results: dict[ProbeKey, ProbeResult]) -> None:
         """Record `results` (files that exist only: a missing file is probed again next time) and rewrite the
-        file atomically."""
+        file atomically (runs sharing one cache may overwrite each other's new entries: those files are only
+        probed again)."""
         for key, result in results.items():
             stamp = self._stamp(key[0])
             if stamp is not None:
                 self._entries[key] = {"path": key[0], "data_type": key[1], "stamp": list(stamp),
                                       "settings": self.settings, "result": list(result) if result else None}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         with tmp.open("w", encoding="utf-8") as f:
             for e in self._entries.values():
                 f.write(json.dumps(e, ensure_ascii=False) + "\n")

@@ -54,6 +54,21 @@ def test_filter_keeps_the_middle_band_and_resumes(tmp_path):
     assert all("_row" not in r for r in kept)
 
 
+def test_a_record_cut_off_by_a_kill_is_recomputed_on_a_clean_line(tmp_path):
+    fx = write_videor1_fixture(tmp_path / "data")
+    out, opts = tmp_path / "out", FilterOptions(samples=4, rows_per_batch=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_filter(fx.data_file, fx.root, "unused", out, opts, ScriptedGenerator(crash_after=3), progress=False)
+    acc = out / "accuracies.jsonl"
+    lines = acc.read_text().splitlines()
+    acc.write_text("\n".join(lines[:2]) + "\n" + lines[2][: len(lines[2]) // 2])  # the kill cut the third record
+    gen = ScriptedGenerator()
+    summary = run_filter(fx.data_file, fx.root, "unused", out, opts, gen, progress=False)
+    assert json.loads(lines[2])["problem_id"] in gen.rows_seen  # the cut record is computed again
+    records = [json.loads(line) for line in acc.read_text().splitlines()]  # every line parses
+    assert summary["complete"] and summary["rows"] == len(records) == 18
+
+
 @pytest.mark.slow
 def test_filter_cli_on_tiny_model(tiny_dir, tmp_path, capsys):
     fx = write_videor1_fixture(tmp_path / "data")

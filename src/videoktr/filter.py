@@ -52,7 +52,8 @@ class FilterOptions:
 
 
 def _jsonl_records(out: Path, pattern: str) -> list[dict]:
-    """Records of every file matching `pattern` in `out`; a line cut off by a kill is ignored."""
+    """Records of every file matching `pattern` in `out`; a line cut off by a kill is ignored (other shards'
+    files are only read: their own process repairs them)."""
     records = []
     for path in sorted(out.glob(pattern)):
         for line in path.read_text().splitlines():
@@ -81,7 +82,7 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
 
     from .data.videor1 import build_prompt, check_media, load_rows, resolve_media, write_skipped
     from .eval.benchmarks.base import Item
-    from .eval.runner import Request
+    from .eval.runner import Request, read_resumable_jsonl
     from .rewards import accuracy_reward
 
     options = options or FilterOptions()
@@ -98,6 +99,7 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
                                 max_frames=options.frames, progress=progress, cache=out / f"media_check{tag}.jsonl")
     write_skipped(out / f"skipped{tag}.jsonl", skipped)
     acc_path = out / f"accuracies{tag}.jsonl"
+    read_resumable_jsonl(acc_path)  # a record cut off by a kill is removed before this shard appends again
     done = _done(out)
     todo = [r for r in rows if str(r["problem_id"]) not in done]
     if generator is None:

@@ -10,6 +10,7 @@ import pytest
 from videor1_fixture import CORRUPT_INDEX, IMAGE_INDEX, MISSING_INDEX, SHARED_INDICES, write_videor1_fixture
 
 from videoktr.data import video as video_mod
+from videoktr.data import videor1 as videor1_mod
 from videoktr.data.videor1 import (ROW_REF, DataError, SkippedSample, build_prompt, check_media, load_rows,
                                    load_videor1, resolve_media, validate_row, without_row_ref, write_skipped)
 from videoktr.eval.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION
@@ -64,7 +65,7 @@ def test_fixture_loads_and_skips_the_two_bad_media_rows(tmp_path, fmt, ref, capl
     assert [r["data_type"] for r in data.rows].count("image") == 1
 
 
-def test_each_unique_media_file_is_probed_once(fx, monkeypatch):
+def _counting_decoder(monkeypatch) -> list[str]:
     calls = []
     real = video_mod.read_video
 
@@ -73,6 +74,11 @@ def test_each_unique_media_file_is_probed_once(fx, monkeypatch):
         return real(path, *a, **k)
 
     monkeypatch.setattr(video_mod, "read_video", counting)
+    return calls
+
+
+def test_each_unique_media_file_is_probed_once(fx, monkeypatch):
+    calls = _counting_decoder(monkeypatch)
     rows, _ = load_rows(fx.data_file)
     kept, skipped = check_media(rows, fx.root, progress=False)
     shared = str(resolve_media(rows[SHARED_INDICES[0]], fx.root))
@@ -229,18 +235,6 @@ def test_skipped_sample_is_plain_data():
     assert s.kind == "missing_media" and s.to_json()["reason"].startswith("video file not found")
 
 
-def _counting_decoder(monkeypatch) -> list[str]:
-    calls = []
-    real = video_mod.read_video
-
-    def counting(path, *a, **k):
-        calls.append(str(path))
-        return real(path, *a, **k)
-
-    monkeypatch.setattr(video_mod, "read_video", counting)
-    return calls
-
-
 def test_media_cache_reuses_results_until_a_file_or_the_settings_change(fx, tmp_path, monkeypatch):
     rows, _ = load_rows(fx.data_file)
     cache = tmp_path / "cache" / "media_check.jsonl"
@@ -289,13 +283,13 @@ def test_processes_share_out_the_media_check(fx, tmp_path, monkeypatch):
         got[rank] = check_media(rows, fx.root, progress=False, rank=rank, world_size=2, gather=gather,
                                 cache=cache)
 
-    real_probe = check_media.__globals__["probe_media"]
+    real_probe = videor1_mod.probe_media
 
     def probe(path, *a, **k):
         decoded[int(threading.current_thread().name[-1])].append(str(path))
         return real_probe(path, *a, **k)
 
-    monkeypatch.setitem(check_media.__globals__, "probe_media", probe)
+    monkeypatch.setattr(videor1_mod, "probe_media", probe)
     threads = [threading.Thread(target=rank_main, args=(r,), name=f"rank{r}") for r in range(2)]
     for t in threads:
         t.start()

@@ -19,40 +19,43 @@ def _nudged(model, seed=1):
 
 
 @pytest.fixture(scope="module", params=list(FAMILIES))
-def family_dir(request, tmp_path_factory):
-    return create_model_dir(tmp_path_factory.mktemp(request.param), size="tiny", seed=0, family=request.param)
+def family_model(request, tmp_path_factory):
+    """(family, tiny model directory of it)."""
+    return request.param, create_model_dir(tmp_path_factory.mktemp(request.param), size="tiny", seed=0,
+                                           family=request.param)
 
 
-def _renames(model_dir) -> bool:
-    """Whether the family's checkpoint format renames weights (Qwen2-VL and Qwen2.5-VL do, Qwen3-VL not)."""
-    return "qwen3" not in str(model_dir.name)
+# whether a family's checkpoint format renames weights (Qwen2-VL and Qwen2.5-VL do, Qwen3-VL does not)
+RENAMES = {"qwen2_5_vl": True, "qwen2_vl": True, "qwen3_vl": False}
 
 
-def test_saved_names_are_the_names_save_pretrained_writes(family_dir, tmp_path):
-    model = load_model(family_dir)
+def test_saved_names_are_the_names_save_pretrained_writes(family_model, tmp_path):
+    family, model_dir = family_model
+    model = load_model(model_dir)
     model.save_pretrained(tmp_path / "ckpt")
     written = set(load_file(tmp_path / "ckpt" / "model.safetensors"))
     names = saved_names(model)
     assert set(names) == set(model.state_dict())
     assert written <= set(names.values())  # tied weights may be left out of the file
-    assert any(k != v for k, v in names.items()) == _renames(family_dir)  # model.visual.* -> visual.*
+    assert any(k != v for k, v in names.items()) == RENAMES[family]  # model.visual.* -> visual.*
 
 
 @pytest.mark.parametrize("shard", [False, True])
-def test_a_saved_checkpoint_loads_back_exactly(family_dir, tmp_path, shard):
-    trained = _nudged(load_model(family_dir))
+def test_a_saved_checkpoint_loads_back_exactly(family_model, tmp_path, shard):
+    family, model_dir = family_model
+    trained = _nudged(load_model(model_dir))
     kwargs = {"max_shard_size": "20KB"} if shard else {}
     trained.save_pretrained(tmp_path / "ckpt", **kwargs)
     files = weight_files(tmp_path / "ckpt")
     assert (len(files) > 1) == shard
-    fresh = load_model(family_dir)
+    fresh = load_model(model_dir)
     assert load_checkpoint_weights(fresh, tmp_path / "ckpt") > 0
     want, got = trained.state_dict(), fresh.state_dict()
     assert all(torch.equal(want[k], got[k]) for k in want)
     # the plain load_state_dict transformers' Trainer uses would have loaded none of the renamed weights
-    plain = load_model(family_dir)
+    plain = load_model(model_dir)
     result = plain.load_state_dict({k: v for f in files for k, v in load_file(f).items()}, strict=False)
-    assert bool(result.unexpected_keys) == _renames(family_dir)
+    assert bool(result.unexpected_keys) == RENAMES[family]
 
 
 def test_mismatched_checkpoints_are_refused_naming_the_directory(tmp_path):

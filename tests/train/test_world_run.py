@@ -30,11 +30,12 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     assert (out / "training.png").is_file() and (out / "run_identity.json").is_file()
     assert report["model"].startswith(str(cache / "warmstart-"))
     capsys.readouterr()
-    # the second run builds nothing again and continues the RL run
+    built = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
+    # the second run builds nothing again (every cached file untouched, none added) and continues the RL run
     assert train("--max-steps", "2") == 0
     printed = capsys.readouterr().out
     assert "resuming from" in printed and json.loads((out / "report.json").read_text())["steps"] == 2
-    assert len(list(cache.glob("warmstart-*"))) == 1 and len(list(cache.glob("world-*"))) == 1
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == built
     # another method in the same directory is refused, naming the option
     assert train("--max-steps", "3", "--method", "grpo") == 2
     assert "rl.method: 'ktr' -> 'grpo'" in capsys.readouterr().err

@@ -293,11 +293,11 @@ class MediaCache:
         tmp.replace(self.path)
 
 
-def _probe_all(keys: list[ProbeKey], probe, workers: int, progress: bool, desc: str) -> dict[ProbeKey, ProbeResult]:
+def _probe_all(keys: list[ProbeKey], probe, workers: int, progress: bool) -> dict[ProbeKey, ProbeResult]:
     from tqdm.auto import tqdm
 
     results: dict[ProbeKey, ProbeResult] = {}
-    with tqdm(total=len(keys), desc=desc, unit="file", disable=not progress) as bar:
+    with tqdm(total=len(keys), desc="checking media", unit="file", disable=not progress) as bar:
         if workers > 1 and len(keys) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -348,7 +348,7 @@ def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 
     def probe(key: ProbeKey) -> ProbeResult:
         return probe_media(Path(key[0]), key[1], fps, min_frames, max_frames, backend)
 
-    mine = _probe_all(todo[rank::world_size], probe, workers, progress, "checking media")
+    mine = _probe_all(todo[rank::world_size], probe, workers, progress)
     new: dict[ProbeKey, ProbeResult] = {}
     for part in (gather(mine) if world_size > 1 else [mine]):
         new.update(part)

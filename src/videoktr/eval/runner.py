@@ -98,9 +98,17 @@ def build_requests(items: list[Item], data_root: str | Path | None, prompt_style
 
 def load_predictions_file(path: Path) -> dict[tuple[str, str], str]:
     """Existing predictions (key -> output). A last line cut off by a kill is removed from the file."""
-    done: dict[tuple[str, str], str] = {}
+    return dict(read_resumable_jsonl(path, lambda row: ((row.get("task") or "", str(row["id"])), row["output"])))
+
+
+def read_resumable_jsonl(path: Path, parse=lambda row: row) -> list:
+    """parse(row) of each row of a JSONL file that a run appends to and may be killed while writing: a last line
+    cut off by the kill (or that `parse` rejects with KeyError) is removed from the file, and a missing final
+    newline added, so that appending continues on a clean line; a corrupt line elsewhere is a ValueError naming
+    the file and line. No file: []."""
+    rows: list = []
     if not path.is_file():
-        return done
+        return rows
     data = path.read_bytes()
     lines = data.split(b"\n")
     good_end = 0  # byte offset just past the last line read
@@ -108,8 +116,7 @@ def load_predictions_file(path: Path) -> dict[tuple[str, str], str]:
         end = good_end + len(line) + (1 if n < len(lines) - 1 else 0)
         if line.strip():
             try:
-                row = json.loads(line)
-                done[(row.get("task") or "", str(row["id"]))] = row["output"]
+                rows.append(parse(json.loads(line)))
             except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as exc:
                 if n == len(lines) - 1:  # the partial last line of an interrupted write
                     break
@@ -122,7 +129,7 @@ def load_predictions_file(path: Path) -> dict[tuple[str, str], str]:
     if data and not data.endswith(b"\n"):  # a complete last row whose newline was not written
         with path.open("ab") as f:
             f.write(b"\n")
-    return done
+    return rows
 
 
 def _check_run_file(out_dir: Path, settings: GenerationSettings, resuming: bool) -> None:

@@ -61,11 +61,9 @@ def load_checkpoint_weights(model, checkpoint: str | Path) -> int:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # a weight of another shape: another model's checkpoint
         raise ValueError(f"{checkpoint}: the checkpoint does not match the model: {exc}") from None
-    shared: dict[int, set[str]] = {}  # tied weights: one tensor under several names
-    for name, p in model.named_parameters(remove_duplicate=False):
-        shared.setdefault(id(p), set()).add(name)
     params = dict(model.named_parameters(remove_duplicate=False))
-    missing = [k for k in result.missing_keys if not (k in params and shared[id(params[k])] & state.keys())]
+    loaded = {id(params[k]) for k in state if k in params}  # tied weights: one tensor under several names
+    missing = [k for k in result.missing_keys if not (k in params and id(params[k]) in loaded)]
     if missing or result.unexpected_keys:
         raise ValueError(f"{checkpoint}: the checkpoint does not match the model ({len(missing)} weights missing, "
                          f"e.g. {missing[:3]}; {len(result.unexpected_keys)} unexpected, e.g. "

@@ -26,6 +26,17 @@ def all_gather_1d(values: torch.Tensor) -> list[torch.Tensor]:
     return [g[: int(s.item())] for g, s in zip(gathered, sizes)]
 
 
+def all_gather_objects(value) -> list:
+    """Every process's `value` (any picklable object), in rank order; [value] without torch.distributed."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    parts = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, value)
+    return parts
+
+
 def end_process_group(*, wait: bool = True) -> bool:
     """Tear down torch.distributed's default process group, if one is up; returns whether one was.
 

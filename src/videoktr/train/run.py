@@ -34,7 +34,6 @@ def trl_rows(rows: list[dict], media_root: Path, prompt_fn=None) -> list[dict]:
 
 def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
     """TRL GRPOConfig for this run (CPU unless a GPU is present)."""
-    import torch
     from trl import GRPOConfig
 
     rl, run = config.rl, config.run
@@ -72,7 +71,7 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
         save_steps=run.save_steps,
         save_total_limit=run.save_total_limit,
         report_to=[],
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=cpu_only(),
         bf16=config.model.dtype == "bfloat16",
         fp16=config.model.dtype == "float16",
         gradient_checkpointing=config.model.gradient_checkpointing,
@@ -140,13 +139,19 @@ def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None) 
     return path
 
 
-def process_state():
-    """accelerate's view of this run's processes, set up as the trainer sets it up (`use_cpu` without a GPU:
-    a bare PartialState() under torchrun on CPU would see one process while the trainer later sees all)."""
+def cpu_only() -> bool:
+    """Whether the run trains on CPU (no GPU present): GRPOConfig's `use_cpu` and `process_state` agree on it."""
     import torch
+
+    return not torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's view of this run's processes, set up as the trainer sets it up (a bare PartialState()
+    under torchrun on CPU would see one process while the trainer later sees all)."""
     from accelerate import PartialState
 
-    return PartialState(cpu=not torch.cuda.is_available())
+    return PartialState(cpu=cpu_only())
 
 
 def start_run_dir(config: TrainConfig) -> Path:
@@ -274,24 +279,16 @@ def run(config: TrainConfig) -> dict:
 
 def media_check_options(data, out: Path, state) -> dict:
     """How the start-up media check runs: decoding threads, cache file, and (several processes) each process
-    probing its share of the files, combined with all_gather_object."""
+    probing its share of the files, combined with all_gather_objects."""
     import os
+
+    from .distributed import all_gather_objects
 
     world = state.num_processes
     workers = data.media_workers or max(1, min(8, (os.cpu_count() or 1) // world))
     cache = None if data.media_cache == "none" else Path(data.media_cache or out / "media_check.jsonl")
-    opts = {"workers": workers, "cache": cache, "rank": state.process_index, "world_size": world,
-            "progress": state.is_main_process}
-    if world > 1:
-        import torch.distributed as dist
-
-        def gather(results: dict) -> list[dict]:
-            parts = [None] * world
-            dist.all_gather_object(parts, results)
-            return parts
-
-        opts["gather"] = gather
-    return opts
+    return {"workers": workers, "cache": cache, "rank": state.process_index, "world_size": world,
+            "progress": state.is_main_process, "gather": all_gather_objects if world > 1 else None}
 
 
 def run_dataset(config: TrainConfig) -> dict:

@@ -15,6 +15,7 @@ rows in order of appearance of their placeholder runs (`video_grid_thw` [V, 3], 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
@@ -142,15 +143,21 @@ def perturbed_features(
     kind: str,
     options: AttributionOptions,
     generator: torch.Generator | None,
-    donors: Sequence[torch.Tensor] = (),
+    donors: Sequence = (),
     owner: list[int] | None = None,
+    keys: Sequence | None = None,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Perturb each video's features (one draw per unique video, shared by its copies).
 
     features: per video [N_v, D]; groups: temporal groups per video; owner[v]: index of the first identical
-    video. Returns (perturbed features per video, temporal permutation per video (identity for visual)).
+    video; keys[v]: what identifies video v's clip (default: its owner). donors (visual_strategy "replace"):
+    features of other clips, each a tensor or a (key, tensor) pair; a donor whose key is the video's own is
+    never used for it, so "replace" never swaps a clip for itself. Returns (perturbed features per video,
+    temporal permutation per video (identity for visual)).
     """
     owner = owner if owner is not None else list(range(len(features)))
+    keys = list(keys) if keys is not None else list(owner)
+    keyed_donors = [d if isinstance(d, tuple) else (None, d) for d in donors]
     out: dict[int, torch.Tensor] = {}
     perms: dict[int, torch.Tensor] = {}
     for v in sorted(set(owner)):
@@ -164,11 +171,12 @@ def perturbed_features(
         elif options.visual_strategy == "zero_fraction":
             out[v] = zero_fraction(f, options.visual_fraction, generator)
         else:  # replace: another unique video of this batch, else a donor from earlier batches
-            others = [features[u] for u in sorted(set(owner)) if u != v] + list(donors)
+            others = [features[u] for u in sorted(set(owner)) if u != v and keys[u] != keys[v]]
+            others += [d for k, d in keyed_donors if k is None or k != keys[v]]
             if not others:
                 raise ValueError(
-                    "visual_strategy='replace' needs another video: the batch has one unique video and no donor "
-                    "features were given (the trainer keeps a bank of earlier batches' features)")
+                    "visual_strategy='replace' needs another clip: the batch has one unique clip and no donor "
+                    "features of another clip were given (the trainer keeps a bank of earlier batches' features)")
             pick = int(torch.randint(len(others), (1,), generator=generator))
             out[v] = replace_features(f, others[pick])
         perms[v] = perm
@@ -209,7 +217,10 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     model.model.rope_deltas = None
     prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
                          use_cache=True, past_key_values=DynamicCache(config=model.config), **kwargs)
-    deltas = model.model.rope_deltas.reshape(-1)  # [U] text position = valid index + delta
+    if model.model.rope_deltas is None:  # no media in any prefix: the model placed tokens at 0..P-1, pads included
+        deltas = p_ids.shape[1] - p_mask.sum(-1)  # [U] so that completion token t sits at P + t
+    else:
+        deltas = model.model.rope_deltas.reshape(-1)  # [U] text position = valid index + delta
     model.model.rope_deltas = None
     take = torch.tensor([u_index[u] for u in prefix_of], device=device)  # [R] row -> its prefix
     cache = prefix.past_key_values
@@ -239,7 +250,7 @@ def attribute(
     logp: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
-    donors: Sequence[torch.Tensor] = (),
+    donors: Sequence = (),
     video_features: list[torch.Tensor] | None = None,
     video_keys: Sequence | None = None,
     image_features: list[torch.Tensor] | None = None,
@@ -257,6 +268,28 @@ def attribute(
     image row gets a visual score (its image features perturbed as a video's are: visual tokens on image data,
     paper B.2); it has no temporal score (excluded there).
     """
+    with eval_mode(model):
+        return _attribute(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values_videos,
+                          video_grid_thw, second_per_grid_ts, options, logp, entropy, generator, donors,
+                          video_features, video_keys, image_features, image_grid_thw, image_keys)
+
+
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for the block, then back in the mode it was in. Attribution scores the inputs it
+    claims only in eval mode: in train mode transformers' gradient-checkpointed decoder layers drop the KV cache
+    (so a shared prompt prefix would silently vanish from the completion pass) and dropout is live."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _attribute(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values_videos, video_grid_thw,
+               second_per_grid_ts, options, logp, entropy, generator, donors, video_features, video_keys,
+               image_features, image_grid_thw, image_keys) -> Attribution:
     options = options or AttributionOptions()
     options.validate()
     start = time.perf_counter()
@@ -324,13 +357,14 @@ def attribute(
             continue
         pert = features
         if video_rows:
-            pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner)
+            pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner,
+                                             video_keys)
             if kind == "temporal":
                 permutations = perms
         pert_images = image_feats
         if kind == "visual" and image_feats:
             pert_images, _ = perturbed_features(image_feats, [1] * len(image_feats), kind, options, generator,
-                                                (), image_owner)
+                                                donors, image_owner, image_keys)
         parts.append((kind, part_rows, pert, pert_images))
 
     hidden_by_part: dict[str, torch.Tensor] = {}
@@ -348,7 +382,9 @@ def attribute(
                                     None if second_per_grid_ts is None else second_per_grid_ts[v])
                                    for v in videos_of_row[b]])
                 row_images.append([(part_images[i], image_grid_thw[i]) for i in images_of_row[b]])
-        if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES and len(first_of) < len(rows):
+        # the choice depends on the options and the family only, never on the data: under ZeRO-3 / FSDP every
+        # process must run the same sequence of forwards (a prefix that nothing shares costs one extra call)
+        if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES:
             hidden = _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask,
                                             rows, prefix_keys, row_videos, row_images)
         else:

@@ -95,17 +95,18 @@ def test_vision_tower_runs_once_per_unique_clip(tiny_dir, clip_rows, tmp_path):
         lambda m, a, k, o: calls.append(k["grid_thw"].shape[0]), with_kwargs=True)
     try:
         trainer._compute_loss(trainer.model, inputs)
+        trainer._rollout_weights(inputs)  # attribution's pass: one more run for all its perturbations
     finally:
         hook.remove()
     unique = len({v.key for v in inputs["videos"]})
-    assert calls == [unique] and unique < len(inputs["videos"])  # one call, attribution reuses its outputs
+    assert calls == [unique, unique] and unique < len(inputs["videos"])
 
 
 def test_all_tokens_masked_gives_zero_policy_gradient(tiny_dir, clip_rows, tmp_path):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
     inputs = generated_batch(trainer)
     inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0])
-    inputs["ktr_weights"] = torch.zeros_like(inputs["completion_mask"], dtype=torch.float32)
+    inputs["token_weights"] = torch.zeros_like(inputs["completion_mask"], dtype=torch.float32)
     trainer.model.zero_grad()
     loss = trainer._compute_loss(trainer.model, inputs)
     assert torch.isfinite(loss)
@@ -114,16 +115,17 @@ def test_all_tokens_masked_gives_zero_policy_gradient(tiny_dir, clip_rows, tmp_p
     assert all((g == 0).all() for g in grads)
 
 
-def test_key_token_mask_is_cached_per_rollout(tiny_dir, clip_rows, tmp_path):
+def test_key_token_mask_is_a_field_of_the_rollout(tiny_dir, clip_rows, tmp_path, monkeypatch):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
     inputs = generated_batch(trainer)
-    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0]) + 0.01  # all non-zero
-    trainer._compute_loss(trainer.model, inputs)
-    first = inputs["ktr_weights"].clone()
-    trainer._compute_loss(trainer.model, inputs)
-    assert torch.equal(first, inputs["ktr_weights"])
+    first = inputs["token_weights"].clone()
+    active = inputs["advantages"] != 0
     n = inputs["completion_mask"].sum(-1)
-    assert ((first.sum(-1) >= 1) | (n == 0)).all()  # every non-empty response keeps at least one token
+    assert ((first.sum(-1) >= 1) | (n == 0) | ~active).all()  # every attributed response keeps a token
+    # the loss reads the rollout's mask (later iterations over the same rollouts reuse it), never recomputes it
+    monkeypatch.setattr(trainer, "_rollout_weights", lambda batch: pytest.fail("mask recomputed in the loss"))
+    trainer._compute_loss(trainer.model, inputs)
+    assert torch.equal(first, inputs["token_weights"])
 
 
 def test_resume_continues_from_last_checkpoint(tiny_dir, clip_rows, tmp_path):
@@ -171,8 +173,7 @@ def test_resume_continues_from_last_checkpoint(tiny_dir, clip_rows, tmp_path):
 def test_twgrpo_weights_are_scaled_per_response(tiny_dir, clip_rows, tmp_path):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="twgrpo")
     inputs = generated_batch(trainer)
-    trainer._compute_loss(trainer.model, inputs)
-    w, mask = inputs["ktr_weights"], inputs["completion_mask"].bool()
+    w, mask = inputs["token_weights"], inputs["completion_mask"].bool()
     assert (w[~mask] == 0).all() and (w[mask] >= 1.0).all() and (w[mask] <= 1.7 + 1e-6).all()
     assert torch.isclose(w[mask].max(), torch.tensor(1.7))
 
@@ -236,13 +237,13 @@ def test_image_and_video_rows_in_one_batch(tiny_dir, clip_rows, tmp_path, method
     assert sum(p.grad.abs().sum().item() for p in trainer.model.model.visual.parameters() if p.grad is not None) > 0
     if method == "ktr":  # image rows: a visual score (image features zeroed), no temporal score
         image_rows = [i for i, v in enumerate(inputs["videos"]) if v.kind == "image"]
-        assert all(inputs["ktr_weights"][i].sum() >= 1 for i in image_rows)
+        weights = trainer._rollout_weights(inputs)
+        assert all(weights[i].sum() >= 1 for i in image_rows)
         trainer.attribution_options.signals = ("visual",)  # paper B.2's visual-tokens-only variant
-        del inputs["ktr_weights"]
-        trainer._compute_loss(trainer.model, inputs)
+        weights = trainer._rollout_weights(inputs)
         for i in range(len(inputs["videos"])):  # every row, image or video, gets its top-r visual tokens
             n = int(inputs["completion_mask"][i].sum())
-            assert inputs["ktr_weights"][i].sum() == max(1, -(-n * 2 // 10))
+            assert weights[i].sum() == max(1, -(-n * 2 // 10))
 
 
 def test_zero_advantage_responses_are_not_attributed(tiny_dir, clip_rows, tmp_path):
@@ -255,12 +256,11 @@ def test_zero_advantage_responses_are_not_attributed(tiny_dir, clip_rows, tmp_pa
     hook = trainer.model.model.language_model.register_forward_hook(
         lambda m, a, k, o: calls.append(k["inputs_embeds"].shape[0]), with_kwargs=True)
     try:
-        trainer._compute_loss(trainer.model, inputs)
+        w = trainer._rollout_weights(inputs)
     finally:
         hook.remove()
-    w = inputs["ktr_weights"]
     assert (w[::2] == 0).all() and (w[1::2].sum(-1) >= 1).all()
     n = adv.numel()
-    # policy pass over all rows; attribution: one prompt pass per (prompt, perturbation) = 2 prompts x 2, then the
-    # completions of the active half under both perturbations
-    assert calls == [n, 4, 2 * (n // 2)]
+    # one prompt pass per (prompt, input) = 2 prompts x (unperturbed, visual, temporal), then the completions of
+    # the active half under all three
+    assert calls == [6, 3 * (n // 2)]

@@ -9,14 +9,17 @@ old/reference/policy log-prob passes. `VideoGRPOTrainer` closes that gap with th
 - `_get_per_token_logps_and_entropies` (old and reference passes) and `_compute_loss` (policy pass): the
   vision tower runs once per unique clip of the batch, its outputs are scattered to the rows through
   `mm_encoder_outputs=`, and TRL's fused LM head returns per-token log-probs and entropies.
-- `_compute_loss` then builds the key-token mask for method "ktr" (entropy from this same pass; visual and
-  temporal scores from one batched no-grad pass over the *detached* encoder outputs of this pass, so the
-  vision tower is never re-run for attribution) and applies `core.masked_clipped_loss` (Eq. 2).
+- `_generate_and_score_completions`: adds explicit per-row fields to TRL's rollouts (each row's media, its
+  prompt group and, for "ktr"/"entropy"/"twgrpo", the token weights), so they travel with the rows through
+  TRL's shuffling and splitting. The key-token mask is computed there, once per rollout over whole prompt
+  groups, from one eval-mode no-grad pass (`attribute`) that evaluates the unperturbed, visually and temporally
+  perturbed inputs together; `_compute_loss` applies `core.masked_clipped_loss` (Eq. 2) with it.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,12 +28,12 @@ from typing import NamedTuple
 import torch
 from trl import GRPOTrainer
 
-from ..attribution import AttributionOptions, SelectionOptions, attribute, select_key_tokens
+from ..attribution import AttributionOptions, SelectionOptions, attribute, eval_mode, select_key_tokens
 from ..core import group_position_kl, masked_clipped_loss, tw_grpo_weights
 from ..data.video import read_video
 from ..models.adapters import adapter_for
 from .checkpoint import load_checkpoint_weights, weight_files
-from .distributed import all_gather_1d
+from .distributed import all_gather_1d, any_process, gathered_parameters
 from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
 
 
@@ -53,6 +56,10 @@ class EncodedMedia:
     video_features: list[torch.Tensor]
     images: list[RowVideo]
     image_features: list[torch.Tensor]
+    # 0 * (sum of the vision tower's outputs on a stand-in input) when this process had no video or no image
+    # in a multi-process pass: the tower still ran (ZeRO-3/FSDP gather its weights in lockstep) and adding this
+    # to the loss gives its parameters a (zero) gradient (DDP expects one for every parameter); None otherwise
+    anchor: torch.Tensor | None = None
 
     @property
     def video_keys(self) -> list[str]:
@@ -132,8 +139,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.adapter = adapter_for(self.accelerator.unwrap_model(self.model))
         self.tgrpo_options = tgrpo or TemporalGRPOOptions()
         self._pending: EncodedPrompts | None = None  # the batch being generated for (None: no media in it)
+        self._rows: list[RowVideo | None] | None = None  # each row's video/image in the batch being generated for
         self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
-        self._donors: list[torch.Tensor] = []  # earlier batches' features, for visual_strategy="replace"
+        self._donors: list[tuple[str, torch.Tensor]] = []  # (clip key, features) of earlier batches ("replace")
         # decoded clips of the current batches (the G copies of a prompt decode once); small, since full-resolution
         # frames of real videos take tens of MB each
         self._load_clip = lru_cache(maxsize=16)(self._decode)
@@ -148,14 +156,20 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _tokenize_prompts(self, prompts: list):
         self._pending = encode_prompts(self.processing_class, self.adapter, prompts, self._load_clip)
+        self._rows = [None] * len(prompts) if self._pending is None else self._pending.rows
         if self._pending is None:
             return super()._tokenize_prompts(prompts)
         return self._pending.prompt_ids, None, self._pending.fields
 
     @property
-    def _pending_videos(self) -> list[RowVideo | None] | None:
-        """Each row's video or image in the batch being generated for (None when the batch has no media)."""
-        return None if self._pending is None else self._pending.rows
+    def lockstep(self) -> bool:
+        """Whether every process must run the same forwards, in the same order, whatever its data: with several
+        processes ZeRO-3 and FSDP gather each module's weights in its forward (a forward one process skips
+        hangs the others) and DDP expects a gradient for every parameter (a vision tower unused on a process
+        whose batch has no video fails the reduction). Then a process runs the vision tower on a stand-in input
+        when its batch has no video (or no image), runs attribution's forwards on a stand-in row when it has no
+        response to attribute, and joins T-GRPO's sampling."""
+        return self.accelerator.num_processes > 1
 
     # ----------------------------------------------------------------------------------------------------------
     # Resume: load the checkpoint's weights under the model's names (transformers loads none of a Qwen-VL's)
@@ -180,7 +194,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             check_vllm_budget(name, self.processing_class)
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
-        rows = self._pending_videos
+        rows = self._rows
         if self.use_vllm and rows is not None and any(r is not None for r in rows):
             self._queue_vllm_media(prompt_ids, rows)
         return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
@@ -204,18 +218,28 @@ class VideoGRPOTrainer(GRPOTrainer):
         generation.llm.pending, generation.llm.pending_ids = requests, ids
 
     def _generate_and_score_completions(self, inputs):
+        """TRL's rollouts, plus explicit per-row fields that travel with them through TRL's shuffling and
+        splitting into micro-batches: `videos` (each row's video or image, None for text), `prompt_group` (which
+        of this process's prompts the row answers: the G responses to one prompt share it) and, for the
+        token-weighting methods, `token_weights` [B, C], computed here once per rollout over whole prompt
+        groups, at the policy that sampled them (the paper's per-rollout mask)."""
         output = super()._generate_and_score_completions(inputs)
-        rows = self._pending_videos
-        self._pending = None
-        if rows is not None:
-            output["videos"] = rows
+        B = output["completion_ids"].shape[0]
+        rows = self._rows if self._rows is not None else [None] * B
+        self._pending, self._rows = None, None
+        output["videos"] = rows
+        output["prompt_group"] = prompt_groups(output["prompt_ids"], output["prompt_mask"], rows,
+                                               self.num_generations)
+        if self.method in ("ktr", "entropy", "twgrpo"):
+            output["token_weights"] = self._rollout_weights(output)
         return output
 
     # ----------------------------------------------------------------------------------------------------------
     # T-GRPO: temporal contrast on shuffled frames
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self.method != "tgrpo" or self._pending_videos is None or not self.model.training:
+        if self.method != "tgrpo" or not self.model.training or (
+                all(r is None for r in self._rows) and not self.lockstep):
             return rewards
         n, idx = len(prompts), self.tgrpo_options.reward_index
         start = self.accelerator.process_index * n
@@ -233,21 +257,22 @@ class VideoGRPOTrainer(GRPOTrainer):
         if n % G:
             raise ValueError(f"tgrpo needs whole prompt groups on each process: {n} rows for G={G}")
         per = max(1, G // 2)
-        groups = [g for g in range(n // G)
-                  if self._pending_videos[g * G] is not None and self._pending_videos[g * G].kind == "video"]
+        groups = [g for g in range(n // G) if self._rows[g * G] is not None and self._rows[g * G].kind == "video"]
         bonus = torch.zeros(n, device=accuracy.device)
         if not groups:
+            if self.lockstep and any_process(False, accuracy.device) and not self._sampling_on_own_engine():
+                self._sample_stand_in()  # others sample with the training model: join in (see `lockstep`)
             return bonus
+        if self.lockstep:
+            any_process(True, accuracy.device)
         shuffled_rows = []
         for g in groups:
-            row = self._pending_videos[g * G]
+            row = self._rows[g * G]
             t = int(row.grid[0, 0])
             perm = temporal_permutation(t, "shuffle", self._attr_generator)
             shuffled_rows.append(RowVideo(f"{row.key}#order={perm.tolist()}", permute_groups(row.pixels, t, perm),
                                           row.grid, row.seconds_per_group))
-        generation = getattr(self, "vllm_generation", None)
-        if (self.use_vllm and generation.mode == "colocate" and generation.tensor_parallel_size == 1
-                and not generation.enable_sleep_mode):
+        if self._sampling_on_own_engine():
             texts = self._sample_shuffled_vllm(groups, shuffled_rows, per)
         else:  # the training model samples them (server mode, TP > 1, sleep mode, or no vLLM)
             texts = self._sample_shuffled_hf(groups, shuffled_rows, per)
@@ -271,6 +296,23 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["tgrpo/p_shuffled"].append(sum(p_shuffled) / len(p_shuffled))
         self._metrics["train"]["tgrpo/bonus_share"].append((bonus > 0).float().mean().item())
         return bonus
+
+    def _sampling_on_own_engine(self) -> bool:
+        """T-GRPO's shuffled responses come from this process's own colocated vLLM engine (no collective)."""
+        generation = getattr(self, "vllm_generation", None)
+        return bool(self.use_vllm and generation.mode == "colocate" and generation.tensor_parallel_size == 1
+                    and not generation.enable_sleep_mode)
+
+    def _sample_stand_in(self) -> None:
+        """Join the other processes' T-GRPO sampling with the training model when this process has no video
+        prompt (ZeRO-3/FSDP generation is collective): one response to a one-token text prompt, discarded."""
+        from trl.models import unwrap_model_for_generation
+
+        ids = torch.tensor([[self._tokenizer.eos_token_id]], device=self.accelerator.device)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         generation_kwargs=self.generation_kwargs) as unwrapped:
+            unwrapped.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                               generation_config=self.generation_config)
 
     def _sample_shuffled_hf(self, groups: list[int], shuffled: list[RowVideo], per: int) -> list[str]:
         """T-GRPO's `per` responses per group on its shuffled clip, sampled by the training model."""
@@ -313,14 +355,19 @@ class VideoGRPOTrainer(GRPOTrainer):
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs
     def _encode_media(self, model, rows: list[RowVideo | None]) -> EncodedMedia:
         """Encode the unique clips and images among `rows` once each (the G copies of a prompt share one run);
-        with gradient when the caller's pass has one (the policy pass), without in TRL's no-grad old/ref passes."""
+        with gradient when the caller's pass has one (the policy pass), without in TRL's no-grad old/ref passes.
+        Under `lockstep`, a kind (video, image) absent from `rows` is encoded from a stand-in input instead."""
         videos = [r for r in rows if r is not None and r.kind == "video"]
         images = [r for r in rows if r is not None and r.kind == "image"]
         unwrapped = self.accelerator.unwrap_model(model)
         device = self.accelerator.device
+        anchors = []
 
         def encode(present: list[RowVideo], fn) -> list[torch.Tensor]:
             if not present:
+                if self.lockstep:
+                    out = fn(unwrapped, *stand_in_media(unwrapped.config, device))
+                    anchors.append(sum(f.float().sum() for f in out) * 0.0)
                 return []
             first: dict[str, RowVideo] = {}
             for r in present:
@@ -331,8 +378,10 @@ class VideoGRPOTrainer(GRPOTrainer):
             by_key = {r.key: f for r, f in zip(unique, encoded)}
             return [by_key[r.key] for r in present]
 
-        return EncodedMedia(videos, encode(videos, self.adapter.encode_videos),
-                            images, encode(images, self.adapter.encode_images))
+        media = EncodedMedia(videos, encode(videos, self.adapter.encode_videos),
+                             images, encode(images, self.adapter.encode_images))
+        media.anchor = sum(anchors) if anchors else None
+        return media
 
     def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy):
         media = self._encode_media(model, rows)
@@ -343,13 +392,15 @@ class VideoGRPOTrainer(GRPOTrainer):
                         mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids), labels=labels,
                         fused_lm_head=True, **media.forward_kwargs(self.adapter, self.accelerator.device))
         logps = out.log_probs[:, -logits_to_keep:]
+        if media.anchor is not None and torch.is_grad_enabled():
+            logps = logps + media.anchor.to(logps.dtype)
         entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
         return logps, entropy, media
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **kwargs):
-        rows = self._pending_videos
-        if rows is None:
+        rows = self._rows
+        if rows is None or (all(r is None for r in rows) and not self.lockstep):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
@@ -364,90 +415,101 @@ class VideoGRPOTrainer(GRPOTrainer):
         return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
 
     # ----------------------------------------------------------------------------------------------------------
-    # Loss: Eq. 2 with the key-token mask
-    def _key_token_weights(self, inputs, logps, entropy, media: EncodedMedia):
-        """Key-token weights [B, C] for this batch: computed once per generated batch and cached in `inputs`
-        (later iterations over the same rollouts reuse the mask, as the paper computes it per rollout).
+    # Token weights: computed once per rollout, over whole prompt groups (see _generate_and_score_completions)
+    @contextmanager
+    def _scoring(self):
+        """The model as attribution needs it, whatever the training settings: eval mode (transformers'
+        checkpointed layers drop the KV cache in train mode, and dropout is live), no gradient, the run's
+        autocast, and the LM head's weight gathered where ZeRO-3 or FSDP shard it. Every process enters."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        head = unwrapped.lm_head
+        with torch.no_grad(), eval_mode(unwrapped), self.accelerator.autocast(), \
+                gathered_parameters(unwrapped, [head.weight, getattr(head, "bias", None)]):
+            yield unwrapped
 
-        Responses with a zero advantage get no policy gradient whatever their mask, so they are not attributed
-        (weight 0) unless the mask reaches the KL term (beta > 0 and mask_kl) or one threshold spans all
-        processes (scope "global", whose collectives every process must join); statistics are over the
-        attributed responses."""
-        if "ktr_weights" in inputs:
-            return inputs["ktr_weights"]
+    def _rollout_weights(self, batch: dict) -> torch.Tensor:
+        """Token weights [B, C] of one generated batch (TRL's output dict, with `videos` and `prompt_group`)."""
+        if self.method == "twgrpo":
+            return self._tw_grpo_weights(batch)
+        return self._key_token_weights(batch)
+
+    def skipping_is_exact(self) -> bool:
+        """Whether leaving zero-advantage responses out of attribution changes no weight that matters: their
+        policy term is 0 whatever their weights, but their scores move a threshold pooled over several
+        responses (scopes group, quantile, global), and their weights reach the loss through the KL term
+        (beta > 0 with mask_kl, or the "selected" normalisation that divides the row, KL included, by them)."""
+        if self.selection_options.scope != "response":
+            return False
+        return self.beta == 0.0 or not (self.mask_kl or self.loss_normalization == "selected")
+
+    def _key_token_weights(self, batch: dict) -> torch.Tensor:
+        """Key-token weights [B, C] for methods "ktr" and "entropy": every score (the unperturbed, visually and
+        temporally perturbed log-probs, and the entropy) from ONE batched eval-mode pass over this batch, so the
+        differences compare like with like in any precision. Responses with a zero advantage are left out (weight
+        0) when `skipping_is_exact`; statistics are over the attributed responses."""
         start = time.perf_counter()
-        B = logps.shape[0]
-        rows = inputs.get("videos") or [None] * B
-        active = inputs["advantages"].reshape(B, -1).ne(0).any(-1)
-        features, keys = media.video_features, media.video_keys
-        if (self.beta != 0.0 and self.mask_kl) or self.selection_options.scope == "global":
+        completion_mask = batch["completion_mask"]
+        B, device = completion_mask.shape[0], completion_mask.device
+        rows = batch["videos"]
+        active = batch["advantages"].reshape(B, -1).ne(0).any(-1)
+        if not self.skipping_is_exact():
             active = torch.ones_like(active)
-        weights = torch.zeros_like(logps, dtype=torch.float32)
+        weights = torch.zeros(completion_mask.shape, dtype=torch.float32, device=device)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["ktr/attributed_share"].append(active.float().mean().item())
-        if not active.any():
-            inputs["ktr_weights"] = weights
-            return weights
         idx = active.nonzero().squeeze(-1).tolist()
-        feature_of, image_of = {}, {}  # row -> index into the pass's video (image) features, in row order
-        for i, r in enumerate(rows):
-            if r is not None:
-                table = feature_of if r.kind == "video" else image_of
-                table[i] = len(table)
-        sub_video = [i for i in idx if i in feature_of]
-        sub_image = [i for i in idx if i in image_of]
-        media_kwargs = {}
-        if sub_video:
-            media_kwargs.update(**_grid_kwargs([rows[i] for i in sub_video], logps.device),
-                                video_features=[features[feature_of[i]].detach() for i in sub_video],
-                                video_keys=[keys[feature_of[i]] for i in sub_video])
-        if sub_image:  # images get a visual score too (their features perturbed); no temporal score
-            media_kwargs.update(image_grid_thw=torch.cat([rows[i].grid for i in sub_image]).to(logps.device),
-                                image_features=[media.image_features[image_of[i]].detach() for i in sub_image],
-                                image_keys=[rows[i].key for i in sub_image])
-        if self.attribution_options.visual_strategy == "replace" and features:
-            self._donors = ([f.detach() for f in features] + self._donors)[:16]
-        pick = torch.tensor(idx, device=logps.device)
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        attribution = attribute(
-            unwrapped, inputs["prompt_ids"][pick], inputs["prompt_mask"][pick], inputs["completion_ids"][pick],
-            inputs["completion_mask"][pick], options=self.attribution_options, logp=logps.detach()[pick],
-            entropy=entropy.detach()[pick] if entropy is not None else None, generator=self._attr_generator,
-            donors=self._donors if self.attribution_options.visual_strategy == "replace" else (), **media_kwargs)
-        group_ids = None
-        if self.selection_options.scope in ("group", "quantile"):
-            group_ids = _prompt_groups(inputs["prompt_ids"][pick])
+        stand_in = not idx  # nothing to attribute here: under lockstep, still run the same forwards (on row 0)
+        if stand_in and not self.lockstep:
+            return weights
+        idx = idx or [0]
+        pick = torch.tensor(idx, device=device)
+        replace = self.attribution_options.visual_strategy == "replace"
+        with self._scoring() as unwrapped:
+            media = self._encode_media(unwrapped, [rows[i] for i in idx])
+            kwargs = {}
+            if media.videos:
+                kwargs.update(_grid_kwargs(media.videos, device), video_features=media.video_features,
+                              video_keys=media.video_keys)
+            if media.images:
+                kwargs.update(image_grid_thw=torch.cat([r.grid for r in media.images]).to(device),
+                              image_features=media.image_features, image_keys=[r.key for r in media.images])
+            attribution = attribute(
+                unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
+                completion_mask[pick], options=self.attribution_options, generator=self._attr_generator,
+                donors=self._donors if replace else (), **kwargs)
+        if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
+            fresh = dict(zip(media.video_keys, media.video_features))
+            self._donors = ([(k, f.detach()) for k, f in fresh.items()]
+                            + [(k, f) for k, f in self._donors if k not in fresh])[:16]
+        group_ids = batch["prompt_group"][pick] if self.selection_options.scope in ("group", "quantile") else None
         all_gather = all_gather_1d if self.selection_options.scope == "global" else None
         sub_weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
                                                       all_gather=all_gather, rank=self.accelerator.process_index)
+        if stand_in:
+            return weights
         weights[pick] = sub_weights
         for k, v in stats.items():
             self._metrics[mode][f"ktr/{k}"].append(v)
         self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)
-        inputs["ktr_weights"] = weights
         return weights
 
-    @torch.no_grad()
-    def _tw_grpo_weights(self, inputs, media: EncodedMedia):
-        """TW-GRPO weights [B, C] (core.baselines), from a no-grad pass that reuses this step's encoder outputs;
-        cached per rollout like the key-token mask."""
-        if "ktr_weights" in inputs:
-            return inputs["ktr_weights"]
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+    def _tw_grpo_weights(self, batch: dict) -> torch.Tensor:
+        """TW-GRPO weights [B, C] (core.baselines) from one eval-mode no-grad pass over the batch."""
+        prompt_ids, completion_ids = batch["prompt_ids"], batch["completion_ids"]
         ids = torch.cat([prompt_ids, completion_ids], 1)
-        mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
-        kwargs = media.forward_kwargs(self.adapter, ids.device, detach=True)
-        hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
-                                 mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
-        P, C = prompt_ids.shape[1], completion_ids.shape[1]
-        valid = inputs["completion_mask"].bool()
-        head = unwrapped.lm_head
-        distances = group_position_kl(hidden[:, P - 1 : P - 1 + C], head.weight, valid, _prompt_groups(prompt_ids),
-                                      bias=getattr(head, "bias", None), temperature=self.temperature)
-        weights = tw_grpo_weights(distances, valid)
-        inputs["ktr_weights"] = weights
-        return weights
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        with self._scoring() as unwrapped:
+            media = self._encode_media(unwrapped, batch["videos"])
+            kwargs = media.forward_kwargs(self.adapter, ids.device)
+            hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
+                                     mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
+            P, C = prompt_ids.shape[1], completion_ids.shape[1]
+            valid = batch["completion_mask"].bool()
+            head = unwrapped.lm_head
+            distances = group_position_kl(hidden[:, P - 1 : P - 1 + C].float(), head.weight, valid,
+                                          batch["prompt_group"], bias=getattr(head, "bias", None),
+                                          temperature=self.temperature)
+        return tw_grpo_weights(distances, valid)
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
@@ -458,10 +520,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = inputs.get("videos") or [None] * input_ids.size(0)
         logps, entropy, media = self._forward_logps(model, input_ids, attention_mask, C, rows, compute_entropy=True)
         weights = None
-        if self.method in ("ktr", "entropy"):
-            weights = self._key_token_weights(inputs, logps, entropy, media)
-        elif self.method == "twgrpo":
-            weights = self._tw_grpo_weights(inputs, media)
+        if self.method in ("ktr", "entropy", "twgrpo"):
+            weights = inputs["token_weights"]  # a field of the rollout (see _generate_and_score_completions)
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
         loss, stats = masked_clipped_loss(
@@ -567,7 +627,33 @@ def _grid_kwargs(rows: list[RowVideo], device) -> dict:
     return out
 
 
-def _prompt_groups(prompt_ids: torch.Tensor) -> torch.Tensor:
-    """Group id per row: rows with identical prompts (the G responses to one prompt) share an id [B]."""
-    _, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
-    return inverse
+def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: list[RowVideo | None],
+                  group_size: int) -> torch.Tensor:
+    """Group id per row [B]: TRL places the G responses to one prompt in consecutive rows of a process's
+    generation batch, so row i answers prompt i // G. Checked rather than assumed: the rows of a group must have
+    one prompt (ids and media); rows with equal prompts in different groups (two clips that give the same
+    prompt ids, or the same question asked twice) stay apart."""
+    B = prompt_ids.shape[0]
+    if B % group_size:
+        raise ValueError(f"a generation batch of {B} rows is not whole groups of G={group_size}")
+    groups = torch.arange(B, device=prompt_ids.device) // group_size
+    for g in range(B // group_size):
+        block = slice(g * group_size, (g + 1) * group_size)
+        ids, mask = prompt_ids[block], prompt_mask[block]
+        keys = {None if r is None else r.key for r in rows[block]}
+        if len(keys) > 1 or not (torch.equal(mask, mask[:1].expand_as(mask))
+                                 and torch.equal(ids * mask, (ids * mask)[:1].expand_as(ids))):
+            raise RuntimeError(f"rows {g * group_size}..{(g + 1) * group_size - 1} of the generation batch are not "
+                               "the G responses to one prompt (TRL's sampler places them consecutively)")
+    return groups
+
+
+def stand_in_media(config, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest input the vision tower accepts: (pixels [4, patch_dim] of zeros, grid [[1, 2, 2]]): one
+    temporal group of 2 x 2 patches, one merged token. Used where a process must run the tower without media."""
+    vision = config.vision_config
+    patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
+    merge = getattr(vision, "spatial_merge_size", 2)
+    dim = vision.in_channels * vision.temporal_patch_size * patch * patch
+    return (torch.zeros(merge * merge, dim, device=device),
+            torch.tensor([[1, merge, merge]], device=device))

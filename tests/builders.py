@@ -68,3 +68,42 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
     args.update(config)
     return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
                             args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method)
+
+
+def reference_key_token_weights(trainer, batch, generator_state, model_dir):
+    """The reference path for a generated batch: a fresh fp32 copy of the trainer's weights in eval mode, no
+    gradient checkpointing, no autocast, every row evaluated on its own unshared sequence, the vision tower
+    run on the rows' pixels, the same attributed rows, perturbation draws and selection as the trainer."""
+    import dataclasses
+
+    from videoktr.attribution import attribute, select_key_tokens
+    from videoktr.models.factory import load_model
+
+    model = load_model(model_dir, dtype="float32").eval()
+    model.load_state_dict({k: v.float() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+    generator = torch.Generator()
+    generator.set_state(generator_state)
+    B = batch["completion_ids"].shape[0]
+    active = batch["advantages"].reshape(B, -1).ne(0).any(-1)
+    if not trainer.skipping_is_exact():
+        active = torch.ones_like(active)
+    idx = active.nonzero().squeeze(-1).tolist()
+    rows = [batch["videos"][i] for i in idx]
+    videos = [r for r in rows if r is not None and r.kind == "video"]
+    kwargs = {}
+    if videos:
+        kwargs = dict(pixel_values_videos=torch.cat([r.pixels for r in videos]),
+                      video_grid_thw=torch.cat([r.grid for r in videos]),
+                      second_per_grid_ts=torch.cat([r.seconds_per_group for r in videos]),
+                      video_keys=[r.key for r in videos])
+    pick = torch.tensor(idx)
+    options = dataclasses.replace(trainer.attribution_options, share_prefix=False)
+    with torch.no_grad():
+        attribution = attribute(model, batch["prompt_ids"][pick], batch["prompt_mask"][pick],
+                                batch["completion_ids"][pick], batch["completion_mask"][pick], options=options,
+                                generator=generator, **kwargs)
+    groups = batch["prompt_group"][pick] if trainer.selection_options.scope in ("group", "quantile") else None
+    weights, _, _ = select_key_tokens(attribution, trainer.selection_options, group_ids=groups)
+    out = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32)
+    out[pick] = weights
+    return out

@@ -313,3 +313,41 @@ def test_image_rows_get_a_visual_score_from_zeroed_image_features(tiny):
     assert result.scores["visual"][:3].sum() > 0
     with pytest.raises(ValueError, match="image_features"):
         attribute(model, enc["input_ids"], enc["attention_mask"], cids, cmask)
+
+
+def test_train_mode_with_gradient_checkpointing_scores_like_eval_mode(tiny_dir, batch):
+    """Finding: in train mode transformers' checkpointed decoder layers drop the KV cache, so the shared prompt
+    prefix vanished from the completion pass and the scores were meaningless. attribute() now scores in eval
+    mode whatever mode it is handed the model in, and gives the model back in that mode."""
+    from videoktr.models.factory import load_model
+
+    model = load_model(tiny_dir, dtype="float32")
+    model.gradient_checkpointing_enable()
+    model.train()
+    shared = attribute(model, **batch, generator=torch.Generator().manual_seed(4))
+    assert model.training and model.is_gradient_checkpointing
+    model.gradient_checkpointing_disable()
+    model.eval()
+    reference = attribute(model, **batch, options=AttributionOptions(share_prefix=False),
+                          generator=torch.Generator().manual_seed(4))
+    valid = batch["completion_mask"].bool()
+    for s in ("visual", "temporal", "entropy"):
+        assert torch.allclose(shared.scores[s][valid], reference.scores[s][valid], atol=1e-5), s
+    assert not torch.allclose(shared.scores["visual"][valid], shared.scores["temporal"][valid])
+
+
+def test_replace_never_swaps_a_clip_for_itself(tiny, batch):
+    """Finding: the trainer's donor bank held the batch's own clip, so "replace" often put a clip in its own
+    place (visual score identically 0). Donors are keyed by clip and a clip's own key is never used for it."""
+    from videoktr.attribution import perturbed_features
+
+    feats = [torch.randn(4, 3)]
+    opts = AttributionOptions(visual_strategy="replace")
+    with pytest.raises(ValueError, match="another clip"):
+        perturbed_features(feats, [2], "visual", opts, torch.Generator().manual_seed(0),
+                           donors=[("a.mp4", feats[0].clone())], keys=["a.mp4"])
+    other = torch.randn(4, 3)
+    for seed in range(20):  # whatever the draw, the only admissible donor is the other clip
+        out, _ = perturbed_features(feats, [2], "visual", opts, torch.Generator().manual_seed(seed),
+                                    donors=[("a.mp4", feats[0].clone()), ("b.mp4", other)], keys=["a.mp4"])
+        assert torch.equal(out[0], other)

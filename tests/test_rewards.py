@@ -1,6 +1,6 @@
 """Rewards on real-looking responses: answer tags (none, several, whitespace), multiple choice exact/tolerant,
 numbers, OCR (WER), free-form (ROUGE against hand-computed values), regression, format, the length bonus on the
-true length, and the registry a config names."""
+true length, TW-GRPO's soft multiple-choice reward, and the registry a config names."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from videoktr.rewards import (PROBLEM_TYPES, REWARDS, NamedReward, RewardSpec, accuracy_reward, answer_content,
                               build_rewards, canonical_problem_type, completion_text, format_reward, length_bonus,
                               length_bonus_values, parse_reward_specs, register_reward, rouge_l, rouge_n,
-                              rouge_scores, score_answer, word_error_rate)
+                              rouge_scores, score_answer, soft_choice_reward, soft_choice_score, source_answer,
+                              word_error_rate)
 
 THINK = ("<think>Let me think. The man walks in, looks around, hmm, then he picks up the phone from the table. "
          "Wait, let me check the options again: the phone is option B.</think>")
@@ -85,7 +86,7 @@ def test_multiple_choice_tags_and_conversational_completions():
     assert acc(THINK + "\n<answer>B", sol, "multiple choice", MC_OPTIONS) == 0.0  # cut off before </answer>
     assert acc([{"role": "assistant", "content": respond("B")}], sol, "multiple choice", MC_OPTIONS) == 1.0
     assert acc(respond("B."), sol, "multiple choice", None, mc_mode="tolerant") == 1.0  # no options given
-    with pytest.raises(ValueError, match="exact or tolerant"):
+    with pytest.raises(ValueError, match="exact, tolerant or soft"):
         acc(respond("B"), sol, "multiple choice", MC_OPTIONS, mc_mode="fuzzy")
 
 
@@ -240,6 +241,47 @@ def test_length_bonus_group_rule():
         length_bonus_values(acc_values, lengths, min_tokens=600)
 
 
+# --------------------------------------------------------------------------------------------- TW-GRPO soft reward
+
+
+@pytest.mark.parametrize("answer, gt, score", [
+    ("A,B,C", "A,B,C", 1.0),
+    ("C, A ,B", "A,B,C", 1.0),  # order and spaces do not matter
+    ("A,C", "A,B,C", 2 / 3),  # a correct subset: partial credit
+    ("B", "A,B,C", 1 / 3),
+    ("A, A", "A,B", 0.5),  # a set: repeats count once
+    ("A,D", "A,B,C", 0.0),  # any wrong option: nothing
+    ("A,B,C,D", "A,B,C", 0.0),
+    ("B", "B", 1.0),
+    ("C", "B", 0.0),
+    ("b", "B", 0.0),  # case kept
+    ("B.", "B", 0.0),  # no tolerance for punctuation
+    ("A;B", "A,B", 0.0),  # only commas separate options
+    ("A,", "A,B", 0.0),  # the empty part after the comma is not an option of the truth
+])
+def test_soft_choice_score(answer, gt, score):
+    assert soft_choice_score(answer, gt) == pytest.approx(score)
+    assert acc(respond(answer), f"<answer>{gt}</answer>", "multiple choice", mc_mode="soft") == pytest.approx(score)
+
+
+def test_soft_choice_reward_rows_and_extraction():
+    sols = ["<answer>A,B,C</answer>", "<answer>B,D</answer>", "<answer>3</answer>", "<answer>A,B</answer>"]
+    completions = [respond("A, C"), [{"role": "assistant", "content": respond("D")}], respond("3.0"), "B"]
+    # problem_type missing (TW-GRPO's data): every row multiple choice; "3.0" is not the option "3"
+    got = soft_choice_reward(completions, solution=sols)
+    assert got == pytest.approx([2 / 3, 0.5, 0.0, 0.0])  # no answer tag: 0 with our reading
+    got = soft_choice_reward(completions, solution=sols, source_extraction=True)
+    assert got == pytest.approx([2 / 3, 0.5, 0.0, 0.5])  # TW-GRPO reads the whole response without a tag
+    types = ["multiple choice", "multiple choice", "numerical", "Multiple Choice"]
+    got = soft_choice_reward(completions, solution=sols, problem_type=types, prompts=["p"] * 4)
+    assert got == pytest.approx([2 / 3, 0.5, 1.0, 0.0])  # numerical rows scored by their type
+    two = "<think>x</think><answer>A</answer> wait <answer>A,B</answer>"
+    assert soft_choice_reward([two], solution=["<answer>A,B</answer>"]) == [1.0]  # our reading: the last tag
+    assert soft_choice_reward([two], solution=["<answer>A,B</answer>"], source_extraction=True) == [0.5]  # first
+    assert source_answer("<ANSWER>B</ANSWER>") == "<ANSWER>B</ANSWER>"  # TW-GRPO's tags are case-sensitive
+    assert source_answer(" <answer> A,B\n</answer> ") == "A,B"
+
+
 # --------------------------------------------------------------------------------------------- registry
 
 
@@ -280,6 +322,18 @@ def test_bad_reward_configs(config, message):
     with pytest.raises(ValueError) as err:
         build_rewards(config)
     assert message in str(err.value)
+
+
+def test_soft_choice_is_registered():
+    (f,), weights = build_rewards({"soft_choice": {"weight": 2.0, "source_extraction": True}})
+    assert weights == [2.0] and f(completions=["A"], solution=["<answer>A,B</answer>"]) == [0.5]
+    with pytest.raises(ValueError, match="allowed: source_extraction, strict_decimals"):
+        build_rewards({"soft_choice": {"mc_mode": "soft"}})
+    (f,), _ = build_rewards({"accuracy": {"mc_mode": "soft"}})
+    assert f(completions=[respond("A")], solution=["<answer>A,B</answer>"], problem_type=["multiple choice"]) \
+        == [0.5]
+    with pytest.raises(ValueError, match="exact, tolerant or soft"):
+        acc(respond("A"), "A", "multiple choice", mc_mode="fuzzy")
 
 
 def test_register_reward():

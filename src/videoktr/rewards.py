@@ -9,7 +9,10 @@ Accuracy by `problem_type` (on the content of the LAST complete `<answer>...</an
 without a complete answer tag scores 0, so does an empty one):
 - multiple choice: exact string equality with the solution's answer ("B" == "B", "B." != "B"), as Video-R1;
   `mc_mode="tolerant"` reads the option label with `eval.extract.parse_choice` (the evaluation's reader), so
-  "B.", "(B)", "B) text", "b", "**B**", "Answer: B" or the option's own text count as "B".
+  "B.", "(B)", "B) text", "b", "**B**", "Answer: B" or the option's own text count as "B". `mc_mode="soft"`:
+  TW-GRPO's partial credit for multi-answer questions (`soft_choice_score`): both answers are read as sets of
+  comma-separated options (spaces removed, case kept); a subset of the true set scores |answer| / |truth|
+  ("A,C" against "A,B,C": 2/3; "A" against "A": 1), anything else 0 ("A,D" against "A,B,C": 0).
 - numerical: both parse as numbers (`eval.extract.to_float`: "1,234", "$3", "45%" accepted) and are equal
   after rounding to 2 decimals ("3.0" == "3"). `strict_decimals=True` adds Video-R1's extra rule: 0 when
   exactly one of the two is written with a "." or "," (so there "3.0" != "3").
@@ -22,6 +25,14 @@ without a complete answer tag scores 0, so does an empty one):
 
 Differences from Video-R1's reward code (reasons in the functions): it reads the FIRST `<answer>` tag; we read
 the last, as our evaluation does (`eval.extract`), so training rewards what evaluation scores.
+
+`soft_choice` (registered reward; TW-GRPO's `accuracy_reward`, github.com/longmalongma/TW-GRPO commit aa529ff,
+src/open_r1/grpo.py lines 92-155, used by its scripts/tw-grpo.sh): the soft rule above on multiple-choice rows
+and on rows without a `problem_type` (TW-GRPO's data has none), accuracy by type elsewhere. Its answer is read
+as ours (last complete tag) unless `source_extraction=True`: then, as TW-GRPO, the first
+`<answer>...</answer>` (tags case-sensitive), else the whole stripped response. Not reproduced: TW-GRPO first
+tries math_verify's symbolic match on the whole response and gives 1.0 when it succeeds. Its
+`origin_accuracy` (the GRPO baseline's reward) is the same rule with any score below 1 set to 0.
 
 `format_reward`: 1.0 when the whole response (surrounding whitespace ignored) matches
 `<think>.*?</think>\\s*<answer>.*?</answer>` (DOTALL), else 0.0.
@@ -124,15 +135,32 @@ def options_map(options) -> dict[str, str]:
 # --------------------------------------------------------------------------------------------- per-type scores
 
 
+MC_MODES = ("exact", "tolerant", "soft")
+
+
+def choice_set(text: str) -> set[str]:
+    """TW-GRPO's reading of a multiple-choice answer: spaces removed, split on ",", each part stripped."""
+    return {part.strip() for part in text.replace(" ", "").split(",")}
+
+
+def soft_choice_score(pred: str, gt: str) -> float:
+    """TW-GRPO's partial credit: |P| / |G| when the answer's option set P is a subset of the truth's G, else 0."""
+    answer, truth = choice_set(pred), choice_set(gt)
+    return len(answer) / len(truth) if answer <= truth else 0.0
+
+
 def multiple_choice_score(pred: str, gt: str, options=None, mode: str = "exact") -> float:
     """`mode="exact"`: 1.0 iff the stripped strings are equal (Video-R1). `mode="tolerant"`: the option label
     read from `pred` by the evaluation's reader equals `gt` (case-insensitively); options are the row's
-    ["A. ..."] lines (every letter is a possible label when the row has none)."""
+    ["A. ..."] lines (every letter is a possible label when the row has none). `mode="soft"`:
+    `soft_choice_score` (TW-GRPO's partial credit for multi-answer questions)."""
     gt = gt.strip()
     if mode == "exact":
         return float(pred.strip() == gt)
+    if mode == "soft":
+        return soft_choice_score(pred, gt)
     if mode != "tolerant":
-        raise ValueError(f"unknown multiple-choice mode {mode!r}; choose exact or tolerant")
+        raise ValueError(f"unknown multiple-choice mode {mode!r}; choose exact, tolerant or soft")
     labels = options_map(options) or dict.fromkeys(string.ascii_uppercase, "")
     label = parse_choice(pred, labels)
     return float(label is not None and label == gt.upper())
@@ -264,6 +292,32 @@ def accuracy_reward(completions, solution, problem_type, options=None, mc_mode: 
             for c, sol, pt, opts in zip(completions, solution, problem_type, options)]
 
 
+_FIRST_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+
+
+def source_answer(text: str) -> str:
+    """TW-GRPO's answer reading: the stripped content of the FIRST <answer>...</answer> (tags case-sensitive),
+    else the whole stripped response."""
+    found = _FIRST_ANSWER.search(text)
+    return found.group(1).strip() if found else text.strip()
+
+
+def soft_choice_reward(completions, solution, problem_type=None, options=None, source_extraction: bool = False,
+                       strict_decimals: bool = False, **kwargs) -> list[float]:
+    """TW-GRPO's soft multiple-choice accuracy (module docstring): multiple-choice rows and rows without a
+    problem_type score `soft_choice_score`; other rows score `score_answer` by their type."""
+    n = len(completions)
+    solution = _column(solution, n, "solution")
+    problem_type = _column(problem_type, n, "problem_type")
+    options = _column(options, n, "options")
+    out = []
+    for c, sol, pt, opts in zip(completions, solution, problem_type, options):
+        text = completion_text(c)
+        pred = source_answer(text) if source_extraction else answer_content(text)
+        out.append(score_answer(pred, sol, "multiple choice" if pt is None else pt, opts, "soft", strict_decimals))
+    return out
+
+
 def format_reward(completions, **kwargs) -> list[float]:
     """1.0 when the whole response is <think>...</think> then <answer>...</answer> (whitespace between and
     around allowed), else 0.0."""
@@ -323,6 +377,8 @@ REWARDS: dict[str, RewardEntry] = {
     "length_bonus": RewardEntry(length_bonus, ("min_tokens", "max_tokens", "bonus", "threshold", "group_size",
                                                "min_correct", "mc_mode", "strict_decimals"),
                                 "bonus for correct answers of a given true length"),
+    "soft_choice": RewardEntry(soft_choice_reward, ("source_extraction", "strict_decimals"),
+                               "TW-GRPO's partial credit for multi-answer multiple choice"),
 }
 
 

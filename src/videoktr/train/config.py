@@ -29,7 +29,9 @@ class ModelConfig:
     model: str = _f("", "model directory: a Qwen2.5-VL checkpoint on disk, or empty to build the 'small' offline "
                         "model and warm-start it on the synthetic world (the default run)")
     model_size: str = _f("small", "size of the offline model built when `model` is empty", ("tiny", "small"))
-    dtype: str = _f("float32", "parameter dtype", ("float32", "bfloat16", "float16"))
+    dtype: str = _f("float32", "compute dtype: bfloat16/float16 run the forward under autocast with fp32 master "
+                               "weights (under DeepSpeed, whose optimizer keeps the fp32 copy, the modules are "
+                               "loaded in this dtype)", ("float32", "bfloat16", "float16"))
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves GPU memory; the "
                                              "official 7B script uses it)")
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "

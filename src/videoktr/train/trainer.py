@@ -18,6 +18,7 @@ old/reference/policy log-prob passes. `VideoGRPOTrainer` closes that gap with th
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -473,9 +474,16 @@ class VideoGRPOTrainer(GRPOTrainer):
             if media.images:
                 kwargs.update(image_grid_thw=torch.cat([r.grid for r in media.images]).to(device),
                               image_features=media.image_features, image_keys=[r.key for r in media.images])
+            options = self.attribution_options
+            if replace and not self._has_donor(media):
+                # the first batch of a run with one clip: nothing else to put in its place yet; zero it (the
+                # paper's default) rather than swapping it for itself, and say so in the logs
+                options = dataclasses.replace(options, visual_strategy="zero")
+            if replace:
+                self._metrics[mode]["ktr/replace_fallback"].append(float(options is not self.attribution_options))
             attribution = attribute(
                 unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
-                completion_mask[pick], options=self.attribution_options, generator=self._attr_generator,
+                completion_mask[pick], options=options, generator=self._attr_generator,
                 donors=self._donors if replace else (), **kwargs)
         if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
             fresh = dict(zip(media.video_keys, media.video_features))
@@ -492,6 +500,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._metrics[mode][f"ktr/{k}"].append(v)
         self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)
         return weights
+
+    def _has_donor(self, media: EncodedMedia) -> bool:
+        """Whether every clip of this pass has another clip to take its place (visual_strategy "replace")."""
+        keys = set(media.video_keys) | {r.key for r in media.images}
+        return len(keys) > 1 or any(k not in keys for k, _ in self._donors) or not keys
 
     def _tw_grpo_weights(self, batch: dict) -> torch.Tensor:
         """TW-GRPO weights [B, C] (core.baselines) from one eval-mode no-grad pass over the batch."""

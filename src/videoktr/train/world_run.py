@@ -52,9 +52,9 @@ def prepare_world_and_model(config: TrainConfig):
 def run_synthetic(config: TrainConfig) -> dict:
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
-    from ..models.factory import load_model, load_processor
-    from .run import (PLOT_NAME, build_trainer, prepare_resume, process_state, start_run_dir, train_and_record,
-                      trl_rows)
+    from ..models.factory import load_processor
+    from .run import (PLOT_NAME, build_trainer, load_training_model, prepare_resume, process_state, start_run_dir,
+                      train_and_record, trl_rows)
 
     out = start_run_dir(config)
     with process_state().main_process_first():  # several processes: one builds the caches, the others reuse them
@@ -64,7 +64,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     rl_rows = synthetic.read_rows(world.rl)
     eval_rows = synthetic.read_rows(world.eval)
 
-    model = load_model(model_dir, dtype=config.model.dtype)
+    model = load_training_model(config, model_dir)
     processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
 
     # 3. before RL: held-out accuracy and attribution quality of the starting model

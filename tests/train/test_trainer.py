@@ -170,12 +170,42 @@ def test_resume_continues_from_last_checkpoint(tiny_dir, clip_rows, tmp_path):
     assert not all(torch.equal(initial[k], saved[k]) for k in saved)  # two steps did change the weights
 
 
-def test_twgrpo_weights_are_scaled_per_response(tiny_dir, clip_rows, tmp_path):
+@pytest.mark.parametrize("variant", ["source", "video_ktr_code", "kl_to_mean"])
+def test_twgrpo_weights_follow_their_definition(tiny_dir, clip_rows, tmp_path, variant):
+    """The trainer's TW-GRPO weights equal the core definition applied to an independent forward (the model's
+    own pixel path, eval mode) with the rollout's prompt groups."""
+    from videoktr.core import group_position_divergence_source, group_position_kl, tw_grpo_source_weights
+    from videoktr.core import tw_grpo_weights
+
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="twgrpo")
-    inputs = generated_batch(trainer)
-    w, mask = inputs["token_weights"], inputs["completion_mask"].bool()
+    trainer.twgrpo_variant = variant
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    w, mask, groups = batch["token_weights"], batch["completion_mask"].bool(), batch["prompt_group"]
+    model = trainer.model.eval()
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    with torch.no_grad():
+        hidden = model.model(
+            input_ids=ids, attention_mask=torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1),
+            pixel_values_videos=torch.cat([r.pixels for r in batch["videos"]]),
+            video_grid_thw=torch.cat([r.grid for r in batch["videos"]]),
+            second_per_grid_ts=torch.cat([r.seconds_per_group for r in batch["videos"]]),
+            mm_token_type_ids=trainer.adapter.mm_token_type_ids(ids)).last_hidden_state
+        P, C = batch["prompt_ids"].shape[1], batch["completion_ids"].shape[1]
+        h = hidden[:, P - 1 : P - 1 + C]
+        if variant == "kl_to_mean":
+            expected = tw_grpo_weights(group_position_kl(h, model.lm_head.weight, mask, groups), mask)
+        else:
+            d = group_position_divergence_source(h, model.lm_head.weight, mask, groups,
+                                                 log_softmax=variant == "source")
+            expected = tw_grpo_source_weights(d, mask, groups)
+    assert torch.allclose(w, expected, atol=1e-4)
     assert (w[~mask] == 0).all() and (w[mask] >= 1.0).all() and (w[mask] <= 1.7 + 1e-6).all()
-    assert torch.isclose(w[mask].max(), torch.tensor(1.7))
+    if variant != "kl_to_mean":  # one weight per (group, position), shared by the group's valid rows
+        for g in groups.unique():
+            rows = (groups == g).nonzero().squeeze(-1)
+            both = mask[rows[0]] & mask[rows[1]]
+            assert torch.equal(w[rows[0]][both], w[rows[1]][both])
 
 
 def test_tgrpo_bonus_follows_the_rule(tiny_dir, clip_rows, tmp_path, monkeypatch):

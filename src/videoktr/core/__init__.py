@@ -22,8 +22,11 @@ Soft weighting (RQ4):
     WEIGHTINGS                                    ("binary", "softmax", "sigmoid", "linear", "exponential")
     soft_token_weights(scores, valid, scheme)     per-response weights in [0, 1], 1 at the top token
 Baselines (Sec. 4, RQ1):
+    group_position_divergence_source(hidden, weight, valid, group_ids)   TW-GRPO's own per-(group, position)
+                                                  k3 divergence to the group's mean log-probs
+    tw_grpo_source_weights(divergence, valid, group_ids)   TW-GRPO's own weights: per-group min-max to [1, 1.7]
     group_position_kl(hidden, weight, valid, group_ids)   KL of each token's distribution to its group mean
-    tw_grpo_weights(distances, valid)             TW-GRPO weights: per-response min-max to [1, 1.7]
+    tw_grpo_weights(distances, valid)             per-response min-max to [1, 1.7] (variant "kl_to_mean")
 Objective (Eq. 1-2):
     group_advantages(rewards, group_size)         GRPO advantages (R - mean) / (std + eps) per group
     k3_kl(logp, ref_logp)                         per-token k3 KL estimate
@@ -32,7 +35,7 @@ Objective (Eq. 1-2):
                                                   -J of Eq. 2 (+ beta * KL) and its statistics
 """
 
-from .baselines import group_position_kl, tw_grpo_weights
+from .baselines import group_position_divergence_source, group_position_kl, tw_grpo_source_weights, tw_grpo_weights
 from .logprobs import lm_head_logprobs, logprobs_and_entropy, selective_log_softmax, token_entropy
 from .objective import LOSS_NORMALIZATIONS, group_advantages, k3_kl, masked_clipped_loss
 from .scores import DISTANCES, distribution_distance, lm_head_distribution_distance, logprob_shift
@@ -52,6 +55,6 @@ __all__ = [
     "top_ratio_mask", "group_top_ratio_mask", "global_top_ratio_mask", "quantile_threshold_mask",
     "union_masks", "selection_stats",
     "WEIGHTINGS", "soft_token_weights",
-    "group_position_kl", "tw_grpo_weights",
+    "group_position_divergence_source", "tw_grpo_source_weights", "group_position_kl", "tw_grpo_weights",
     "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",
 ]

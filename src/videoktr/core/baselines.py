@@ -1,15 +1,18 @@
 """Token weights of the baselines the paper compares against (Sec. 4, RQ1), as pure functions.
 
-TW-GRPO (Dang et al., 2025; as in the official Video-KTR history): each response token gets a weight from the
-KL divergence between its next-token distribution and the mean distribution of its prompt group at the same
-position, min-max scaled per response to [low, high] = [1, 1.7]:
+TW-GRPO (Dang et al., 2025). Three definitions, one `rl.twgrpo_variant` each:
+
+- "source" (default): the original TW-GRPO code, `group_position_divergence_source` + `tw_grpo_source_weights`;
+- "video_ktr_code": the same function on raw logits, as the Video-KTR authors' code calls it (`log_softmax=False`);
+- "kl_to_mean": videoktr's earlier simplification, `group_position_kl` + `tw_grpo_weights`: each response token
+  gets a weight from the KL divergence between its next-token distribution and the mean distribution of its
+  prompt group at the same position, min-max scaled per response to [low, high] = [1, 1.7]:
 
     p_bar_{g,t} = mean_{i in g, t < |o_i|} p_{i,t}          (group mean at position t)
     d_{i,t}     = KL(p_{i,t} || p_bar_{g,t})
     w_{i,t}     = low + (high - low) * (d_{i,t} - min_t d_{i,.}) / (max_t d_{i,.} - min_t d_{i,.})
 
-A response whose distances are all equal gets `low` everywhere. Padding gets weight 0. These two functions are
-the named option "ktr_authors". Provenance note: the only TW-GRPO code found in the history of
+A response whose distances are all equal gets `low` everywhere. Padding gets weight 0. Provenance note: the only TW-GRPO code found in the history of
 github.com/zywang0104/Video-KTR (all commits searched) is the source function described below, applied to raw
 logits; no arithmetic-mean, per-response variant appears there.
 

@@ -66,6 +66,12 @@ class RLConfig:
     method: str = _f("ktr", "ktr: Video-KTR (key-token masked GRPO, Eq. 2); grpo: plain GRPO; entropy: top-r entropy "
                             "tokens only; twgrpo: TW-GRPO token weights; tgrpo: Video-R1's T-GRPO temporal bonus",
                  ("grpo", "ktr", "entropy", "twgrpo", "tgrpo"))
+    twgrpo_variant: str = _f("source", "TW-GRPO weights: source = the original TW-GRPO code (one weight per prompt "
+                                       "group and position from a k3 divergence to the group's mean log-probs, "
+                                       "min-max per group to [1, 1.7]); video_ktr_code = the same on raw logits, "
+                                       "as the Video-KTR authors' code calls it; kl_to_mean = per-response KL to the "
+                                       "group's mean distribution, min-max per response",
+                             ("source", "video_ktr_code", "kl_to_mean"))
     tgrpo_alpha: float = _f(0.3, "T-GRPO: reward bonus for correct ordered responses (Video-R1: 0.3)")
     tgrpo_mu: float = _f(0.8, "T-GRPO: bonus when p_ordered >= mu * p_shuffled (Video-R1: 0.8)")
     max_steps: int = _f(500, "optimizer steps")
@@ -85,10 +91,20 @@ class RLConfig:
     lr_scheduler_type: str = _f("constant", "learning-rate schedule (official script: cosine)")
     warmup_steps: int = _f(0, "warm-up steps of the schedule")
     loss_normalization: str = _f("sequence", "sequence: Eq. 2 (1/|o_i| over all response tokens, mean over "
-                                             "responses); token: over all tokens of the batch; selected: per "
-                                             "response over selected tokens (official code, without its NaN)",
+                                             "responses; TRL's 'grpo'); token: sum over the response tokens of "
+                                             "each micro-batch / their number (TRL's 'bnpo'; not DAPO, which "
+                                             "divides by the response tokens of the whole generation batch); "
+                                             "selected: per response over selected tokens (official code, without "
+                                             "its NaN)",
                                  ("sequence", "token", "selected"))
     reward_weights: list = _f([1.0, 0.5], "weights of the reward functions (accuracy, format)")
+    length_bonus: float = _f(0.0, "Video-R1's length bonus (data runs only): this reward is added, with weight 1, to "
+                                  "each correct response (accuracy > 0.1) whose true token length is in "
+                                  "[length_bonus_min_tokens, length_bonus_max_tokens], in prompt groups with at "
+                                  "least 2 correct responses; 0 = off (the official Video-KTR script uses 0.2 on "
+                                  "[320, 512])")
+    length_bonus_min_tokens: int = _f(320, "shortest response (tokens) that earns the length bonus")
+    length_bonus_max_tokens: int = _f(512, "longest response (tokens) that earns the length bonus")
     use_vllm: bool = _f(False, "sample rollouts with vLLM (needs vLLM and a GPU; videos and images ride along in "
                                "colocate mode, see README 'vLLM rollouts')")
     vllm_mode: str = _f("colocate", "colocate: a vLLM engine inside each training process (videos supported); "
@@ -166,6 +182,14 @@ class TrainConfig:
             raise ValueError(f"data.media_workers must be >= 0 (0 = automatic), got {self.data.media_workers}")
         if self.data.min_frames % 2 or self.data.max_frames % 2:
             raise ValueError("data.min_frames and data.max_frames must be even (2 frames per temporal patch)")
+        rl = self.rl
+        if not (isinstance(rl.length_bonus, (int, float)) and 0 <= rl.length_bonus < float("inf")):
+            raise ValueError(f"rl.length_bonus must be a finite number >= 0 (0 = off), got {rl.length_bonus!r}")
+        if rl.length_bonus_min_tokens < 0:
+            raise ValueError(f"rl.length_bonus_min_tokens must be >= 0, got {rl.length_bonus_min_tokens}")
+        if rl.length_bonus_min_tokens > rl.length_bonus_max_tokens:
+            raise ValueError(f"rl.length_bonus_min_tokens ({rl.length_bonus_min_tokens}) must be <= "
+                             f"rl.length_bonus_max_tokens ({rl.length_bonus_max_tokens})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -48,6 +48,7 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
         top_p=rl.top_p,
         max_completion_length=rl.max_completion_length,
         beta=rl.beta,
+        use_bias_correction_kl=False,  # what videoktr's loss computes (TRL 1.16's default True; see train.compat)
         epsilon=rl.epsilon,
         epsilon_high=rl.epsilon_high,
         num_iterations=rl.num_iterations,
@@ -55,7 +56,8 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
         max_grad_norm=rl.max_grad_norm,
         lr_scheduler_type=rl.lr_scheduler_type,
         warmup_steps=rl.warmup_steps,
-        reward_weights=list(rl.reward_weights),
+        # + Video-R1's length bonus (weight 1.0), the last of `dataset_rewards` (refused on the synthetic world)
+        reward_weights=list(rl.reward_weights) + ([1.0] if rl.length_bonus > 0 else []),
         # vision special tokens never sampled: transformers' suppress_tokens, vLLM's logit_bias
         generation_kwargs=({"logit_bias": {t: -100.0 for t in suppress_tokens}} if rl.use_vllm
                            else {"suppress_tokens": suppress_tokens}),
@@ -104,6 +106,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         mask_kl=k.mask_kl,
         seed=config.run.seed,
         tgrpo=TemporalGRPOOptions(alpha=config.rl.tgrpo_alpha, mu=config.rl.tgrpo_mu),
+        twgrpo_variant=config.rl.twgrpo_variant,
     )
 
 
@@ -313,6 +316,20 @@ def media_check_options(data, out: Path, state) -> dict:
             "progress": state.is_main_process, "gather": all_gather_objects if world > 1 else None}
 
 
+def dataset_rewards(config: TrainConfig) -> dict:
+    """The rewards of a run on Video-R1 rows, as `rewards.build_rewards` reads them: accuracy and format weighted
+    by rl.reward_weights, then (rl.length_bonus > 0) Video-R1's length bonus with weight 1.0, its value
+    rl.length_bonus, counted per prompt group of rl.num_generations responses (at least 2 correct)."""
+    rl = config.rl
+    weights = list(rl.reward_weights)
+    rewards: dict = {"accuracy": weights[0], "format": weights[1] if len(weights) > 1 else 1.0}
+    if rl.length_bonus > 0:
+        rewards["length_bonus"] = {"weight": 1.0, "bonus": float(rl.length_bonus),
+                                   "min_tokens": rl.length_bonus_min_tokens, "max_tokens": rl.length_bonus_max_tokens,
+                                   "group_size": rl.num_generations}
+    return rewards
+
+
 def run_dataset(config: TrainConfig) -> dict:
     """Train on Video-R1-format rows: validated rows, media probed once, bad samples skipped and recorded
     (never substituted), rewards by problem_type."""
@@ -338,8 +355,7 @@ def run_dataset(config: TrainConfig) -> dict:
         raise ValueError(f"{d.data}: no trainable rows left (see {out / 'skipped.jsonl'})")
     model = load_training_model(config, config.model.model)
     processor = load_processor(config.model.model, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
-    weights = list(config.rl.reward_weights)
-    reward_funcs, _ = build_rewards({"accuracy": weights[0], "format": weights[1] if len(weights) > 1 else 1.0})
+    reward_funcs, _ = build_rewards(dataset_rewards(config))
     trainer = build_trainer(config, model, processor, trl_rows(rows, Path(d.data_root or "."), build_prompt),
                             reward_funcs)
     train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean", resume=resume)

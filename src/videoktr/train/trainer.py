@@ -30,7 +30,8 @@ import torch
 from trl import GRPOTrainer
 
 from ..attribution import AttributionOptions, SelectionOptions, attribute, eval_mode, select_key_tokens
-from ..core import group_position_kl, masked_clipped_loss, tw_grpo_weights
+from ..core import (group_position_divergence_source, group_position_kl, masked_clipped_loss, tw_grpo_source_weights,
+                    tw_grpo_weights)
 from ..data.video import read_video
 from ..models.adapters import adapter_for
 from .checkpoint import load_checkpoint_weights, weight_files
@@ -98,6 +99,7 @@ def media_parts(prompt, kind: str = "video") -> list[str]:
 
 
 METHODS = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo")
+TWGRPO_VARIANTS = ("source", "video_ktr_code", "kl_to_mean")  # see core.baselines
 
 
 @dataclass
@@ -122,9 +124,12 @@ class VideoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
-                 tgrpo: TemporalGRPOOptions | None = None, **kwargs):
+                 tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", **kwargs):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        if twgrpo_variant not in TWGRPO_VARIANTS:
+            raise ValueError(f"twgrpo_variant must be one of {TWGRPO_VARIANTS}, got {twgrpo_variant!r}")
+        self.twgrpo_variant = twgrpo_variant
         super().__init__(*args, **kwargs)
         self.method = method
         self.attribution_options = attribution or AttributionOptions()
@@ -517,12 +522,16 @@ class VideoGRPOTrainer(GRPOTrainer):
             hidden = unwrapped.model(input_ids=ids, attention_mask=mask, use_cache=False,
                                      mm_token_type_ids=self.adapter.mm_token_type_ids(ids), **kwargs).last_hidden_state
             P, C = prompt_ids.shape[1], completion_ids.shape[1]
-            valid = batch["completion_mask"].bool()
-            head = unwrapped.lm_head
-            distances = group_position_kl(hidden[:, P - 1 : P - 1 + C].float(), head.weight, valid,
-                                          batch["prompt_group"], bias=getattr(head, "bias", None),
-                                          temperature=self.temperature)
-        return tw_grpo_weights(distances, valid)
+            valid, groups = batch["completion_mask"].bool(), batch["prompt_group"]
+            head, h = unwrapped.lm_head, hidden[:, P - 1 : P - 1 + C].float()
+            bias = getattr(head, "bias", None)
+            if self.twgrpo_variant == "kl_to_mean":
+                distances = group_position_kl(h, head.weight, valid, groups, bias=bias, temperature=self.temperature)
+                return tw_grpo_weights(distances, valid)
+            divergence = group_position_divergence_source(h, head.weight, valid, groups, bias=bias,
+                                                          temperature=self.temperature,
+                                                          log_softmax=self.twgrpo_variant == "source")
+        return tw_grpo_source_weights(divergence, valid, groups)
 
     def _compute_loss(self, model, inputs):
         prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]

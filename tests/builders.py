@@ -64,6 +64,7 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
     args = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, num_generations=4,
                 max_completion_length=8, max_steps=max_steps, use_cpu=True, report_to=[], logging_steps=1,
                 save_strategy="no", learning_rate=1e-3, bf16=False, gradient_checkpointing=False,
+                use_bias_correction_kl=False,
                 generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, seed=0)
     args.update(config)
     return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
@@ -73,7 +74,8 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
 def reference_key_token_weights(trainer, batch, generator_state, model_dir):
     """The reference path for a generated batch: a fresh fp32 copy of the trainer's weights in eval mode, no
     gradient checkpointing, no autocast, every row evaluated on its own unshared sequence, the vision tower
-    run on the rows' pixels, the same attributed rows, perturbation draws and selection as the trainer."""
+    run on the rows' pixels (videos and images), the same attributed rows, perturbation draws and selection as
+    the trainer. Returns weights [B, C]."""
     import dataclasses
 
     from videoktr.attribution import attribute, select_key_tokens
@@ -88,6 +90,9 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
     if not trainer.skipping_is_exact():
         active = torch.ones_like(active)
     idx = active.nonzero().squeeze(-1).tolist()
+    out = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32)
+    if not idx:  # no response carries a policy gradient: nothing attributed
+        return out
     rows = [batch["videos"][i] for i in idx]
     videos = [r for r in rows if r is not None and r.kind == "video"]
     kwargs = {}
@@ -96,6 +101,11 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
                       video_grid_thw=torch.cat([r.grid for r in videos]),
                       second_per_grid_ts=torch.cat([r.seconds_per_group for r in videos]),
                       video_keys=[r.key for r in videos])
+    images = [r for r in rows if r is not None and r.kind == "image"]
+    if images:
+        grid = torch.cat([r.grid for r in images])
+        kwargs.update(image_grid_thw=grid, image_keys=[r.key for r in images],
+                      image_features=trainer.adapter.encode_images(model, torch.cat([r.pixels for r in images]), grid))
     pick = torch.tensor(idx)
     options = dataclasses.replace(trainer.attribution_options, share_prefix=False)
     with torch.no_grad():
@@ -104,6 +114,5 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
                                 generator=generator, **kwargs)
     groups = batch["prompt_group"][pick] if trainer.selection_options.scope in ("group", "quantile") else None
     weights, _, _ = select_key_tokens(attribution, trainer.selection_options, group_ids=groups)
-    out = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32)
     out[pick] = weights
     return out

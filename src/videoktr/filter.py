@@ -116,8 +116,9 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
             for row in batch:
                 item = Item(id=str(row["problem_id"]), benchmark="videor1", question=row["problem"],
                             answer=str(row["solution"]), answer_type="open")
-                media = resolve_media(row, data_root)
-                request = (Request(item, build_prompt(row), images=[media]) if row.get("data_type") == "image"
+                kind = row.get("data_type")
+                media = resolve_media(row, data_root) if kind in ("video", "image") else None
+                request = (Request(item, build_prompt(row), images=[media]) if kind == "image"
                            else Request(item, build_prompt(row), video=media))
                 requests += [request] * options.samples
             texts = generator.generate(requests, max_new_tokens=options.max_new_tokens,

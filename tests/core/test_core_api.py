@@ -13,7 +13,7 @@ PUBLIC = {
     "top_ratio_mask", "group_top_ratio_mask", "global_top_ratio_mask", "quantile_threshold_mask",
     "union_masks", "selection_stats", "WEIGHTINGS", "soft_token_weights",
     "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",
-    "group_position_kl", "tw_grpo_weights",
+    "group_position_kl", "tw_grpo_weights", "group_position_divergence_source", "tw_grpo_source_weights",
 }
 
 

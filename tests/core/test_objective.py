@@ -47,8 +47,10 @@ def test_k3_kl():
 
 # ---------------------------------------------------------------- loop reference of the loss
 
-def ref_loss(logp, old, adv, cmask, weights, ref, beta, eps_low, eps_high, normalization, mask_kl):
-    """Eq. 2 written out token by token (float64 scalars, so autograd gives the reference gradient too)."""
+def ref_loss(logp, old, adv, cmask, weights, ref, beta, eps_low, eps_high, normalization, mask_kl, iw=None):
+    """Eq. 2 written out token by token (float64 scalars, so autograd gives the reference gradient too).
+    iw: importance weights [B, T] or [B, 1] multiplying the clipped policy term only (TRL 1.16's vLLM
+    importance-sampling correction)."""
     B, T = logp.shape
     rows, total, n_total = [], 0.0, 0
     for i in range(B):
@@ -60,6 +62,8 @@ def ref_loss(logp, old, adv, cmask, weights, ref, beta, eps_low, eps_high, norma
             A = float(adv[i] if adv.dim() == 1 else adv[i, t])
             r = torch.exp(logp[i, t] - old[i, t])
             term = -torch.minimum(r * A, torch.clamp(r, 1 - eps_low, 1 + eps_high) * A) * m
+            if iw is not None:
+                term = term * float(iw[i, t if iw.shape[1] > 1 else 0])
             if beta:
                 d = ref[i, t] - logp[i, t]
                 term = term + beta * (torch.exp(d) - d - 1) * (m if mask_kl else 1.0)
@@ -228,9 +232,11 @@ def test_loss_is_always_finite(data):
     garbage = tensor(st.sampled_from([math.nan, math.inf, -math.inf, -1e30]), (B, T))
     logp = torch.where(cmask > 0, logp, garbage)
     weights = torch.where(cmask > 0, weights, garbage)  # padding may hold anything
+    iw = torch.where(cmask > 0, tensor(st.one_of(st.just(0.0), st.floats(0, 5)), (B, T)), garbage)
     a = logp.clone().requires_grad_()
     loss, stats = masked_clipped_loss(
         a, old, adv, cmask, token_weights=data.draw(st.sampled_from([None, weights])), ref_logp=ref,
+        importance_weights=data.draw(st.sampled_from([None, iw, tensor(st.floats(0, 5), (B, 1))])),
         beta=data.draw(st.sampled_from([0.0, 0.04, 0.4])), epsilon_low=0.2, epsilon_high=0.28,
         normalization=data.draw(st.sampled_from(LOSS_NORMALIZATIONS)), mask_kl=data.draw(st.booleans()))
     assert torch.isfinite(loss)
@@ -253,3 +259,82 @@ def test_subnormal_selected_weight_gives_finite_gradient():
                                       normalization="selected")
         loss.backward()
         assert torch.isfinite(loss) and torch.isfinite(a.grad).all()
+
+
+# ---------------------------------------------------------------- vLLM importance-sampling weights
+
+
+def importance_weights(seed, B=4, T=6, shape="token"):
+    """Truncated/masked ratios as TRL makes them: positive, some exactly 0 (masked), NaN outside the response."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.rand(B, T if shape == "token" else 1, generator=g) * 2.5
+    w[w < 0.4] = 0.0  # the *_mask modes zero out ratios beyond the bounds
+    return w
+
+
+@pytest.mark.parametrize("normalization", LOSS_NORMALIZATIONS)
+@pytest.mark.parametrize("beta,mask_kl", [(0.0, False), (0.4, False), (0.4, True)])
+@pytest.mark.parametrize("shape", ["token", "sequence", "flat"])
+@pytest.mark.parametrize("variant", ["binary", "soft", "no_weights"])
+def test_importance_weights_match_reference(normalization, beta, mask_kl, shape, variant):
+    logp, old, adv, cmask, weights, ref = make_inputs(seed=4, soft=variant == "soft")
+    if variant == "no_weights":
+        weights = None
+    iw = importance_weights(5, shape="token" if shape == "token" else "sequence")  # [B, T] or [B, 1]
+    passed = iw[:, 0] if shape == "flat" else iw.clone()  # [B] means [B, 1]
+    if shape == "token":
+        passed[cmask == 0] = math.nan  # padding may hold anything
+    a = logp.clone().requires_grad_()
+    loss, stats = masked_clipped_loss(a, old, adv, cmask, token_weights=weights, ref_logp=ref, beta=beta,
+                                      epsilon_low=0.1, epsilon_high=0.28, normalization=normalization,
+                                      mask_kl=mask_kl, importance_weights=passed)
+    loss.backward()
+    b = logp.double().requires_grad_()
+    expected = ref_loss(b, old.double(), adv.double(), cmask, weights, ref.double(), beta, 0.1, 0.28,
+                        normalization, mask_kl, iw=iw.double())
+    expected.backward()
+    torch.testing.assert_close(loss.double(), expected.detach(), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(a.grad.double(), torch.nan_to_num(b.grad, nan=0.0), atol=1e-6, rtol=1e-5)
+    assert (a.grad[cmask == 0] == 0).all()
+    policy_only = ref_loss(logp.double(), old.double(), adv.double(), cmask, weights, ref.double(), 0.0, 0.1,
+                           0.28, normalization, mask_kl, iw=iw.double())
+    assert stats["policy_loss"] == pytest.approx(float(policy_only), rel=1e-5, abs=1e-7)
+    # weights change the policy term and nothing else: not the KL, the clip statistics or the selected share
+    _, plain = masked_clipped_loss(logp, old, adv, cmask, token_weights=weights, ref_logp=ref, beta=beta,
+                                   epsilon_low=0.1, epsilon_high=0.28, normalization=normalization, mask_kl=mask_kl)
+    assert {k: v for k, v in stats.items() if k != "policy_loss"} == \
+        {k: v for k, v in plain.items() if k != "policy_loss"}
+
+
+@pytest.mark.parametrize("normalization", LOSS_NORMALIZATIONS)
+def test_importance_weights_none_equals_all_ones(normalization):
+    logp, old, adv, cmask, weights, ref = make_inputs(seed=6)
+    B, T = logp.shape
+    kw = dict(token_weights=weights, ref_logp=ref, beta=0.04, normalization=normalization)
+    losses, grads = [], []
+    for iw in (None, torch.ones(B, T), torch.ones(B, 1), torch.ones(B)):
+        a = logp.clone().requires_grad_()
+        loss, _ = masked_clipped_loss(a, old, adv, cmask, importance_weights=iw, **kw)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(a.grad)
+    assert losses == [losses[0]] * 4
+    for g in grads[1:]:
+        assert torch.equal(g, grads[0])
+
+
+def test_importance_weights_scale_policy_not_kl_and_get_no_gradient():
+    logp = torch.tensor([[-1.0, -1.0]])
+    ref = torch.tensor([[-2.0, -2.0]])
+    k3 = math.exp(-1) + 1 - 1
+    iw = torch.tensor([[0.5, 2.0]], requires_grad=True)
+    # ratio 1, A = 1: policy term -1 per token; times w -> -0.5, -2; KL untouched
+    loss, _ = masked_clipped_loss(logp, logp, torch.ones(1), torch.ones(1, 2), ref_logp=ref, beta=0.5,
+                                  importance_weights=iw)
+    assert loss.item() == pytest.approx((-0.5 - 2.0) / 2 + 0.5 * k3)
+    assert not loss.requires_grad  # logp is a constant here, and w is treated as one
+    zero_w, _ = masked_clipped_loss(logp, logp, torch.ones(1), torch.ones(1, 2), ref_logp=ref, beta=0.5,
+                                    importance_weights=torch.zeros(1, 2))
+    assert zero_w.item() == pytest.approx(0.5 * k3)  # all masked by the sampler correction: only the KL is left
+    with pytest.raises(ValueError, match="importance_weights must be"):
+        masked_clipped_loss(logp, logp, torch.ones(1), torch.ones(1, 2), importance_weights=torch.ones(1, 3))

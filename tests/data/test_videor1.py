@@ -304,3 +304,20 @@ def test_processes_share_out_the_media_check(fx, tmp_path, monkeypatch):
     assert len(cache.read_text().splitlines()) == len(unique) - 1  # rank 0 recorded all (not the missing one)
     with pytest.raises(ValueError, match="needs a gather function"):
         check_media(rows, fx.root, progress=False, rank=0, world_size=2)
+
+
+def test_text_rows_have_no_media(tmp_path):
+    """Mixed batches (video, image and text-only rows, as Video-R1 mixes image and video data): a text row needs
+    no path, is never probed, and a text row that names a file is an error naming the field."""
+    import json
+
+    from videoktr.data.videor1 import DataError, load_videor1
+
+    base = {"problem": "What is 2 + 3?", "problem_type": "numerical", "solution": "<answer>5</answer>"}
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"problem_id": 1, "data_type": "text", **base}) + "\n")
+    data = load_videor1(path, tmp_path)
+    assert [r["problem_id"] for r in data.rows] == [1] and data.media_check["files"] == 0
+    path.write_text(json.dumps({"problem_id": 2, "data_type": "text", "path": "a.mp4", **base}) + "\n")
+    with pytest.raises(DataError, match="line 1.*'path'.*text row"):
+        load_videor1(path, tmp_path)

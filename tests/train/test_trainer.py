@@ -294,3 +294,19 @@ def test_zero_advantage_responses_are_not_attributed(tiny_dir, clip_rows, tmp_pa
     # one prompt pass per (prompt, input) = 2 prompts x (unperturbed, visual, temporal), then the completions of
     # the active half under all three
     assert calls == [6, 3 * (n // 2)]
+
+
+def test_vllm_importance_sampling_ratio_reaches_the_loss(tiny_dir, clip_rows, tmp_path):
+    """Finding: the loss override dropped TRL's vLLM importance-sampling correction. A ratio in the rollout now
+    scales the policy term exactly as core.masked_clipped_loss(importance_weights=...) defines."""
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    inputs = generated_batch(trainer)
+    inputs["advantages"] = torch.linspace(-1, 1, inputs["advantages"].shape[0])
+    plain = trainer._compute_loss(trainer.model, inputs).item()
+    inputs["importance_sampling_ratio"] = torch.full((inputs["advantages"].shape[0], 1), 0.5)
+    assert trainer._compute_loss(trainer.model, inputs).item() == pytest.approx(0.5 * plain, rel=1e-5)
+
+
+def test_unsupported_trl_options_are_refused_at_start(tiny_dir, clip_rows, tmp_path):
+    with pytest.raises(ValueError, match="top_entropy_quantile=0.2"):
+        make_trainer(tiny_dir, clip_rows, tmp_path, top_entropy_quantile=0.2)

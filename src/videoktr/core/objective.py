@@ -54,24 +54,33 @@ def masked_clipped_loss(
     epsilon_high: float = 0.2,
     normalization: str = "sequence",
     mask_kl: bool = False,
+    importance_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss = -J of paper Eq. 2 (Eq. 1 when token_weights is None) + beta * k3 KL.
 
     logp, old_logp, ref_logp [B, T]: log-probs of the sampled tokens under pi_theta, pi_old, pi_ref;
     advantages [B] (or [B, T]); completion_mask [B, T]: 1 on response tokens, 0 on padding / after EOS;
     token_weights [B, T]: m_{i,t} (binary key-token mask or soft weights), None = all ones.
+    importance_weights [B, T], [B, 1] or [B]: w_{i,t}, the truncated/masked importance ratio pi_old / pi_sampler
+    correcting for the rollout engine (vLLM) sampling from a slightly different distribution than the training
+    model (TRL's `inputs["importance_sampling_ratio"]`: [B, T] in its token_* modes, [B, 1] in its sequence_*
+    modes); None = all ones. A constant: no gradient flows into it.
 
-    per token: m * -min(r A, clip(r, 1 - epsilon_low, 1 + epsilon_high) A) + beta * k3 * (m if mask_kl else 1),
-    everything zero outside completion_mask. normalization:
+    per token: w * m * -min(r A, clip(r, 1 - epsilon_low, 1 + epsilon_high) A) + beta * k3 * (m if mask_kl else 1),
+    everything zero outside completion_mask. As in TRL 1.16's GRPOTrainer._compute_loss, w multiplies the
+    clipped policy term only, never the KL term, and no normaliser ("selected" divides by sum m, not sum w*m).
+    normalization:
       "sequence"  Eq. 2: per response, sum over t / |o_i| (response length, not the selected count); mean
-                  over responses (an empty response contributes 0 and still counts in the mean)
-      "token"     sum over all tokens / number of response tokens in the batch (DAPO)
+                  over responses (an empty response contributes 0 and still counts in the mean); TRL's "grpo"
+      "token"     sum over all response tokens of the micro-batch / their number (TRL's "bnpo"; not DAPO, which
+                  divides by the response tokens of the whole generation batch)
       "selected"  per response, sum / sum_t m_{i,t} (the official code); a response with no selected token
                   contributes 0; mean over responses
 
-    Returns (loss scalar, stats) with float stats: policy_loss (the clipped term alone, same normalization),
-    clip_ratio (share of selected tokens whose gradient the clip removed), selected_share (sum of m over
-    response tokens / number of response tokens), kl (mean k3 over response tokens; only when ref_logp given).
+    Returns (loss scalar, stats) with float stats: policy_loss (the clipped term alone, times w, same
+    normalization), clip_ratio (share of selected tokens whose gradient the clip removed), selected_share (sum of
+    m over response tokens / number of response tokens), kl (mean k3 over response tokens; only when ref_logp
+    given).
     The loss is finite and differentiable in every degenerate case (nothing selected, zero advantages, empty
     responses). Positions outside the response get exactly zero gradient, and so do unselected ones (m = 0)
     unless the KL term covers them (beta > 0 and mask_kl=False).
@@ -94,6 +103,9 @@ def masked_clipped_loss(
     if advantages.shape not in ((shape[0],), shape):
         raise ValueError(f"advantages must be [B] or [B, T] with [B, T] = {tuple(shape)}, "
                          f"got {tuple(advantages.shape)}")
+    if importance_weights is not None and importance_weights.shape not in ((shape[0],), (shape[0], 1), shape):
+        raise ValueError(f"importance_weights must be [B], [B, 1] or [B, T] with [B, T] = {tuple(shape)}, "
+                         f"got {tuple(importance_weights.shape)}")
 
     live = completion_mask.bool()  # [B, T] response tokens
     zero = torch.zeros_like(logp)
@@ -108,6 +120,10 @@ def masked_clipped_loss(
     ratio = torch.exp(logp - old_logp)  # [B, T] r_{i,t}; 1 outside the response
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     policy = -torch.minimum(ratio * A, clipped * A) * m  # [B, T]
+    if importance_weights is not None:
+        w = importance_weights.detach().to(logp.dtype)
+        w = (w[:, None] if w.dim() == 1 else w).expand(shape)  # [B, T]
+        policy = policy * torch.where(live, w, zero)  # where(): garbage outside the response never leaks
     per_token = policy
     kl = None
     if ref_logp is not None:

@@ -4,9 +4,9 @@ A row (JSON list or JSONL, one object a line):
     {"problem_id": 12, "problem": "What does the man do first?", "data_type": "video",
      "problem_type": "multiple choice", "options": ["A. sits", "B. runs"], "solution": "<answer>B</answer>",
      "path": "./LLaVA-Video-178K/clip.mp4", "data_source": "LLaVA-Video-178K", "process": "<think>..</think>"}
-Required: problem_id, problem, data_type (video | image), problem_type (multiple choice | numerical | OCR |
+Required: problem_id, problem, data_type (video | image | text), problem_type (multiple choice | numerical | OCR |
 free-form | regression; case, "_" and "-" are not significant), solution (with an <answer> tag) and path
-(relative to the data root, or absolute). `options` is required (labelled "A. ...") for multiple choice and
+(relative to the data root, or absolute; absent or empty for a text row, which has no media). `options` is required (labelled "A. ...") for multiple choice and
 optional otherwise; `data_source` and `process` are optional; other fields are kept as they are.
 
 Policy:
@@ -47,8 +47,9 @@ from ..rewards import PROBLEM_TYPES, answer_content, canonical_problem_type, opt
 
 logger = logging.getLogger(__name__)
 
-DATA_TYPES = ("video", "image")
+DATA_TYPES = ("video", "image", "text")  # text: a question without media (mixed batches, as in text reasoning data)
 REQUIRED_FIELDS = ("problem_id", "problem", "data_type", "problem_type", "solution", "path")
+MEDIA_TYPES = ("video", "image")
 ROW_REF = "_row"
 ON_ERROR = ("raise", "skip")
 SKIP_KINDS = ("invalid_row", "missing_media", "undecodable_media")
@@ -93,7 +94,10 @@ def validate_row(row, where: str) -> dict:
     def fail(name: str, msg: str):
         raise DataError(f"{at}: field {name!r}: {msg}")
 
+    text_row = str(row.get("data_type", "")).strip().lower() == "text"
     for name in REQUIRED_FIELDS:
+        if name == "path" and text_row:
+            continue  # a text row has no media
         if name not in row:
             fail(name, "missing")
         if row[name] is None:
@@ -101,7 +105,9 @@ def validate_row(row, where: str) -> dict:
     out = dict(row)
     if isinstance(row["problem_id"], (dict, list)):
         fail("problem_id", f"must be a string or a number, got {type(row['problem_id']).__name__}")
-    for name in ("problem", "path", "solution"):
+    if text_row and row.get("path"):
+        fail("path", f"a text row has no media, got {row['path']!r}")
+    for name in ("problem", "solution") if text_row else ("problem", "path", "solution"):
         if not isinstance(row[name], str) or not row[name].strip():
             fail(name, f"must be a non-empty string, got {row[name]!r}")
     dtype = str(row["data_type"]).strip().lower()
@@ -327,8 +333,9 @@ def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 
     Several processes (rank, world_size, gather): each probes every world_size-th file still to probe, and
     gather(dict) -> [dict of each rank] (e.g. torch.distributed.all_gather_object) combines the results, so
     N processes share the work instead of each decoding every file."""
-    keys = [(str(resolve_media(r, data_root)), r["data_type"]) for r in rows]
-    unique = list(dict.fromkeys(keys))
+    keys = [(str(resolve_media(r, data_root)), r["data_type"]) if r["data_type"] in MEDIA_TYPES else None
+            for r in rows]
+    unique = list(dict.fromkeys(k for k in keys if k is not None))
     settings = {"fps": fps, "min_frames": min_frames, "max_frames": max_frames, "backend": backend}
     store = MediaCache(cache, settings) if cache and rank == 0 else None
     if world_size > 1 and gather is None:
@@ -362,7 +369,7 @@ def check_media(rows: list[dict], data_root: str | Path | None, *, fps: float = 
         store.update(new)
     kept, skipped = [], []
     for row, key in zip(rows, keys):
-        bad = results[key]
+        bad = None if key is None else results[key]
         if bad is None:
             kept.append(row)
             continue

@@ -35,6 +35,7 @@ from ..core import (group_position_divergence_source, group_position_kl, masked_
 from ..data.video import read_video
 from ..models.adapters import adapter_for
 from .checkpoint import load_checkpoint_weights, weight_files
+from .compat import check_trl_options
 from .distributed import all_gather_1d, any_process, gathered_parameters
 from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
 
@@ -130,6 +131,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         if twgrpo_variant not in TWGRPO_VARIANTS:
             raise ValueError(f"twgrpo_variant must be one of {TWGRPO_VARIANTS}, got {twgrpo_variant!r}")
         self.twgrpo_variant = twgrpo_variant
+        if kwargs.get("args") is not None:  # TRL options our loss would silently ignore are refused up front
+            check_trl_options(kwargs["args"])
         super().__init__(*args, **kwargs)
         self.method = method
         self.attribution_options = attribution or AttributionOptions()
@@ -550,7 +553,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             logps, old, inputs["advantages"], completion_mask, token_weights=weights,
             ref_logp=inputs.get("ref_per_token_logps") if self.beta != 0.0 else None, beta=self.beta,
             epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, normalization=self.loss_normalization,
-            mask_kl=self.mask_kl)
+            mask_kl=self.mask_kl, importance_weights=inputs.get("importance_sampling_ratio"))  # vLLM IS correction
         mode = "train" if self.model.training else "eval"
         if mode == "train":
             # the loss is scaled for gradient accumulation here (TRL turns the Trainer's own scaling off)

@@ -50,6 +50,11 @@ def prepare_world_and_model(config: TrainConfig):
 
 
 def run_synthetic(config: TrainConfig) -> dict:
+    if config.rl.length_bonus > 0:
+        # the world's answers are a few tokens long (responses of at most rl.max_completion_length, 64 by default):
+        # a bonus for 320-512-token reasoning has nothing to reward there, and its rewards are the world's own
+        raise ValueError(f"rl.length_bonus={config.rl.length_bonus} applies to runs on Video-R1 data (data.data); "
+                         "the synthetic world (no data.data) does not use it: set rl.length_bonus to 0")
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
     from ..models.factory import load_processor

@@ -206,3 +206,25 @@ def test_unsupported_architecture_lists_every_family(tmp_path):
         assert f"{family} ({name})" in str(err.value)
     with pytest.raises(SystemExit):
         main(["init-model", "--family", "llama", "--output", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"])
+def test_images_encode_like_one_group_clips(family, tmp_path):
+    """The trainer encodes a pass's videos and images in one vision-tower call through `encode_videos`: for an
+    image the tower's video path gives exactly its image path's features."""
+    import numpy as np
+    from PIL import Image
+
+    from videoktr.models.adapters import adapter_for
+    from videoktr.models.factory import create_model_dir, load_model, load_processor
+
+    path = create_model_dir(tmp_path / family, size="tiny", family=family)
+    model, processor = load_model(path, dtype="float32").eval(), load_processor(path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8))
+    enc = processor.image_processor(images=[image, image.rotate(90, expand=True)], return_tensors="pt")
+    adapter = adapter_for(model)
+    with torch.no_grad():
+        as_images = adapter.encode_images(model, enc["pixel_values"], enc["image_grid_thw"])
+        as_videos = adapter.encode_videos(model, enc["pixel_values"], enc["image_grid_thw"])
+    assert len(as_images) == len(as_videos) == 2
+    assert all(torch.equal(a, b) for a, b in zip(as_images, as_videos))

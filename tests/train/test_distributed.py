@@ -102,3 +102,63 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     assert report["skipped_samples"] == 2 and report["rows"] == 18
     assert report["media_check"] == {"files": 19, "from_cache": 0, "probed_here": 10, "processes": 2}
     assert len((out / "media_check.jsonl").read_text().splitlines()) == 18  # every file that exists
+
+
+class _FakeZero3:
+    """A stand-in for DeepSpeed ZeRO-3's parameter partitioning of one weight: outside a
+    `deepspeed.zero.GatheredParameters` block the weight is an empty placeholder (its data moved away), as a
+    partitioned parameter is outside its module's forward; inside, it is whole again."""
+
+    def __init__(self, param):
+        self.param, self.full = param, param.data
+        param.ds_id = 0
+        param.data = torch.empty(0)
+        self.gathers = 0
+
+    def module(self):
+        import contextlib
+        import importlib.machinery
+        import types
+
+        stand_in = self
+
+        @contextlib.contextmanager
+        def gathered_parameters(params, modifier_rank=None):
+            assert any(p is stand_in.param for p in params) and modifier_rank is None
+            stand_in.gathers += 1
+            stand_in.param.data = stand_in.full
+            try:
+                yield
+            finally:
+                stand_in.param.data = torch.empty(0)
+
+        module = types.ModuleType("deepspeed")
+        module.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)
+        module.zero = types.SimpleNamespace(GatheredParameters=gathered_parameters)
+        return module
+
+
+@pytest.mark.parametrize("method", ["ktr", "twgrpo"])
+def test_lm_head_is_gathered_the_way_zero3_requires(tiny_dir, tmp_path, monkeypatch, method):
+    """Finding: attribution and TW-GRPO read lm_head.weight directly, an empty placeholder under ZeRO-3 outside
+    the head's own forward. They now gather it (deepspeed.zero.GatheredParameters) and give the same weights."""
+    import sys
+
+    from builders import make_trainer, random_frames
+
+    from videoktr.data.video import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", random_frames(7), fps=2.0)
+    rows = [{"prompt": [{"role": "user", "content": [{"type": "video", "video": str(clip)},
+                                                     {"type": "text", "text": "Which colour?"}]}]}] * 2
+    trainer = make_trainer(tiny_dir, rows, tmp_path, method=method)
+    trainer.model.train()
+    batch = trainer._generate_and_score_completions(next(iter(trainer.get_train_dataloader())))
+    batch["advantages"] = torch.linspace(-1, 1, batch["advantages"].shape[0])
+    state = trainer._attr_generator.get_state()
+    expected = trainer._rollout_weights(batch)
+    stand_in = _FakeZero3(trainer.model.lm_head.weight)
+    monkeypatch.setitem(sys.modules, "deepspeed", stand_in.module())
+    trainer._attr_generator.set_state(state)
+    assert torch.equal(trainer._rollout_weights(batch), expected)
+    assert stand_in.gathers == 1 and trainer.model.lm_head.weight.numel() == 0  # gathered once, released after

@@ -310,3 +310,17 @@ def test_vllm_importance_sampling_ratio_reaches_the_loss(tiny_dir, clip_rows, tm
 def test_unsupported_trl_options_are_refused_at_start(tiny_dir, clip_rows, tmp_path):
     with pytest.raises(ValueError, match="top_entropy_quantile=0.2"):
         make_trainer(tiny_dir, clip_rows, tmp_path, top_entropy_quantile=0.2)
+
+
+def test_text_rows_among_media_rows_are_refused_under_sharding():
+    from datasets import Dataset
+
+    from videoktr.train.trainer import refuse_text_rows_when_sharded
+
+    video = {"prompt": [{"role": "user", "content": [{"type": "video", "video": "a.mp4"},
+                                                     {"type": "text", "text": "q"}]}]}
+    text = {"prompt": [{"role": "user", "content": [{"type": "text", "text": "q"}]}]}
+    refuse_text_rows_when_sharded(Dataset.from_list([video, video]), "FSDP")  # all media: fine
+    refuse_text_rows_when_sharded(Dataset.from_list([text, text]), "FSDP")  # all text: the tower never runs
+    with pytest.raises(ValueError, match="training row 1 has no video or image.*FSDP.*DDP"):
+        refuse_text_rows_when_sharded(Dataset.from_list([video, text]), "FSDP")

@@ -68,51 +68,83 @@ def any_process(flag: bool, device=None) -> bool:
     return bool(t.item() > 0)
 
 
-def _fsdp_roots(model) -> list:
-    """The outermost FSDP2 (`fully_shard`) modules of `model` (itself, or the first ones on each path down): they
-    own the parameters outside any nested FSDP module (e.g. the LM head and the embeddings)."""
+def fsdp_units(model) -> list:
+    """The FSDP2 (`fully_shard`) modules of `model` (itself included), outermost first; [] when not sharded."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:  # pragma: no cover - torch without FSDP2
         return []
-    found: list = []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
 
-    def visit(module):
-        if isinstance(module, FSDPModule):
-            found.append(module)  # nested FSDP modules unshard themselves in their own forward hooks
-            return
-        for child in module.children():
-            visit(child)
 
-    visit(model)
-    return found
+def _owning_units(model, params) -> list:
+    """The FSDP units that own `params` (a parameter belongs to the innermost unit above it), and the outermost
+    unit (it owns what no nested unit does, e.g. the final norm, the vision tower's patch embedding)."""
+    units = fsdp_units(model)
+    if not units:
+        return []
+    wanted = {id(p) for p in params}
+    owners, nested = [], set()
+    for unit in reversed(units):  # innermost first: a parameter is claimed by the first unit that holds it
+        mine = [p for p in unit.parameters() if id(p) not in nested]
+        nested.update(id(p) for p in mine)
+        if any(id(p) in wanted for p in mine) and unit is not units[0]:
+            owners.append(unit)
+    return [units[0]] + owners
 
 
 @contextmanager
 def gathered_parameters(model, params):
     """Make `params` (e.g. the LM head's weight) full, readable tensors for the duration of the block, whatever
-    engine shards them, so that code outside the module's own forward can use them:
+    engine shards them, so that code outside a module's own forward can use them (and can call submodules such
+    as the decoder, `model.model`, directly):
 
     - DeepSpeed ZeRO-3: a partitioned parameter is an empty placeholder outside its module's forward; it is
-      gathered with `deepspeed.zero.GatheredParameters` (read only: nothing is written back);
-    - FSDP2 (`fully_shard`): parameters are DTensor shards; the outermost FSDP modules are unsharded
-      (`unshard()`: the parameters they own become plain full tensors) and resharded afterwards; nested FSDP
-      modules (decoder layers, vision blocks) gather themselves in their own forward as usual;
+      gathered with `deepspeed.zero.GatheredParameters` (read only: nothing is written back); submodules called
+      directly gather their own weights through ZeRO-3's per-module hooks;
+    - FSDP2 (`fully_shard`): parameters are DTensor shards; the units that own `params` (accelerate makes the
+      LM head a unit of its own) and the outermost unit are unsharded (`unshard()`) and resharded afterwards;
+      nested units (decoder layers, vision blocks, embeddings) gather themselves in their own forward;
     - anything else (one process, DDP): nothing to do.
 
     Every process must enter the block together (gathering is a collective)."""
     params = [p for p in params if p is not None]
     zero3 = [p for p in params if hasattr(p, "ds_id")]
-    fsdp = _fsdp_roots(model)
+    units = _owning_units(model, params)
     with ExitStack() as stack:
         if zero3:
             import deepspeed
 
             stack.enter_context(deepspeed.zero.GatheredParameters(zero3, modifier_rank=None))
-        for m in fsdp:
-            m.unshard()
+        for unit in units:
+            unit.unshard()
         try:
             yield
         finally:
-            for m in fsdp:
-                m.reshard()
+            for unit in units:
+                unit.reshard()
+
+
+@contextmanager
+def full_parameters(model):
+    """FSDP2: every unit of `model` unsharded, and kept so across forwards, for the duration of the block (e.g.
+    generation: each process's prompts decide which modules its forwards call, e.g. the vision tower in the
+    prefill of a video prompt only, so per-module all-gathers would not match across processes; with every
+    parameter already full the forwards issue none). The all-gathers happen here, in the same order on every
+    process. Other engines: nothing to do (TRL gathers ZeRO-3 parameters for generation itself). Costs the
+    memory of the full model on each process, as ZeRO-3's gathered generation does."""
+    units = fsdp_units(model)
+    if not units:
+        yield
+        return
+    previous = [getattr(u._get_fsdp_state()._fsdp_param_group, "_reshard_after_forward", True)
+                if u._get_fsdp_state()._fsdp_param_group is not None else True for u in units]
+    for unit in units:
+        unit.set_reshard_after_forward(False, recurse=False)
+        unit.unshard()
+    try:
+        yield
+    finally:
+        for unit, before in zip(units, previous):
+            unit.reshard()
+            unit.set_reshard_after_forward(before, recurse=False)

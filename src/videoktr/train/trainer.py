@@ -30,13 +30,13 @@ import torch
 from trl import GRPOTrainer
 
 from ..attribution import AttributionOptions, SelectionOptions, attribute, eval_mode, select_key_tokens
-from ..core import (group_position_divergence_source, group_position_kl, masked_clipped_loss, tw_grpo_source_weights,
-                    tw_grpo_weights)
+from ..core import (group_position_divergence_source, group_position_kl, logprobs_and_entropy, masked_clipped_loss,
+                    tw_grpo_source_weights, tw_grpo_weights)
 from ..data.video import read_video
 from ..models.adapters import adapter_for
 from .checkpoint import load_checkpoint_weights, weight_files
 from .compat import check_trl_options
-from .distributed import all_gather_1d, any_process, gathered_parameters
+from .distributed import all_gather_1d, any_process, full_parameters, gathered_parameters
 from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
 
 
@@ -59,10 +59,6 @@ class EncodedMedia:
     video_features: list[torch.Tensor]
     images: list[RowVideo]
     image_features: list[torch.Tensor]
-    # 0 * (sum of the vision tower's outputs on a stand-in input) when this process had no video or no image
-    # in a multi-process pass: the tower still ran (ZeRO-3/FSDP gather its weights in lockstep) and adding this
-    # to the loss gives its parameters a (zero) gradient (DDP expects one for every parameter); None otherwise
-    anchor: torch.Tensor | None = None
 
     @property
     def video_keys(self) -> list[str]:
@@ -146,6 +142,16 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.loss_normalization = loss_normalization
         self.mask_kl = mask_kl
         self.adapter = adapter_for(self.accelerator.unwrap_model(self.model))
+        if self.is_fsdp_enabled:
+            self._wrap_vision_tower_as_fsdp_unit()
+        elif self.is_deepspeed_enabled and self.accelerator.num_processes > 1:
+            refuse_text_rows_when_sharded(self.train_dataset, "DeepSpeed ZeRO")
+        handler = getattr(self.accelerator, "ddp_handler", None)
+        if self.accelerator.num_processes > 1 and not self.sharded and handler is not None:
+            # DDP: a pass without media (a text-only batch) leaves the vision tower unused on that process; DDP
+            # must then know to reduce zero gradients for it (transformers turns this off under gradient
+            # checkpointing; with non-reentrant checkpointing, the default, both work together)
+            handler.find_unused_parameters = True
         self.tgrpo_options = tgrpo or TemporalGRPOOptions()
         self._pending: EncodedPrompts | None = None  # the batch being generated for (None: no media in it)
         self._rows: list[RowVideo | None] | None = None  # each row's video/image in the batch being generated for
@@ -171,14 +177,35 @@ class VideoGRPOTrainer(GRPOTrainer):
         return self._pending.prompt_ids, None, self._pending.fields
 
     @property
+    def sharded(self) -> bool:
+        """Several processes under ZeRO-3 or FSDP: each module's forward gathers its weights collectively."""
+        return self.accelerator.num_processes > 1 and bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
+
+    @property
     def lockstep(self) -> bool:
         """Whether every process must run the same forwards, in the same order, whatever its data: with several
-        processes ZeRO-3 and FSDP gather each module's weights in its forward (a forward one process skips
-        hangs the others) and DDP expects a gradient for every parameter (a vision tower unused on a process
-        whose batch has no video fails the reduction). Then a process runs the vision tower on a stand-in input
-        when its batch has no video (or no image), runs attribution's forwards on a stand-in row when it has no
-        response to attribute, and joins T-GRPO's sampling."""
+        processes ZeRO-3 and FSDP gather each module's weights in its forward (a forward one process skips hangs
+        the others), and generation's synced steps all-reduce. Then attribution runs its forwards on a stand-in
+        row when a process has no response to attribute, and a process without a video prompt joins T-GRPO's
+        sampling. (The vision tower runs once per pass with media; DDP reduces zero gradients for it on a
+        process whose pass had none, and ZeRO-3/FSDP refuse text-only rows among media rows.)"""
         return self.accelerator.num_processes > 1
+
+    def _wrap_vision_tower_as_fsdp_unit(self) -> None:
+        """FSDP: the vision tower becomes an FSDP unit of its own. The trainer runs it outside the model's own
+        forward (once per clip, its outputs passed back through `mm_encoder_outputs=`); as a unit it gathers its
+        weights in its own forward and reduce-scatters its gradients in its own backward, instead of using the
+        root's parameters (patch embedding, merger), which are shards outside the root's forward.
+
+        Every prompt must then have a video or an image: a process whose pass has no media would skip the
+        tower while the others run it, and FSDP's collectives would no longer match (tried: the backward
+        deadlocks); a text-only row is refused here, before any work."""
+        plugin = self.accelerator.state.fsdp_plugin
+        vision = type(self.accelerator.unwrap_model(self.model).model.visual).__name__
+        names = list(plugin.transformer_cls_names_to_wrap or [])
+        if vision not in names:
+            plugin.transformer_cls_names_to_wrap = names + [vision]
+        refuse_text_rows_when_sharded(self.train_dataset, "FSDP")
 
     # ----------------------------------------------------------------------------------------------------------
     # Resume: load the checkpoint's weights under the model's names (transformers loads none of a Qwen-VL's)
@@ -206,7 +233,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = self._rows
         if self.use_vllm and rows is not None and any(r is not None for r in rows):
             self._queue_vllm_media(prompt_ids, rows)
-        return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations, has_tool_images)
+        with full_parameters(self.model_wrapped):  # FSDP: see distributed.full_parameters
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
+                                                 has_tool_images)
 
     def _queue_vllm_media(self, prompt_ids, rows):
         generation = self.vllm_generation
@@ -318,8 +347,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         from trl.models import unwrap_model_for_generation
 
         ids = torch.tensor([[self._tokenizer.eos_token_id]], device=self.accelerator.device)
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
-                                         generation_kwargs=self.generation_kwargs) as unwrapped:
+        with full_parameters(self.model_wrapped), unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped:
             unwrapped.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
                                generation_config=self.generation_config)
 
@@ -335,8 +364,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         input_ids = pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         attention = pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left").to(device)
         width = input_ids.shape[1]
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
-                                         generation_kwargs=self.generation_kwargs) as unwrapped:
+        with full_parameters(self.model_wrapped), unwrap_model_for_generation(
+                self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped:
             out = unwrapped.generate(
                 input_ids=input_ids, attention_mask=attention,
                 pixel_values_videos=torch.cat([r.pixels for r in rows]).to(device),
@@ -363,53 +392,52 @@ class VideoGRPOTrainer(GRPOTrainer):
     # ----------------------------------------------------------------------------------------------------------
     # Forward passes with video: vision tower once per unique clip, features through mm_encoder_outputs
     def _encode_media(self, model, rows: list[RowVideo | None]) -> EncodedMedia:
-        """Encode the unique clips and images among `rows` once each (the G copies of a prompt share one run);
-        with gradient when the caller's pass has one (the policy pass), without in TRL's no-grad old/ref passes.
-        Under `lockstep`, a kind (video, image) absent from `rows` is encoded from a stand-in input instead."""
+        """Encode the unique clips and images among `rows` in ONE vision-tower call (the G copies of a prompt
+        share one encoding; the tower treats an image's patches as a one-group clip's: `encode_videos` and
+        `encode_images` agree, tests/models), with gradient when the caller's pass has one (the policy pass),
+        without in TRL's no-grad old/ref passes. One call per pass with media, whatever its mix of videos and
+        images: under ZeRO-3/FSDP every process then gathers the tower's weights the same number of times."""
         videos = [r for r in rows if r is not None and r.kind == "video"]
         images = [r for r in rows if r is not None and r.kind == "image"]
         unwrapped = self.accelerator.unwrap_model(model)
         device = self.accelerator.device
-        anchors = []
-
-        def encode(present: list[RowVideo], fn) -> list[torch.Tensor]:
-            if not present:
-                if self.lockstep:
-                    out = fn(unwrapped, *stand_in_media(unwrapped.config, device))
-                    anchors.append(sum(f.float().sum() for f in out) * 0.0)
-                return []
-            first: dict[str, RowVideo] = {}
-            for r in present:
-                first.setdefault(r.key, r)
-            unique = list(first.values())
-            encoded = fn(unwrapped, torch.cat([r.pixels for r in unique]).to(device),
-                         torch.cat([r.grid for r in unique]).to(device))
-            by_key = {r.key: f for r, f in zip(unique, encoded)}
-            return [by_key[r.key] for r in present]
-
-        media = EncodedMedia(videos, encode(videos, self.adapter.encode_videos),
-                             images, encode(images, self.adapter.encode_images))
-        media.anchor = sum(anchors) if anchors else None
+        unique: dict[tuple[str, str], RowVideo] = {}
+        for r in videos + images:
+            unique.setdefault((r.kind, r.key), r)
+        media = EncodedMedia(videos, [], images, [])
+        if not unique:
+            return media
+        encoded = self.adapter.encode_videos(unwrapped, torch.cat([r.pixels for r in unique.values()]).to(device),
+                                             torch.cat([r.grid for r in unique.values()]).to(device))
+        by_key = dict(zip(unique, encoded))
+        media.video_features = [by_key[("video", r.key)] for r in videos]
+        media.image_features = [by_key[("image", r.key)] for r in images]
         return media
 
     def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy):
+        """Per-token log-probs (and entropies) [B, logits_to_keep] of the last `logits_to_keep` tokens, with each
+        row's media. TRL's fused LM head never materialises the logits; under FSDP it reads the LM head's weight
+        outside the head's own forward, so the gradient skips FSDP's reduce-scatter (each process keeps its own
+        unreduced shard), and the logits come from the head's forward instead."""
         media = self._encode_media(model, rows)
-        labels = input_ids.masked_fill(attention_mask == 0, -100)
-        labels[:, :-logits_to_keep] = -100
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
+                      mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids),
+                      **media.forward_kwargs(self.adapter, self.accelerator.device))
         with self.accelerator.autocast():
-            out = model(input_ids=input_ids, attention_mask=attention_mask,
-                        mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids), labels=labels,
-                        fused_lm_head=True, **media.forward_kwargs(self.adapter, self.accelerator.device))
-        logps = out.log_probs[:, -logits_to_keep:]
-        if media.anchor is not None and torch.is_grad_enabled():
-            logps = logps + media.anchor.to(logps.dtype)
-        entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
-        return logps, entropy, media
+            if self.is_fsdp_enabled:
+                logits = model(**kwargs, logits_to_keep=logits_to_keep + 1).logits[:, :-1] / self.temperature
+                logps, entropy = logprobs_and_entropy(logits, input_ids[:, -logits_to_keep:])
+            else:
+                labels = input_ids.masked_fill(attention_mask == 0, -100)
+                labels[:, :-logits_to_keep] = -100
+                out = model(**kwargs, labels=labels, fused_lm_head=True)
+                logps, entropy = out.log_probs[:, -logits_to_keep:], out.entropy[:, -logits_to_keep:]
+        return logps, (entropy if compute_entropy else None), media
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **kwargs):
         rows = self._rows
-        if rows is None or (all(r is None for r in rows) and not self.lockstep):
+        if rows is None or all(r is None for r in rows):
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
@@ -673,12 +701,14 @@ def prompt_groups(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, rows: lis
     return groups
 
 
-def stand_in_media(config, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The smallest input the vision tower accepts: (pixels [4, patch_dim] of zeros, grid [[1, 2, 2]]): one
-    temporal group of 2 x 2 patches, one merged token. Used where a process must run the tower without media."""
-    vision = config.vision_config
-    patch = vision.patch_size if isinstance(vision.patch_size, int) else vision.patch_size[0]
-    merge = getattr(vision, "spatial_merge_size", 2)
-    dim = vision.in_channels * vision.temporal_patch_size * patch * patch
-    return (torch.zeros(merge * merge, dim, device=device),
-            torch.tensor([[1, merge, merge]], device=device))
+def refuse_text_rows_when_sharded(dataset, engine: str) -> None:
+    """Under ZeRO-3/FSDP a text-only prompt among media prompts would leave the vision tower out of some
+    processes' passes (their collectives then no longer match): refuse it, naming the row."""
+    if dataset is None or "prompt" not in getattr(dataset, "column_names", ()):
+        return
+    has_media = [bool(media_parts(p, "video") or media_parts(p, "image")) for p in dataset["prompt"]]
+    if any(has_media) and not all(has_media):
+        row = has_media.index(False)
+        raise ValueError(f"training row {row} has no video or image while other rows do: under {engine} every "
+                         "process must run the vision tower in every pass, so text-only rows can be mixed with "
+                         "media rows only under DDP (configs/accelerate/ddp.yaml) or in one process")

@@ -1,0 +1,144 @@
+"""One process of a 2-process lockstep run (launched by tests/train/test_lockstep.py with torchrun): rank 0 trains on
+video prompts only, rank 1 on image and text-only prompts with a constant reward (every group zero-advantage), so
+the processes' data differ in every way the engines care about. For each method it trains 2 steps and saves the
+first rollout (with the attribution generator's state before it) for the single-process comparison.
+
+usage: python -m torch.distributed.run --nproc_per_node 2 lockstep_worker.py MODEL_DIR DATA_DIR OUT_DIR ENGINE M1,M2..
+       python lockstep_worker.py compare MODEL_DIR DATA_DIR OUT_DIR ENGINE M1,M2..   (one process, afterwards)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ for builders
+
+
+def lockstep_reward(completions, prompts=None, **kwargs):
+    """Varies within a group on video prompts; constant (zero advantage) on image and text prompts."""
+    out = []
+    for prompt, completion in zip(prompts, completions):
+        has_video = any(part.get("type") == "video" for m in prompt for part in (m.get("content") or [])
+                        if isinstance(part, dict))
+        out.append(float(len(completion[0]["content"]) % 7) if has_video else 1.0)
+    return out
+
+
+def force_fsdp_on_cpu() -> None:
+    """accelerate sets a CPU run up as MULTI_CPU and drops the FSDP plugin the training arguments ask for; put it
+    back, so that `accelerator.prepare` shards the model with FSDP2 (`fully_shard`) over the gloo group exactly
+    as it does on GPUs. Test-only: the engine code path is accelerate's and torch's own."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from transformers import Trainer
+
+    original = Trainer.create_accelerator_and_postprocess
+
+    def create(self):
+        original(self)
+        if self.args.fsdp_plugin_args is not None and getattr(self.accelerator.state, "fsdp_plugin", None) is None:
+            self.accelerator.state.distributed_type = DistributedType.FSDP
+            PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+            self.accelerator.state.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+            self.is_fsdp_enabled = True
+
+    Trainer.create_accelerator_and_postprocess = create
+
+
+def engine_args(engine: str) -> dict:
+    if engine == "ddp":
+        return {}
+    if engine == "fsdp":
+        return {"fsdp": "full_shard auto_wrap",
+                "fsdp_config": {"version": 2, "reshard_after_forward": True,
+                                "transformer_layer_cls_to_wrap": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]}}
+    raise ValueError(engine)
+
+
+def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str) -> None:
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
+    from videoktr.train.trainer import VideoGRPOTrainer
+
+    rank = int(os.environ["RANK"])
+    if engine == "fsdp":
+        force_fsdp_on_cpu()
+    rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
+    out = Path(out_dir)
+    for method in methods.split(","):
+        torch.manual_seed(0)
+        processor = load_processor(model_dir)
+        args = GRPOConfig(
+            output_dir=str(out / f"{engine}-{method}"), per_device_train_batch_size=8, num_generations=4,
+            max_completion_length=8, max_steps=2, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
+            learning_rate=1e-3, gradient_checkpointing=True, use_bias_correction_kl=False, seed=0, bf16=False,
+            generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, **engine_args(engine))
+        trainer = VideoGRPOTrainer(model=load_model(model_dir, dtype="float32"), processing_class=processor,
+                                   reward_funcs=[lockstep_reward], args=args, train_dataset=Dataset.from_list(rows),
+                                   method=method)
+        assert trainer.lockstep and trainer.accelerator.num_processes == 2
+        real = trainer._generate_and_score_completions
+        saved = []
+
+        def recording(inputs, real=real, saved=saved, trainer=trainer):
+            state = trainer._attr_generator.get_state()
+            batch = real(inputs)
+            if not saved:
+                saved.append({"state": state, "batch": {k: v for k, v in batch.items() if k in (
+                    "prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "videos",
+                    "prompt_group", "token_weights")}})
+            return batch
+
+        trainer._generate_and_score_completions = recording
+        trainer.train()
+        if engine == "fsdp":  # the parameters really were sharded (FSDP2: DTensor shards over the 2 processes)
+            from torch.distributed.tensor import DTensor
+
+            assert trainer.is_fsdp_enabled
+            params = list(trainer.model_wrapped.parameters())
+            assert params and all(isinstance(p, DTensor) for p in params), "FSDP did not shard the model"
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        assert len(losses) == 2 and all(torch.isfinite(torch.tensor(x)) for x in losses), losses
+        torch.save(saved[0], out / f"{engine}-{method}-rank{rank}.pt")
+        print(f"rank {rank}: {engine} {method} done", flush=True)
+    from videoktr.train.distributed import end_process_group
+
+    end_process_group()
+
+
+def compare(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str) -> None:
+    """One process recomputes each recorded rollout's token weights (same perturbation draws) and checks they
+    equal what each of the two lockstep processes computed."""
+    from builders import make_trainer
+
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    for method in methods.split(","):
+        for rank in (0, 1):
+            record = torch.load(out / f"{engine}-{method}-rank{rank}.pt", weights_only=False)
+            batch = record["batch"]
+            if rank == 1:
+                assert (batch["advantages"] == 0).all(), "rank 1's groups should all have zero advantage"
+            rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
+            single = make_trainer(model_dir, rows, out / f"single-{method}-{rank}", method=method)
+            assert not single.lockstep
+            single._attr_generator.set_state(record["state"])
+            weights = single._rollout_weights(batch)
+            assert torch.allclose(weights, batch["token_weights"], atol=1e-5), (engine, method, rank)
+            print(f"{engine} {method} rank {rank}: same weights as one process", flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "compare":
+        compare(*sys.argv[2:])
+    else:
+        main(*sys.argv[1:])

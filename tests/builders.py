@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -82,7 +84,8 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
     from videoktr.models.factory import load_model
 
     model = load_model(model_dir, dtype="float32").eval()
-    model.load_state_dict({k: v.float() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    model.load_state_dict({k: v.float() for k, v in trained.items()})
     generator = torch.Generator()
     generator.set_state(generator_state)
     B = batch["completion_ids"].shape[0]
@@ -116,3 +119,17 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
     weights, _, _ = select_key_tokens(attribution, trainer.selection_options, group_ids=groups)
     out[pick] = weights
     return out
+
+
+def clip_rows(root, first_seed: int, n: int = 4) -> list[dict]:
+    """n TRL rows, each a random clip (56x56, 8 frames at 2 fps) with one question: clips of one size asked one
+    question, so their prompts have identical token ids."""
+    from videoktr.data.video import write_video
+
+    rows = []
+    for i in range(n):
+        path = write_video(Path(root) / f"clip{i}.mp4", random_frames(first_seed + i), fps=2.0)
+        rows.append({"prompt": [{"role": "user", "content": [
+            {"type": "video", "video": str(path)}, {"type": "text", "text": "Which colour appeared first?"}]}],
+            "solution": "red"})
+    return rows

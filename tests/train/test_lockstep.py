@@ -1,7 +1,8 @@
 """Two CPU processes (gloo) whose data differ in every way that matters to DDP and FSDP: one process has only
-video prompts, the other image prompts (and, under DDP, text-only prompts) whose groups all have zero advantage. Every method trains 2 steps
-without a hang (bounded by a timeout), with gradient checkpointing on (DDP then expects every parameter to get a
-gradient), and each process's token weights equal one process's on the same rollouts."""
+video prompts, the other image prompts (and, under DDP, text-only prompts) whose groups all have zero advantage.
+Every method trains 2 steps without a hang (bounded by a timeout), with gradient checkpointing on (DDP then
+expects every parameter to get a gradient), and each process's token weights equal one process's on the same
+rollouts."""
 
 from __future__ import annotations
 

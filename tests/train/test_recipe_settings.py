@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import make_trainer, random_frames, reference_key_token_weights
-
-from videoktr.data.video import write_video
+from builders import clip_rows as make_clip_rows
+from builders import make_trainer, reference_key_token_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -16,14 +15,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.fixture(scope="module")
 def clip_rows(tmp_path_factory):
     """Four clips of one size with one question: their prompts have identical token ids."""
-    root = tmp_path_factory.mktemp("clips")
-    rows = []
-    for i in range(4):
-        path = write_video(root / f"clip{i}.mp4", random_frames(200 + i), fps=2.0)
-        rows.append({"prompt": [{"role": "user", "content": [
-            {"type": "video", "video": str(path)}, {"type": "text", "text": "Which colour appeared first?"}]}],
-            "solution": "red"})
-    return rows
+    return make_clip_rows(tmp_path_factory.mktemp("clips"), 200)
 
 
 def generation_batch(trainer):

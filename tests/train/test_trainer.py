@@ -5,23 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from builders import clip_rows as make_clip_rows
 from builders import make_trainer, random_frames
 
-from videoktr.data.video import write_video
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 @pytest.fixture(scope="module")
 def clip_rows(tmp_path_factory):
-    root = tmp_path_factory.mktemp("clips")
-    rows = []
-    for i in range(4):
-        path = write_video(root / f"clip{i}.mp4", random_frames(100 + i), fps=2.0)
-        rows.append({"prompt": [{"role": "user", "content": [
-            {"type": "video", "video": str(path)}, {"type": "text", "text": "Which colour appeared first?"}]}],
-            "solution": "red"})
-    return rows
+    return make_clip_rows(tmp_path_factory.mktemp("clips"), 100)
 
 
 def generated_batch(trainer):

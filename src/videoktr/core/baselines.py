@@ -12,7 +12,8 @@ TW-GRPO (Dang et al., 2025). Three definitions, one `rl.twgrpo_variant` each:
     d_{i,t}     = KL(p_{i,t} || p_bar_{g,t})
     w_{i,t}     = low + (high - low) * (d_{i,t} - min_t d_{i,.}) / (max_t d_{i,.} - min_t d_{i,.})
 
-A response whose distances are all equal gets `low` everywhere. Padding gets weight 0. Provenance note: the only TW-GRPO code found in the history of
+A response whose distances are all equal gets `low` everywhere. Padding gets weight 0.
+Provenance note: the only TW-GRPO code found in the history of
 github.com/zywang0104/Video-KTR (all commits searched) is the source function described below, applied to raw
 logits; no arithmetic-mean, per-response variant appears there.
 

@@ -6,8 +6,9 @@ A row (JSON list or JSONL, one object a line):
      "path": "./LLaVA-Video-178K/clip.mp4", "data_source": "LLaVA-Video-178K", "process": "<think>..</think>"}
 Required: problem_id, problem, data_type (video | image | text), problem_type (multiple choice | numerical | OCR |
 free-form | regression; case, "_" and "-" are not significant), solution (with an <answer> tag) and path
-(relative to the data root, or absolute; absent or empty for a text row, which has no media). `options` is required (labelled "A. ...") for multiple choice and
-optional otherwise; `data_source` and `process` are optional; other fields are kept as they are.
+(relative to the data root, or absolute; absent or empty for a text row, which has no media). `options` is
+required (labelled "A. ...") for multiple choice and optional otherwise; `data_source` and `process` are
+optional; other fields are kept as they are.
 
 Policy:
 - A malformed row (bad JSON line, missing field, unknown data_type/problem_type, solution without <answer>,

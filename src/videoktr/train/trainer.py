@@ -53,7 +53,7 @@ class RowVideo:
 
 @dataclass
 class EncodedMedia:
-    """Encoder outputs of one pass, per row in row order: videos (attributed) and images (not attributed)."""
+    """Encoder outputs of one pass, per row in row order: the rows' videos and their images."""
 
     videos: list[RowVideo]
     video_features: list[torch.Tensor]
@@ -64,12 +64,11 @@ class EncodedMedia:
     def video_keys(self) -> list[str]:
         return [r.key for r in self.videos]
 
-    def forward_kwargs(self, adapter, device, detach: bool = False) -> dict:
-        """mm_encoder_outputs + grids for the model forward (detach=True: reuse without gradient)."""
+    def forward_kwargs(self, adapter, device) -> dict:
+        """mm_encoder_outputs + grids for the model forward."""
         if not self.videos and not self.images:
             return {}
-        grab = (lambda fs: [f.detach() for f in fs]) if detach else list
-        kwargs = adapter.media_kwargs(grab(self.video_features), grab(self.image_features))
+        kwargs = adapter.media_kwargs(list(self.video_features), list(self.image_features))
         if self.videos:
             kwargs.update(_grid_kwargs(self.videos, device))
         if self.images:

@@ -430,7 +430,8 @@ class VideoGRPOTrainer(GRPOTrainer):
                 labels = input_ids.masked_fill(attention_mask == 0, -100)
                 labels[:, :-logits_to_keep] = -100
                 out = model(**kwargs, labels=labels, fused_lm_head=True)
-                logps, entropy = out.log_probs[:, -logits_to_keep:], out.entropy[:, -logits_to_keep:]
+                logps = out.log_probs[:, -logits_to_keep:]
+                entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
         return logps, (entropy if compute_entropy else None), media
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,

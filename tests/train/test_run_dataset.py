@@ -73,9 +73,11 @@ def test_resume_continues_the_same_run_and_refuses_another(tiny_dir, tmp_path, c
     err = capsys.readouterr().err
     assert "different run" in err and "ktr.ratio: 0.2 -> 0.5" in err and "--no-resume" in err
     assert sorted(p.name for p in out.glob("checkpoint-*")) == checkpoints
-    # checkpoints with no identity (an older run directory) cannot be matched
+    # every checkpoint records the identity of the run that wrote it: the directory's identity file is not needed
     (out / "run_identity.json").unlink()
-    assert train("--max-steps", "3") == 2 and "no run_identity.json" in capsys.readouterr().err
-    # --no-resume starts over from the model and records the new identity
+    assert train("--max-steps", "3") == 0 and "resuming from" in capsys.readouterr().out
+    # --no-resume starts over from the model, moves the earlier run's files aside and records the new identity
     assert train("--max-steps", "1", "--ratio", "0.5", "--no-resume") == 0
     assert json.loads((out / "run_identity.json").read_text())["config"]["ktr"]["ratio"] == 0.5
+    [moved] = out.glob("superseded-*")
+    assert sorted(p.name for p in moved.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]

@@ -69,3 +69,61 @@ def load_checkpoint_weights(model, checkpoint: str | Path) -> int:
                          f"e.g. {missing[:3]}; {len(result.unexpected_keys)} unexpected, e.g. "
                          f"{result.unexpected_keys[:3]})")
     return len(state)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Complete checkpoints: a checkpoint counts only once the marker written after its last file exists
+
+COMPLETE_MARKER = "videoktr_complete.json"
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def write_json_atomic(path: str | Path, value) -> Path:
+    """Write JSON to `path` through a temporary file renamed into place: a reader (or a kill) never sees half."""
+    import os
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=float))
+    os.replace(tmp, path)
+    return path
+
+
+def mark_complete(checkpoint: str | Path, identity: str, step: int) -> Path:
+    """Record that `checkpoint` is whole and which run (identity digest) wrote it."""
+    return write_json_atomic(Path(checkpoint) / COMPLETE_MARKER, {"identity": identity, "step": step})
+
+
+def checkpoint_status(checkpoint: str | Path, identity: str) -> str | None:
+    """None when `checkpoint` is complete and was written by the run `identity`; else why it cannot be resumed."""
+    marker = Path(checkpoint) / COMPLETE_MARKER
+    if not marker.is_file():
+        return "incomplete: no completion marker (killed while saving, or written by an older videoktr)"
+    try:
+        written_by = json.loads(marker.read_text()).get("identity")
+    except (OSError, ValueError):
+        return "incomplete: unreadable completion marker"
+    if written_by != identity:
+        return "written by another run (different options or starting model)"
+    return None
+
+
+def checkpoints_newest_first(output_dir: str | Path) -> list[Path]:
+    """The `checkpoint-N` directories of a run directory, highest step first."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return []
+    found = [p for p in out.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), reverse=True)
+
+
+def resumable_checkpoint(output_dir: str | Path, identity: str) -> tuple[Path | None, list[tuple[str, str]]]:
+    """The newest complete checkpoint written by run `identity`, and the newer ones skipped with the reason."""
+    skipped = []
+    for ckpt in checkpoints_newest_first(output_dir):
+        reason = checkpoint_status(ckpt, identity)
+        if reason is None:
+            return ckpt, skipped
+        skipped.append((ckpt.name, reason))
+    return None, skipped

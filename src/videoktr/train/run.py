@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from .config import TrainConfig
 
@@ -81,7 +82,9 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
     )
 
 
-def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict], reward_funcs: list):
+def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict], reward_funcs: list,
+                  identity: str = ""):
+    """The run's VideoGRPOTrainer; `identity` (RunStart.identity) goes into every checkpoint's completion marker."""
     from datasets import Dataset
 
     from ..attribution import AttributionOptions, SelectionOptions
@@ -107,6 +110,8 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         seed=config.run.seed,
         tgrpo=TemporalGRPOOptions(alpha=config.rl.tgrpo_alpha, mu=config.rl.tgrpo_mu),
         twgrpo_variant=config.rl.twgrpo_variant,
+        run_identity=identity,
+        callbacks=[learning_signal_callback()],
     )
 
 
@@ -129,6 +134,10 @@ def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None) 
     if accuracy_key:
         ax.plot(steps, [h.get(accuracy_key, float("nan")) for h in log_history if "reward" in h],
                 label="accuracy reward")
+    dead = [h.get("frac_reward_zero_std") for h in log_history if "reward" in h]
+    if any(d is not None for d in dead):
+        ax.plot(steps, [float("nan") if d is None else d for d in dead], label="groups without gradient (share)",
+                linestyle="--", alpha=0.7)
     ratio = [h.get("ktr/update_ratio") for h in log_history if "reward" in h]
     if any(r is not None for r in ratio):
         ax.plot(steps, [float("nan") if r is None else r for r in ratio], label="KTR update ratio", linestyle=":")
@@ -180,18 +189,23 @@ def process_state():
 
 
 def start_run_dir(config: TrainConfig) -> Path:
-    """Seed the run, create its directory and record the resolved configuration there."""
+    """Seed the run and create its directory (`prepare_resume` records the resolved configuration there)."""
     import torch
 
     torch.manual_seed(config.run.seed)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if process_state().is_main_process:
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
     return out
 
 
 IDENTITY_NAME = "run_identity.json"
+WALL_TIME_NAME = "wall_time.json"  # seconds of every invocation of the run, so the report can total them
+# what stays when a fresh run takes over a directory: the media-check cache (results per file, not per run) and
+# the earlier runs already moved aside
+KEPT_ON_FRESH_START = ("media_check.jsonl",)
+SUPERSEDED_PREFIX = "superseded-"
+# option fields that are paths: the run identity compares them resolved (a job script may cd elsewhere)
+PATH_FIELDS = {"model": ("model", "warmstart_dir"), "data": ("data", "data_root")}
 # options a resumed run may change: how long it runs, how it saves and logs, where things are written
 RESUMABLE = {"rl": ("max_steps",), "data": ("media_workers", "media_cache"),
              "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit", "logging_steps", "resume",
@@ -203,10 +217,21 @@ def run_identity(config: TrainConfig, start_model: str | Path) -> dict:
     the RESUMABLE ones, and the resolved starting model (e.g. the default run's warm start, named by a hash of
     its inputs)."""
     sections = config.to_dict()
+    for section, names in PATH_FIELDS.items():
+        for name in names:
+            if sections[section].get(name):
+                sections[section][name] = str(Path(sections[section][name]).resolve())
     for section, names in RESUMABLE.items():
         for name in names:
             sections[section].pop(name, None)
     return {"config": sections, "start_model": str(Path(start_model).resolve())}
+
+
+def identity_digest(identity: dict) -> str:
+    """A short digest of a run identity: what each checkpoint's completion marker records."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _differences(a, b, prefix="") -> list[str]:
@@ -216,68 +241,188 @@ def _differences(a, b, prefix="") -> list[str]:
 
 
 def checkpoint_to_resume(config: TrainConfig, out: Path, identity: dict) -> str | None:
-    """The run directory's last checkpoint when it may be resumed, None to start fresh; raises ValueError when
-    the checkpoints there come from another experiment (or one that cannot be told), rather than continuing
-    a different run silently."""
-    resume = last_checkpoint(out) if config.run.resume else None
-    if resume is None:
+    """The newest complete checkpoint this run wrote in `out` (None: start fresh), after saying which newer ones
+    it skips and why (incomplete: killed while saving). Raises ValueError when the directory holds complete
+    checkpoints of another experiment, rather than continuing a different run or discarding it silently."""
+    from .checkpoint import resumable_checkpoint
+
+    if not config.run.resume:
         return None
-    remedy = "use another --output-dir, or --no-resume to start over in this one"
-    path = out / IDENTITY_NAME
-    if not path.is_file():
-        raise ValueError(f"{out} holds checkpoints ({Path(resume).name}) but no {IDENTITY_NAME}, so they cannot be "
-                         f"matched to this run's options: {remedy}")
-    differences = _differences(identity, json.loads(path.read_text()))
-    if differences:
-        raise ValueError(f"{out} holds checkpoints of a different run ({'; '.join(differences[:5])}"
-                         f"{'; ...' if len(differences) > 5 else ''}): {remedy}")
-    return resume
+    resume, skipped = resumable_checkpoint(out, identity_digest(identity))
+    for name, reason in skipped:
+        print(f"      not resuming {out / name}: {reason}")
+    if resume is not None:
+        return str(resume)
+    others = [name for name, reason in skipped if reason.startswith("written by another run")]
+    if others:
+        recorded = out / IDENTITY_NAME
+        differences = _differences(identity, json.loads(recorded.read_text())) if recorded.is_file() else []
+        what = "; ".join(differences[:5]) + ("; ..." if len(differences) > 5 else "") if differences else others[0]
+        raise ValueError(f"{out} holds checkpoints of a different run ({what}): use another --output-dir, or "
+                         f"--no-resume to start over in this one (the earlier run's files are then moved to "
+                         f"{out / SUPERSEDED_PREFIX}<time>/, nothing is deleted)")
+    return None
 
 
-def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> str | None:
-    """Before any expensive work: the checkpoint to resume (None: start fresh, and record this run's identity
-    in the run directory); raises ValueError when the directory holds another run's checkpoints."""
+def move_aside(out: Path) -> Path | None:
+    """Move an earlier run's files out of the way of a fresh start: into `<out>/superseded-<UTC time>/`, all but
+    the media-check cache and earlier superseded folders. Returns that folder, None when there was nothing."""
+    import shutil
+    from datetime import datetime, timezone
+
+    old = [p for p in out.iterdir() if p.name not in KEPT_ON_FRESH_START and not p.name.startswith(SUPERSEDED_PREFIX)
+           and not p.name.startswith(".")]
+    if not old:
+        return None
+    dest = out / f"{SUPERSEDED_PREFIX}{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')}"
+    dest.mkdir()
+    for p in old:
+        shutil.move(str(p), str(dest / p.name))
+    return dest
+
+
+class RunStart(NamedTuple):
+    resume: str | None  # the checkpoint to continue from, None for a fresh start
+    identity: str  # digest of the run identity, recorded in every checkpoint's completion marker
+
+
+def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> RunStart:
+    """Before any expensive work: the checkpoint to resume, or a fresh start that moves an earlier run's files
+    aside (`move_aside`) and records this run's identity; the resolved configuration is written either way.
+    Raises ValueError when the directory holds another run's checkpoints and --no-resume was not given."""
+    from .checkpoint import write_json_atomic
+
     identity = run_identity(config, start_model)
     resume = checkpoint_to_resume(config, out, identity)
-    if resume is None and process_state().is_main_process:
-        (out / IDENTITY_NAME).write_text(json.dumps(identity, indent=2))
-    return resume
+    state = process_state()
+    if state.is_main_process:
+        if resume is None:
+            moved = move_aside(out)
+            if moved is not None:
+                print(f"      starting fresh: the earlier contents of {out} were moved to {moved}")
+            write_json_atomic(out / IDENTITY_NAME, identity)
+        write_json_atomic(out / "config.json", config.to_dict())
+    state.wait_for_everyone()  # no process reads the directory while the main process moves things
+    return RunStart(resume, identity_digest(identity))
 
 
-def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str, resume: str | None) -> dict:
-    """Train (from `resume`, a checkpoint from `prepare_resume`, when given), write log_history.json and the
-    plot on the main process, and return the training statistics of the report."""
-    if resume:
-        print(f"      resuming from {resume}")
-    trainer.train(resume_from_checkpoint=resume)
+def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str, start: RunStart) -> dict:
+    """Train (from `start.resume` when given), write the trained model to `final/` (complete or absent),
+    log_history.json and the plot on the main process, and return the training statistics of the report."""
+    import shutil
+
+    from .checkpoint import write_json_atomic
+
+    if start.resume:
+        print(f"      resuming from {start.resume}")
+    trainer.train(resume_from_checkpoint=start.resume)
     final = None
+    state = process_state()
     if config.run.save_final:  # every process takes part (DeepSpeed ZeRO-3 gathers the shards); rank 0 writes
-        final = out / FINAL_NAME
-        trainer.save_model(str(final))
+        final, partial = out / FINAL_NAME, out / f".{FINAL_NAME}.partial"
+        if state.is_main_process and partial.exists():
+            shutil.rmtree(partial)
+        state.wait_for_everyone()
+        trainer.save_model(str(partial))
+        state.wait_for_everyone()
+        if state.is_main_process:  # renamed into place once whole: `final/` is complete or absent
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)
     history = trainer.state.log_history
-    if process_state().is_main_process:
-        (out / "log_history.json").write_text(json.dumps(history, indent=2))
+    if state.is_main_process:
+        write_json_atomic(out / "log_history.json", history)
         plot_history(history, out / PLOT_NAME, accuracy_key=accuracy_key)
+    return {**training_summary(history, config.rl.method), "final_model": str(final) if final else None}
+
+
+def training_summary(history: list[dict], method: str, window: int = 10) -> dict:
+    """The report's training statistics from the whole log history (a resumed run's history includes the
+    steps of earlier invocations): rewards at the start and the end (means over `window` logged steps), the
+    learning signal, step time, and for the masking methods the update ratio."""
     steps = [h for h in history if "reward" in h]
 
-    def mean(key):
-        values = [h[key] for h in steps if key in h]
+    def mean(key, rows=steps):
+        values = [h[key] for h in rows if h.get(key) is not None]
         return sum(values) / len(values) if values else None
 
-    return {
-        "reward_first": steps[0]["reward"] if steps else None,
-        "reward_last": steps[-1]["reward"] if steps else None,
+    out = {
+        "logged_steps": len(steps),
+        "reward_start": mean("reward", steps[:window]),
+        "reward_end": mean("reward", steps[-window:]),
         "mean_step_seconds": mean("step_time"),
-        "mean_update_ratio": mean("ktr/update_ratio"),
-        "mean_attributed_share": mean("ktr/attributed_share"),
-        "final_model": str(final) if final else None,
+        "learning_signal": learning_signal(steps),
     }
+    if method in ("ktr", "entropy"):
+        out["mean_update_ratio"] = mean("ktr/update_ratio")
+        out["mean_attributed_share"] = mean("ktr/attributed_share")
+    return out
+
+
+def no_gradient(log: dict) -> bool:
+    """Whether a logged step carried no learning signal: every prompt group's responses had equal rewards (zero
+    advantages: loss 0, no update), or the gradient norm was 0."""
+    return log.get("frac_reward_zero_std") == 1.0 or log.get("grad_norm") == 0.0
+
+
+def learning_signal(steps: list[dict]) -> dict:
+    """How much of the run could learn at all: logged steps without any gradient, and the mean share of prompt
+    groups whose responses all got the same reward (TRL's frac_reward_zero_std)."""
+    n = len(steps)
+    dead = sum(no_gradient(h) for h in steps)
+    zero_std = [h["frac_reward_zero_std"] for h in steps if h.get("frac_reward_zero_std") is not None]
+    return {"steps_without_gradient": dead, "share_steps_without_gradient": dead / n if n else None,
+            "mean_share_groups_without_gradient": sum(zero_std) / len(zero_std) if zero_std else None}
+
+
+NO_SIGNAL_HINT = ("every prompt group's responses got the same reward, so the advantages are 0 and nothing is "
+                  "updated. Likely: the data is too hard or too easy for this model (all wrong or all right), or "
+                  "the reward never parses its answers (see rewards/*/mean and a few completions)")
+
+
+def learning_signal_callback(window: int = 20, threshold: float = 0.8, every: int = 100):
+    """A TrainerCallback that warns on the console when most of the last `window` logged steps had no learning
+    signal (`no_gradient`), at most once every `every` steps."""
+    from transformers import TrainerCallback
+
+    class LearningSignalMonitor(TrainerCallback):
+        def __init__(self):
+            self.recent: list[bool] = []
+            self.warned_at = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "reward" not in logs:
+                return
+            self.recent = (self.recent + [no_gradient(logs)])[-window:]
+            dead = sum(self.recent)
+            if (len(self.recent) == window and dead >= threshold * window and state.is_world_process_zero
+                    and (self.warned_at is None or state.global_step - self.warned_at >= every)):
+                self.warned_at = state.global_step
+                print(f"\nvideoktr: {dead} of the last {window} logged steps had no learning signal: {NO_SIGNAL_HINT}",
+                      flush=True)
+
+    return LearningSignalMonitor()
 
 
 def write_report(output_dir: Path, report: dict) -> Path:
-    path = output_dir / REPORT_NAME
-    path.write_text(json.dumps(report, indent=2, default=float))
-    return path
+    from .checkpoint import write_json_atomic
+
+    return write_json_atomic(output_dir / REPORT_NAME, report)
+
+
+def record_wall_time(out: Path, seconds: float) -> float:
+    """Add this invocation's seconds to the run's `wall_time.json` and return the total over all invocations
+    (a resumed run's report counts the time of the invocations before it)."""
+    from .checkpoint import write_json_atomic
+
+    path = out / WALL_TIME_NAME
+    try:
+        invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
+    except (OSError, ValueError, KeyError):
+        invocations = []
+    invocations.append(seconds)
+    write_json_atomic(path, {"invocations": invocations})
+    return sum(invocations)
 
 
 def run(config: TrainConfig) -> dict:
@@ -295,6 +440,11 @@ def run(config: TrainConfig) -> dict:
     report["processes"] = state.num_processes
     if state.is_main_process:  # one report per run, whatever the number of processes
         out = Path(config.run.output_dir)
+        report["wall_seconds_total"] = record_wall_time(out, report["wall_seconds"])
+        signal = (report.get("train") or {}).get("learning_signal") or {}
+        if signal.get("share_steps_without_gradient") and signal["share_steps_without_gradient"] >= 0.5:
+            print(f"warning: {signal['steps_without_gradient']} of {report['train']['logged_steps']} logged steps had "
+                  f"no learning signal: {NO_SIGNAL_HINT}")
         path = write_report(out, report)
         print(f"report: {path}")
         if (out / PLOT_NAME).exists():
@@ -341,7 +491,7 @@ def run_dataset(config: TrainConfig) -> dict:
         raise ValueError("model.model (--model) must name a model directory when training on data "
                          "(e.g. a Qwen2.5-VL checkpoint, or one written by `videoktr init-model`)")
     out = start_run_dir(config)
-    resume = prepare_resume(config, out, config.model.model)
+    start = prepare_resume(config, out, config.model.model)
     d, state = config.data, process_state()
     data = load_videor1(d.data, d.data_root or None, fps=d.fps, min_frames=d.min_frames, max_frames=d.max_frames,
                         backend=d.video_backend, **media_check_options(d, out, state))
@@ -357,8 +507,8 @@ def run_dataset(config: TrainConfig) -> dict:
     processor = load_processor(config.model.model, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
     reward_funcs, _ = build_rewards(dataset_rewards(config))
     trainer = build_trainer(config, model, processor, trl_rows(rows, Path(d.data_root or "."), build_prompt),
-                            reward_funcs)
-    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean", resume=resume)
+                            reward_funcs, identity=start.identity)
+    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean", start=start)
     return {
         "method": config.rl.method,
         "model": config.model.model,

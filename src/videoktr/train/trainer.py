@@ -34,7 +34,7 @@ from ..core import (group_position_divergence_source, group_position_kl, logprob
                     tw_grpo_source_weights, tw_grpo_weights)
 from ..data.video import read_video
 from ..models.adapters import adapter_for
-from .checkpoint import load_checkpoint_weights, weight_files
+from .checkpoint import CHECKPOINT_PREFIX, load_checkpoint_weights, mark_complete, weight_files
 from .compat import check_trl_options
 from .distributed import all_gather_1d, any_process, full_parameters, gathered_parameters
 from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
@@ -120,12 +120,14 @@ class VideoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
-                 tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", **kwargs):
+                 tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", run_identity: str = "",
+                 **kwargs):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if twgrpo_variant not in TWGRPO_VARIANTS:
             raise ValueError(f"twgrpo_variant must be one of {TWGRPO_VARIANTS}, got {twgrpo_variant!r}")
         self.twgrpo_variant = twgrpo_variant
+        self.run_identity = run_identity  # recorded in every checkpoint's completion marker (train/checkpoint.py)
         if kwargs.get("args") is not None:  # TRL options our loss would silently ignore are refused up front
             check_trl_options(kwargs["args"])
         super().__init__(*args, **kwargs)
@@ -214,6 +216,15 @@ class VideoGRPOTrainer(GRPOTrainer):
                 or hasattr(model, "peft_config"):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)  # their own formats
         load_checkpoint_weights(model, resume_from_checkpoint)
+
+    def _save_checkpoint(self, model, trial):
+        """TRL's checkpoint, then (once every process has written its part) the completion marker: a checkpoint
+        without it (a kill while saving) is never resumed (run.checkpoint_to_resume skips it and says so)."""
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+            mark_complete(folder, self.run_identity, self.state.global_step)
 
     # ----------------------------------------------------------------------------------------------------------
     # vLLM rollouts with videos (colocate): each request carries its row's frames, see train/rollout.py

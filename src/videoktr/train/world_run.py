@@ -64,7 +64,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     out = start_run_dir(config)
     with process_state().main_process_first():  # several processes: one builds the caches, the others reuse them
         world, model_dir = prepare_world_and_model(config)
-    resume = prepare_resume(config, out, model_dir)
+    start = prepare_resume(config, out, model_dir)
     world_dir = world.root
     rl_rows = synthetic.read_rows(world.rl)
     eval_rows = synthetic.read_rows(world.eval)
@@ -84,8 +84,8 @@ def run_synthetic(config: TrainConfig) -> dict:
     # 4. RL
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
     trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
-                            [synthetic.accuracy_reward, synthetic.format_reward])
-    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean", resume=resume)
+                            [synthetic.accuracy_reward, synthetic.format_reward], identity=start.identity)
+    train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean", start=start)
 
     # 5. after RL
     print("[5/5] held-out accuracy after RL")

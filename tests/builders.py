@@ -53,7 +53,7 @@ def length_reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 7) for c in completions]
 
 
-def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
+def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identity="", **config):
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -70,7 +70,8 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, **config):
                 generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, seed=0)
     args.update(config)
     return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
-                            args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method)
+                            args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method,
+                            run_identity=run_identity)
 
 
 def reference_key_token_weights(trainer, batch, generator_state, model_dir):

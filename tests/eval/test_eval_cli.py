@@ -203,3 +203,113 @@ def test_hf_generator_on_images_and_mixed_batches(tiny_dir, holmes_videos):
     assert len(outs) == 4 and all(isinstance(o, str) for o in outs)
     again = gen.generate(images + video, max_new_tokens=3, temperature=0.0, top_p=1.0)
     assert again == outs  # greedy decoding is deterministic
+
+
+# ------------------------------------------------------------------------ issue 10, case 10: media and duplicates
+
+
+def test_duplicate_prediction_ids_are_an_error_naming_both_lines(tmp_path, capsys):
+    lines = (FIXTURES / "holmes_mini_predictions.jsonl").read_text().splitlines()
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("\n".join(lines + [lines[1].replace("<answer>B</answer>", "<answer>C</answer>")]) + "\n")
+    rc = _run("--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"),
+              "--predictions", str(preds), "--output-dir", str(tmp_path / "out"))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert f"{preds}:2" in err and f"{preds}:11" in err and "'clipAAA01/2'" in err
+    # Video-R1's results JSON: the rows are named by index
+    results = json.loads((FIXTURES / "videor1_results.json").read_text())
+    results["results"].append(dict(results["results"][0]))
+    rfile = tmp_path / "results.json"
+    rfile.write_text(json.dumps(results))
+    rc = _run("--benchmark", "videor1", "--questions", str(FIXTURES / "eval_fixture.json"), "--predictions",
+              str(rfile), "--output-dir", str(tmp_path / "out2"))
+    err = capsys.readouterr().err
+    last = len(results["results"]) - 1
+    assert rc == 2 and "results[0]" in err and f"results[{last}]" in err and "'1'" in err
+
+
+class _FakeHF:
+    """Stands in for HFGenerator in the CLI: decodes each video with read_video, answers correctly."""
+
+    def __init__(self, model_path, **kw):
+        self.kw = kw
+
+    def describe(self):
+        return {"model": "fake", "frames": self.kw["frames"]}
+
+    def generate(self, batch, **kw):
+        from videoktr.data.video import read_video
+
+        for r in batch:
+            read_video(r.video, max_frames=4)
+        return [f"<answer>{r.item.answer}</answer>" for r in batch]
+
+
+@pytest.fixture
+def holmes_one_bad(tmp_path):
+    from videoktr.data.video import write_video
+
+    root = tmp_path / "data"
+    write_video(root / "videos" / "clipAAA01.mp4", np.zeros((4, 32, 32, 3), dtype=np.uint8), fps=2.0)
+    (root / "videos" / "clipBBB02.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 20)
+    return root
+
+
+def test_undecodable_video_is_counted_as_failed_in_the_reports(holmes_one_bad, tmp_path, monkeypatch, capsys):
+    from videoktr.eval import generate
+
+    monkeypatch.setattr(generate, "HFGenerator", _FakeHF)
+    out = tmp_path / "out"
+    argv = ["--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"), "--data-root",
+            str(holmes_one_bad), "--model", "fake", "--output-dir", str(out), "--no-progress"]
+    assert _run(*argv) == 0  # skip is the default
+    captured = capsys.readouterr()
+    assert "clipBBB02/1" in captured.err and "failed 5" in captured.out
+    bench = out / "video_holmes"
+    s = _summary(bench)
+    assert (s["total"], s["correct"], s["failed"], s["unparsed"]) == (10, 5, 5, 0)
+    assert s["accuracy"] == 50.0 and s["accuracy_parsed"] == 100.0
+    assert [f["id"] for f in s["failures"]] == [f"clipBBB02/{k}" for k in range(1, 6)]
+    assert "cannot decode video" in s["failures"][0]["reason"] and s["failures"][0]["file"].endswith("clipBBB02.mp4")
+    scored = [json.loads(x) for x in (bench / "scored.jsonl").read_text().splitlines()]
+    assert [r["method"] for r in scored] == ["answer_tag"] * 5 + ["failed"] * 5
+    assert "cannot decode video" in scored[-1]["error"]
+    assert len((bench / "failed.jsonl").read_text().splitlines()) == 5
+    md = (bench / "summary.md").read_text()
+    assert "5 items failed" in md and "clipBBB02/1" in md
+    assert json.loads((out / "summary.json").read_text())["video_holmes"]["failed"] == 5
+    assert "failed" in (out / "summary.md").read_text()
+    # stopping instead: exit 2, the item and the file named, no traceback
+    rc = _run(*argv[:-3], "--output-dir", str(tmp_path / "stop"), "--no-progress", "--on-media-error", "stop")
+    err = capsys.readouterr().err
+    assert rc == 2 and "item clipBBB02/1" in err and "clipBBB02.mp4" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_tiny_model_skips_undecodable_and_wrongly_typed_media(tiny_dir, holmes_one_bad, tmp_path, capsys):
+    from PIL import Image
+
+    root = holmes_one_bad
+    Image.new("RGB", (56, 56)).save(root / "pic.png")
+    rows = [{"problem_id": i, "problem": "Which?", "data_type": dtype, "problem_type": "multiple choice",
+             "options": ["A. x", "B. y"], "solution": "<answer>A</answer>", "path": path}
+            for i, (dtype, path) in enumerate([("video", "./videos/clipAAA01.mp4"), ("video", "./videos/clipBBB02.mp4"),
+                                               ("image", "./pic.png"), ("image", "./videos/clipAAA01.mp4")])]
+    qfile = tmp_path / "eval_x.json"
+    qfile.write_text(json.dumps(rows))
+    argv = ["--benchmark", "videor1", "--questions", str(qfile), "--data-root", str(root), "--model", str(tiny_dir),
+            "--max-new-tokens", "4", "--batch-size", "4", "--frames", "4", "--max-pixels", str(56 * 56),
+            "--min-pixels", str(56 * 56), "--device", "cpu", "--no-progress"]
+    assert _run(*argv, "--output-dir", str(tmp_path / "skip")) == 0
+    s = _summary(tmp_path / "skip" / "videor1")
+    assert s["total"] == 4 and s["failed"] == 2
+    reasons = {f["id"]: f["reason"] for f in s["failures"]}
+    assert "cannot decode video" in reasons["1"] and "clipBBB02.mp4" in reasons["1"]
+    assert reasons["3"].endswith("row 3 (problem_id 3): data_type 'image' but videos/clipAAA01.mp4 is a video file")
+    capsys.readouterr()
+    rows[3]["data_type"] = "video"  # only the undecodable video is left: the real generator names it
+    qfile.write_text(json.dumps(rows))
+    rc = _run(*argv, "--output-dir", str(tmp_path / "stop"), "--on-media-error", "stop")
+    err = capsys.readouterr().err
+    assert rc == 2 and "item 1: cannot decode video" in err and "clipBBB02.mp4" in err and "Traceback" not in err

@@ -6,7 +6,9 @@
 Per benchmark, <output-dir>/<benchmark>/ receives predictions.jsonl (model runs; appended as produced, so a
 killed run resumes), run.json (generation settings), scored.jsonl (id, output, extracted, correct, ...),
 summary.json (accuracy in percent, overall and per category, counts, unparsed count) and summary.md.
-<output-dir>/summary.md and summary.json give one line per benchmark.
+<output-dir>/summary.md and summary.json give one line per benchmark. Items whose media cannot be read are
+recorded in failed.jsonl and counted as failed (--on-media-error skip, the default), or stop the run with exit
+code 2 (--on-media-error stop); a resumed run does not retry them unless --retry-failed.
 
 The main CLI calls `add_arguments(parser)` and `run(args)`.
 """
@@ -84,6 +86,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default %(default)s)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N items of each benchmark (smoke tests)")
+    parser.add_argument("--on-media-error", choices=R.MEDIA_ERROR_MODES, default="skip",
+                        help="with --model, an item whose video or image cannot be read (or is of the other kind "
+                             "than the item declares): skip records it in failed.jsonl, counts it as failed (and "
+                             "wrong) in the summary and goes on (default); stop exits with an error naming the "
+                             "item and the file")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="with --model, retry the items an earlier run of this --output-dir recorded as "
+                             "failed (e.g. after fixing their files); by default a resumed run keeps them failed")
     parser.add_argument("--allow-missing", action="store_true",
                         help="with --predictions: score items that have no prediction as wrong instead of "
                              "stopping")
@@ -140,9 +150,21 @@ def _validate(args) -> None:
         raise UsageError(f"--frames must be an even number >= 2 (got {args.frames})")
     if args.temperature < 0 or not 0 < args.top_p <= 1:
         raise UsageError("--temperature must be >= 0 and --top-p in (0, 1]")
+    _check_output_dir(Path(args.output_dir))
     if args.model is not None and args.prompt == "reasoning" and args.max_new_tokens < 768:
         print(f"warning: --max-new-tokens {args.max_new_tokens} truncates reasoning chains (the paper trains "
               f"with 768-token responses and evaluates with 1024)", file=sys.stderr)
+
+
+def _check_output_dir(out: Path) -> None:
+    """--output-dir is a directory or can be created: neither it nor its nearest existing parent is a file
+    (mkdir would fail with NotADirectoryError after the benchmark was scored)."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {str(out)!r} is a file, not a directory: choose another directory, or move "
+                         f"the file away")
+    parent = next((p for p in out.parents if p.exists()), None) if not out.exists() else None
+    if parent is not None and not parent.is_dir():
+        raise UsageError(f"--output-dir {str(out)!r} cannot be created: {str(parent)!r} is a file, not a directory")
 
 
 def run(args) -> int:
@@ -153,8 +175,8 @@ def run(args) -> int:
 
     try:
         return _run(args)
-    except (BenchmarkError, MissingPredictionsError, R.MissingMediaError, R.RunConfigMismatch, UsageError,
-            VideoDecodeError, FileNotFoundError) as exc:
+    except (BenchmarkError, MissingPredictionsError, R.MissingMediaError, R.RunConfigMismatch, R.MediaFailure,
+            UsageError, VideoDecodeError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
 
@@ -184,6 +206,7 @@ def _run(args) -> int:
         if not items:
             raise BenchmarkError(f"{name}: no items selected")
         out_dir = out_root / name
+        failures: dict = {}
         if preds is not None:
             outputs, unknown = match_predictions(preds, items, name, source=str(args.predictions))
             if unknown:
@@ -198,14 +221,21 @@ def _run(args) -> int:
                                         seed=args.seed, video_backend=args.video_backend)
             gs = _settings(args, generator.describe())
             outputs = R.run_generation(items, generator, out_dir, data_root=args.data_root, settings=gs,
-                                       progress=not args.no_progress, desc=name)
+                                       progress=not args.no_progress, desc=name,
+                                       on_media_error=args.on_media_error, retry_failed=args.retry_failed)
+            keys = {it.key for it in items}
+            failures = {k: row for k, row in R.load_failures(out_dir).items() if k in keys and k not in outputs}
             settings = {**gs.generator, "prompt": args.prompt, "max_new_tokens": args.max_new_tokens,
                         "temperature": args.temperature, "top_p": args.top_p}
-        records = score_items(items, outputs, allow_missing=args.allow_missing)
+        records = score_items(items, outputs, allow_missing=args.allow_missing,
+                              failed={k: row["reason"] for k, row in failures.items()})
         summary = summarize(items, records, name)
         selected = bench.resolve_tasks(tasks[name] or None)
         summary = {"benchmark": name, "title": bench.title, "tasks": list(selected), **summary,
                    "settings": settings}
+        if failures:
+            order = {it.key: i for i, it in enumerate(items)}
+            summary["failures"] = [failures[k] for k in sorted(failures, key=order.__getitem__)]
         paper = None
         if args.compare_paper:
             # the paper's columns use the default tasks (MMVU mc, TempCompass multi-choice, all of the rest)
@@ -213,9 +243,12 @@ def _run(args) -> int:
             paper = paper_number(name, args.paper_model, args.frames) if comparable else None
         write_report(out_dir, records, summary, paper, title=bench.title)
         overview.append((bench.title, summary, paper))
-        combined[name] = {k: summary[k] for k in ("accuracy", "correct", "total", "unparsed", "accuracy_parsed")}
+        combined[name] = {k: summary[k] for k in ("accuracy", "correct", "total", "unparsed", "failed",
+                                                  "accuracy_parsed") if k in summary}
+        failed_note = (f", failed {summary['failed']}: see {out_dir / R.FAILED_FILE}"
+                       if summary.get("failed") else "")
         print(f"{bench.title}: {summary['accuracy']:.2f}% of {summary['total']} "
-              f"(unparsed {summary['unparsed']}) -> {out_dir}")
+              f"(unparsed {summary['unparsed']}{failed_note}) -> {out_dir}")
     out_root.mkdir(parents=True, exist_ok=True)
     (out_root / "summary.md").write_text(markdown_overview(overview))
     (out_root / "summary.json").write_text(json.dumps(combined, indent=2) + "\n")

@@ -5,7 +5,9 @@ Videos are decoded with `videoktr.data.video.read_video` (frames sampled at `fps
 most `frames`, an even count) and passed to the processor with their sampled-fps metadata, so the temporal
 positions of the frames are the ones the model was trained with. The per-frame pixel budget is set on the
 processor (`max_pixels`, default 256*28*28 as Video-R1's evaluation). Vision placeholder tokens are suppressed
-during sampling. torch and transformers are imported when a generator is built, not when this module is.
+during sampling. A video that does not decode or an image that does not open raises the runner's MediaError
+naming every such request of the batch (the runner records or stops on them). torch and transformers are
+imported when a generator is built, not when this module is.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from .runner import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_MAX_PIXELS, Request
+from .runner import DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_MAX_PIXELS, MediaError, Request
 
 
 def _load_image(src: Path | bytes):
@@ -54,20 +56,45 @@ class HFGenerator:
                 "max_pixels": self.max_pixels, "min_pixels": self.min_pixels, "dtype": self.dtype,
                 "seed": self.seed, "backend": "hf"}
 
-    def _encode(self, batch: list[Request]):
-        from videoktr.data.video import read_video
+    def _load_media(self, batch: list[Request]) -> list[tuple]:
+        """(clip or None, [images]) per request. Every request's media is read before any failure is raised, so
+        that one MediaError names all the unreadable ones of the batch."""
+        from PIL import Image
 
+        from videoktr.data.video import VideoDecodeError, read_video
+
+        loaded, failures = [], []
+        for i, req in enumerate(batch):
+            clip, imgs = None, []
+            try:
+                if req.video is not None:
+                    clip = read_video(req.video, target_fps=self.fps, min_frames=self.min_frames,
+                                      max_frames=self.frames, backend=self.video_backend)
+            except VideoDecodeError as exc:
+                failures.append((i, req.video, str(exc)))
+                continue
+            for src in req.images:
+                name = src if isinstance(src, Path) else None
+                try:
+                    imgs.append(_load_image(src))
+                except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                    failures.append((i, name, f"cannot read image {name or '(embedded)'}: {exc}"))
+                    break
+            loaded.append((clip, imgs))
+        if failures:
+            raise MediaError(failures)
+        return loaded
+
+    def _encode(self, batch: list[Request]):
         texts, videos, metas, images = [], [], [], []
-        for req in batch:
+        for req, (clip, imgs) in zip(batch, self._load_media(batch)):
             content = []
-            if req.video is not None:
-                clip = read_video(req.video, target_fps=self.fps, min_frames=self.min_frames,
-                                  max_frames=self.frames, backend=self.video_backend)
+            if clip is not None:
                 videos.append(clip.frames)
                 metas.append(clip.metadata())
                 content.append({"type": "video"})
-            for src in req.images:
-                images.append(_load_image(src))
+            for img in imgs:
+                images.append(img)
                 content.append({"type": "image"})
             content.append({"type": "text", "text": req.prompt})
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}],

@@ -90,6 +90,9 @@ def markdown_summary(summary: dict, paper: tuple[float, str] | None = None, titl
     notes = []
     if summary.get("missing"):
         notes.append(f"{summary['missing']} items had no prediction and count as wrong.")
+    if summary.get("failed"):
+        notes.append(f"{summary['failed']} items failed (media unreadable or of the wrong type; listed in "
+                     f"failed.jsonl) and count as wrong.")
     if summary.get("unparsed"):
         notes.append(f"{summary['unparsed']} answers could not be read and count as wrong; accuracy over the "
                      f"readable ones: {summary['accuracy_parsed']:.2f}%.")
@@ -98,6 +101,15 @@ def markdown_summary(summary: dict, paper: tuple[float, str] | None = None, titl
         notes.append("Settings: " + ", ".join(f"{k}={v}" for k, v in s.items()) + ".")
     if notes:
         lines += [""] + notes
+    failures = summary.get("failures") or []
+    if failures:
+        lines += ["", "### failed items", "", "| item | file | reason |", "|---|---|---|"]
+        for f in failures[:20]:
+            item = f"{f['task']}/{f['id']}" if f.get("task") else f["id"]
+            reason = str(f["reason"]).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {item} | {f.get('file') or ''} | {reason} |")
+        if len(failures) > 20:
+            lines.append(f"\n... and {len(failures) - 20} more (failed.jsonl, summary.json)")
     for field, values in summary.get("categories", {}).items():
         if len(values) < 2 and field != "question_type":
             continue
@@ -124,9 +136,15 @@ def markdown_overview(rows: list[tuple[str, dict, tuple[float, str] | None]]) ->
     head = "| benchmark | accuracy (%) | total | unparsed |" + (" paper | paper source |" if with_paper else "")
     sep = "|---|---:|---:|---:|" + ("---:|---|" if with_paper else "")
     lines = ["# Evaluation summary", "", head, sep]
+    notes = []
     for title, s, p in rows:
         line = f"| {title} | {s['accuracy']:.2f} | {s['total']} | {s['unparsed']} |"
         if with_paper:
             line += f" {p[0]:.2f} | {p[1]} |" if p else "  |  |"
         lines.append(line)
+        if s.get("failed"):
+            notes.append(f"{title}: {s['failed']} items failed (media unreadable or of the wrong type) and count "
+                         f"as wrong; see its summary.md.")
+    if notes:
+        lines += [""] + notes
     return "\n".join(lines) + "\n"

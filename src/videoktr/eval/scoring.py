@@ -11,9 +11,10 @@ Per answer type (after `extract.extract`):
 - open: normalised text equal (case, punctuation, articles and spacing ignored), or the answer contained as a
   phrase in a prediction at most 5 words longer. Benchmarks judge open answers with an LLM; this is stricter.
 
-Summary fields: `accuracy` = 100 * score / total (unparsed and missing answers count as wrong);
-`accuracy_parsed` = 100 * score / (total - unparsed - missing), the denominator Video-MME's official script
-uses (it leaves unreadable responses out).
+Summary fields: `accuracy` = 100 * score / total (unparsed and missing answers, and items whose media could not
+be read, count as wrong); `accuracy_parsed` = 100 * score / (total - unparsed - missing - failed), the
+denominator Video-MME's official script uses (it leaves unreadable responses out). Items that failed (their
+media could not be read) are records with method "failed" and their reason in `error`, counted in `failed`.
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ class Record:
     method: str
     answer: str
     task: str | None = None
+    error: str | None = None  # why the item could not be run (method "failed")
 
     def to_json(self) -> dict:
         d = asdict(self)
-        if d["task"] is None:
-            d.pop("task")
+        for k in ("task", "error"):
+            if d[k] is None:
+                d.pop(k)
         return d
 
 
@@ -108,7 +111,9 @@ def judge(value: str | None, item: Item) -> float:
     return float(any(text_match(value, g) for g in golds))
 
 
-def score_item(item: Item, output: str | None, missing: bool = False) -> Record:
+def score_item(item: Item, output: str | None, missing: bool = False, failed: str | None = None) -> Record:
+    if failed is not None:
+        return Record(item.id, None, None, False, 0.0, "failed", item.answer, item.task, error=failed)
     if missing:
         return Record(item.id, None, None, False, 0.0, "missing", item.answer, item.task)
     ex = extract(output, item)
@@ -121,23 +126,27 @@ class MissingPredictionsError(ValueError):
 
 
 def score_items(items: list[Item], outputs: dict[tuple[str, str], str | None],
-                allow_missing: bool = False) -> list[Record]:
-    """outputs: item.key -> raw output. Items without an output raise, unless `allow_missing` (then they score
-    0 and are counted as missing)."""
-    absent = [it for it in items if it.key not in outputs]
+                allow_missing: bool = False, failed: dict[tuple[str, str], str] | None = None) -> list[Record]:
+    """outputs: item.key -> raw output; failed: item.key -> why it could not be run (recorded as failed, score
+    0). Other items without an output raise, unless `allow_missing` (then they score 0 and are counted as
+    missing)."""
+    failed = {k: v for k, v in (failed or {}).items() if k not in outputs}
+    absent = [it for it in items if it.key not in outputs and it.key not in failed]
     if absent and not allow_missing:
         names = ", ".join(it.label for it in absent[:5]) + (" ..." if len(absent) > 5 else "")
         raise MissingPredictionsError(f"{len(absent)} of {len(items)} items have no prediction ({names}); "
                                       f"pass --allow-missing to score them as wrong")
-    return [score_item(it, outputs.get(it.key), missing=it.key not in outputs) for it in items]
+    return [score_item(it, outputs.get(it.key), missing=it.key not in outputs, failed=failed.get(it.key))
+            for it in items]
 
 
 def _bucket(records: list[Record]) -> dict:
     total = len(records)
     score = sum(r.score for r in records)
-    unparsed = sum(1 for r in records if r.extracted is None and r.method != "missing")
+    unparsed = sum(1 for r in records if r.extracted is None and r.method not in ("missing", "failed"))
     missing = sum(1 for r in records if r.method == "missing")
-    parsed = total - unparsed - missing
+    failed = sum(1 for r in records if r.method == "failed")
+    parsed = total - unparsed - missing - failed
     out = {
         "total": total,
         "correct": round(score, 4) if score != int(score) else int(score),
@@ -146,6 +155,8 @@ def _bucket(records: list[Record]) -> dict:
     }
     if missing:
         out["missing"] = missing
+    if failed:
+        out["failed"] = failed
     out["accuracy_parsed"] = round(100.0 * score / parsed, 4) if parsed else 0.0
     return out
 

@@ -66,7 +66,7 @@ class VideoR1Format(Benchmark):
                 id=str(row["problem_id"]), benchmark=self.name, question=str(row["problem"]).strip(),
                 answer=answer, answer_type=kind, options=options,
                 video=media if dtype == "video" else None, image=media if dtype == "image" else None,
-                categories=categories,
+                categories=categories, extra={"where": f"{path}: {where}", "data_type": dtype},
             ))
         return items
 

@@ -25,6 +25,17 @@ def _init_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# a file where a directory must be (an output directory that is a file, or a path through one): the user's to fix
+PATH_ERRORS = (FileExistsError, NotADirectoryError)
+
+
+def user_error_message(exc: BaseException) -> str:
+    """The one line printed for a user error (exit code 2)."""
+    if isinstance(exc, PATH_ERRORS) and getattr(exc, "filename", None):
+        return f"{str(exc.filename)!r}: {exc.strerror} (a directory is needed there, and a file is in the way)"
+    return str(exc)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train.config import config_from_args
     from .train.distributed import end_process_group
@@ -34,8 +45,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         run(config_from_args(args))
         finished = True
-    except (ValueError, FileNotFoundError) as exc:  # bad option, file or row: the message names it
-        print(f"error: {exc}", file=sys.stderr)
+    # bad option, file or row (ValueError: ConfigError and the like), a missing file, or a file where a directory
+    # must be: the message names it; anything else is a bug in videoktr and keeps its traceback
+    except (ValueError, FileNotFoundError, *PATH_ERRORS) as exc:
+        print(f"error: {user_error_message(exc)}", file=sys.stderr)
         return 2
     finally:  # under `accelerate launch`: close the process group before the interpreter shuts down
         end_process_group(wait=finished)

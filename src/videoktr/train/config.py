@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -97,7 +99,7 @@ class RLConfig:
                                              "selected: per response over selected tokens (official code, without "
                                              "its NaN)",
                                  ("sequence", "token", "selected"))
-    reward_weights: list = _f([1.0, 0.5], "weights of the reward functions (accuracy, format)")
+    reward_weights: list[float] = _f([1.0, 0.5], "weights of the reward functions (accuracy, format)")
     length_bonus: float = _f(0.0, "Video-R1's length bonus (data runs only): this reward is added, with weight 1, to "
                                   "each correct response (accuracy > 0.1) whose true token length is in "
                                   "[length_bonus_min_tokens, length_bonus_max_tokens], in prompt groups with at "
@@ -119,7 +121,7 @@ class RLConfig:
 
 @dataclass
 class KTRConfig:
-    signals: list = _f(["visual", "temporal", "entropy"], "attribution signals whose top-r tokens are unioned "
+    signals: list[str] = _f(["visual", "temporal", "entropy"], "attribution signals whose top-r tokens are unioned "
                                                           "(paper Table 2: any subset of visual/temporal/entropy)")
     ratio: float = _f(0.2, "r: share of each response's tokens kept per signal, in (0, 1] (paper: 0.2)")
     selection: str = _f("response", "response: exactly ceil(r*n) per response; group: one threshold per prompt "
@@ -145,7 +147,7 @@ class RunConfig:
     cache_dir: str = _f(".cache/videoktr", "cache for the synthetic world and the warm-started model")
     seed: int = _f(0, "random seed")
     save_steps: int = _f(20, "checkpoint every N optimizer steps (resume continues from the last one)")
-    save_total_limit: int = _f(2, "checkpoints kept")
+    save_total_limit: int = _f(2, "checkpoints kept (0 = all)")
     logging_steps: int = _f(1, "log every N steps")
     resume: bool = _f(True, "continue from the last checkpoint in output_dir if there is one")
     save_final: bool = _f(True, "write the trained model (weights, tokenizer, processor) to <output_dir>/final, "
@@ -156,6 +158,173 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "rl": RLConfig, "ktr": KTRConfig, "run": RunConfig}
 
 
+class ConfigError(ValueError):
+    """A mistake in the options (a YAML file, a flag or a value), reported with where the value came from;
+    `videoktr train` prints it and exits with code 2."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option (each element, for a list) may take; None = unbounded. Never inf or nan."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # the bound itself is excluded
+    high_open: bool = False
+    note: str = ""  # why, or what a boundary value means, shown after the range
+
+    def __contains__(self, value) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def bounds(self) -> str:
+        def fmt(x) -> str:
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{fmt(self.low)}, {fmt(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {fmt(self.low)}"
+        return f"{'<' if self.high_open else '<='} {fmt(self.high)}"
+
+    def describe(self, kind: type) -> str:
+        """What a value out of range is told: "in (0, 1]", "a finite number > 0", ">= 1 (why)"."""
+        text = self.bounds()
+        if kind is float and not text.startswith("in "):
+            text = f"a finite number {text}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _ge(low, note=""):
+    return Range(low=low, note=note)
+
+
+def _gt(low, note=""):
+    return Range(low=low, low_open=True, note=note)
+
+
+SEED_RANGE = Range(0, 2**32 - 1, note="numpy's seed range")
+
+# "section.option" -> allowed values, for every int and float option (and the elements of a list of numbers);
+# test_config_validation checks that none is missing
+RANGES: dict[str, Range] = {
+    "model.warmstart_max_steps": _ge(0, "0 = no supervised warm-up"),
+    "data.world_train": _ge(1),
+    "data.world_rl": _ge(1),
+    "data.world_eval": _ge(1),
+    "data.attribution_rows": _ge(1, "run.eval_attribution false turns the measurement off"),
+    "data.world_seed": SEED_RANGE,
+    "data.fps": _gt(0),
+    "data.min_frames": _ge(2, "2 frames per temporal patch"),
+    "data.max_frames": _ge(2, "2 frames per temporal patch"),
+    "data.max_pixels": _ge(1),
+    "data.min_pixels": _ge(1),
+    "data.media_workers": _ge(0, "0 = automatic"),
+    "rl.tgrpo_alpha": _ge(0),
+    "rl.tgrpo_mu": _gt(0),
+    "rl.max_steps": _ge(1, "0 would still train one step, and -1 TRL's default of 3 epochs"),
+    "rl.learning_rate": _gt(0),
+    "rl.prompts_per_step": _ge(1),
+    "rl.num_generations": _ge(2, "group advantages"),
+    "rl.temperature": _gt(0, "sampling divides the logits by it; 0 is not greedy decoding here"),
+    "rl.top_p": Range(0, 1, low_open=True),
+    "rl.max_completion_length": _ge(1),
+    "rl.beta": _ge(0, "0 = no KL term"),
+    "rl.epsilon": Range(0, 1),
+    "rl.epsilon_high": _ge(0),
+    "rl.num_iterations": _ge(1),
+    "rl.gradient_accumulation_steps": _ge(1),
+    "rl.weight_decay": _ge(0),
+    "rl.max_grad_norm": _ge(0, "0 = no clipping"),
+    "rl.warmup_steps": _ge(0),
+    "rl.reward_weights": _ge(0),
+    "rl.length_bonus": _ge(0, "0 = off"),
+    "rl.length_bonus_min_tokens": _ge(0),
+    "rl.length_bonus_max_tokens": _ge(0),
+    "rl.vllm_gpu_memory_utilization": Range(0, 1, low_open=True),
+    "rl.vllm_tensor_parallel_size": _ge(1),
+    "ktr.ratio": Range(0, 1, low_open=True),
+    "ktr.visual_fraction": Range(0, 1, low_open=True),
+    "ktr.segment_groups": _ge(1),
+    "run.seed": SEED_RANGE,
+    "run.save_steps": _ge(1),
+    "run.save_total_limit": _ge(0, "0 = keep every checkpoint"),
+    "run.logging_steps": _ge(1),
+}
+# string options that must not be empty
+NON_EMPTY = {"run.output_dir", "run.cache_dir"}
+# the rewards rl.reward_weights weighs, in order (Video-R1's length bonus, when on, is added with weight 1)
+REWARD_NAMES = ("accuracy", "format")
+SIGNALS = ("visual", "temporal", "entropy")
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_KIND = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _given(value) -> str:
+    if value is None:
+        return "nothing (null: an empty value in YAML)"
+    kind = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "a list",
+            tuple: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
+    return f"{value!r} ({kind})"
+
+
+def convert_value(value, kind, label: str, allowed: Range | None = None):
+    """`value` as option type `kind` (int, float, bool, str, list[...]); ConfigError naming `label` (and the
+    `allowed` range) when it is not one. Only unambiguous conversions: an int or a numeric string for a float
+    (PyYAML follows YAML 1.1, which reads `1e-5` as a string and `1.0e-5` as a float), a tuple for a list. Never
+    a float or a string for an int, nor anything but a boolean for a boolean."""
+    if typing.get_origin(kind) is list or kind is list:
+        if not isinstance(value, (list, tuple)):
+            item = (typing.get_args(kind) or (None,))[0]
+            of = {int: " of integers", float: " of numbers", str: " of strings"}.get(item, "")
+            raise ConfigError(f"{label} must be a list{of}, got {_given(value)}")
+        (item,) = typing.get_args(kind) or (None,)
+        return [v if item is None else convert_value(v, item, f"{label}[{i}]", allowed)
+                for i, v in enumerate(value)]
+    ok = False
+    if kind is bool or kind is str:
+        ok = isinstance(value, kind)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            value = float(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    if not ok:
+        expected = _KIND.get(kind, getattr(kind, "__name__", str(kind)))
+        if allowed is not None:
+            expected += f" {allowed.bounds()}" + (f" ({allowed.note})" if allowed.note else "")
+        raise ConfigError(f"{label} must be {expected}, got {_given(value)}")
+    return value
+
+
+def check_option(cls, name: str, value, label: str):
+    """One option's value, converted to its field type, checked against its choices and range (RANGES)."""
+    section = next(s for s, c in SECTIONS.items() if c is cls)
+    f = next(f for f in fields(cls) if f.name == name)
+    kind = typing.get_type_hints(cls)[name]
+    allowed = RANGES.get(f"{section}.{name}")
+    value = convert_value(value, kind, label, allowed)
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{label} must be one of {list(choices)}, got {value!r}")
+    if f"{section}.{name}" in NON_EMPTY and not value.strip():
+        raise ConfigError(f"{label} must not be empty")
+    if allowed is not None:
+        item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else kind
+        for i, v in enumerate(value if isinstance(value, list) else [value]):
+            if v not in allowed:
+                where = f"{label}[{i}]" if isinstance(value, list) else label
+                raise ConfigError(f"{where} must be {allowed.describe(item)}, got {v!r}")
+    return value
+
+
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -164,32 +333,51 @@ class TrainConfig:
     ktr: KTRConfig = field(default_factory=KTRConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def source(self, section: str, name: str) -> str:
+        """Where an option's value came from: a YAML file, a flag, or "" (the default, or set in code)."""
+        return getattr(self, "_sources", {}).get((section, name), "")
+
+    def label(self, section: str, name: str) -> str:
+        """`section.name`, prefixed with where its value came from ("configs/x.yaml: rl.max_steps")."""
+        where = self.source(section, name)
+        return f"{where}: {section}.{name}" if where else f"{section}.{name}"
+
     def validate(self) -> None:
+        """One pass over every option, before any work: its type (converted in place where unambiguous, see
+        `convert_value`, so config.json records the converted value), choices and range (RANGES), then the rules
+        between options. Raises ConfigError naming the file or flag, section, option, what was expected and
+        the value given."""
         for name, cls in SECTIONS.items():
             section = getattr(self, name)
+            if not isinstance(section, cls):
+                raise ConfigError(f"config section '{name}' must be a {cls.__name__}, got {_given(section)}")
             for f in fields(cls):
-                choices = f.metadata.get("choices")
-                if choices and getattr(section, f.name) not in choices:
-                    raise ValueError(f"{name}.{f.name} must be one of {list(choices)}, got {getattr(section, f.name)!r}")
-        if not 0.0 < self.ktr.ratio <= 1.0:
-            raise ValueError(f"ktr.ratio must be in (0, 1], got {self.ktr.ratio}")
-        bad = [s for s in self.ktr.signals if s not in ("visual", "temporal", "entropy")]
-        if bad or not self.ktr.signals:
-            raise ValueError(f"ktr.signals must be a non-empty subset of visual/temporal/entropy, got {self.ktr.signals}")
-        if self.rl.num_generations < 2:
-            raise ValueError(f"rl.num_generations must be >= 2 (group advantages), got {self.rl.num_generations}")
-        if self.data.media_workers < 0:
-            raise ValueError(f"data.media_workers must be >= 0 (0 = automatic), got {self.data.media_workers}")
-        if self.data.min_frames % 2 or self.data.max_frames % 2:
-            raise ValueError("data.min_frames and data.max_frames must be even (2 frames per temporal patch)")
-        rl = self.rl
-        if not (isinstance(rl.length_bonus, (int, float)) and 0 <= rl.length_bonus < float("inf")):
-            raise ValueError(f"rl.length_bonus must be a finite number >= 0 (0 = off), got {rl.length_bonus!r}")
-        if rl.length_bonus_min_tokens < 0:
-            raise ValueError(f"rl.length_bonus_min_tokens must be >= 0, got {rl.length_bonus_min_tokens}")
+                setattr(section, f.name, check_option(cls, f.name, getattr(section, f.name), self.label(name, f.name)))
+        d, rl, k = self.data, self.rl, self.ktr
+        bad = [s for s in k.signals if s not in SIGNALS]
+        if bad or not k.signals:
+            raise ConfigError(f"{self.label('ktr', 'signals')} must be a non-empty subset of visual/temporal/entropy, "
+                              f"got {k.signals}")
+        if k.signed and k.distance != "logprob":
+            raise ConfigError(f"{self.label('ktr', 'signed')}: a signed score applies only to ktr.distance 'logprob', "
+                              f"got ktr.distance {k.distance!r}")
+        for key in ("min_frames", "max_frames"):
+            if getattr(d, key) % 2:
+                raise ConfigError(f"{self.label('data', key)} must be even (2 frames per temporal patch), "
+                                  f"got {getattr(d, key)}")
+        if d.min_frames > d.max_frames:
+            raise ConfigError(f"{self.label('data', 'min_frames')} ({d.min_frames}) must be <= data.max_frames "
+                              f"({d.max_frames})")
+        if d.min_pixels > d.max_pixels:
+            raise ConfigError(f"{self.label('data', 'min_pixels')} ({d.min_pixels}) must be <= data.max_pixels "
+                              f"({d.max_pixels})")
+        if len(rl.reward_weights) != len(REWARD_NAMES):
+            raise ConfigError(f"{self.label('rl', 'reward_weights')} must have {len(REWARD_NAMES)} values, one per "
+                              f"reward ({', '.join(REWARD_NAMES)}; the length bonus, when on, is added with weight "
+                              f"1), got {len(rl.reward_weights)}: {rl.reward_weights}")
         if rl.length_bonus_min_tokens > rl.length_bonus_max_tokens:
-            raise ValueError(f"rl.length_bonus_min_tokens ({rl.length_bonus_min_tokens}) must be <= "
-                             f"rl.length_bonus_max_tokens ({rl.length_bonus_max_tokens})")
+            raise ConfigError(f"{self.label('rl', 'length_bonus_min_tokens')} ({rl.length_bonus_min_tokens}) must be "
+                              f"<= rl.length_bonus_max_tokens ({rl.length_bonus_max_tokens})")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,49 +388,77 @@ def _field_type(cls, f) -> type:
     return hints[f.name]
 
 
-def read_yaml_sections(path: str | Path, _seen: tuple = ()) -> dict[str, dict]:
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _yaml_error(path: Path, exc) -> ConfigError:
+    """A YAML syntax error as one line naming the file, line and column (PyYAML's own names "<unicode string>")."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return ConfigError(f"{path}: invalid YAML{where}: {problem}" + (f" ({context})" if context else ""))
+
+
+def read_yaml_sections(path: str | Path, _seen: tuple = (), sources: dict | None = None) -> dict[str, dict]:
     """Sections of a YAML config; a top-level `base: other.yaml` (relative to this file) is read first and
-    this file's values override it section by section."""
+    this file's values override it section by section. `sources`, when given, receives (section, option) ->
+    the file that set the value."""
     import yaml
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file not found: {p}")
     if p.resolve() in _seen:
-        raise ValueError(f"{p}: circular `base`")
-    raw = yaml.safe_load(p.read_text()) or {}
+        raise ConfigError(f"{p}: circular `base`")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise _yaml_error(p, exc) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not a UTF-8 text file ({exc})") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"{p}: expected a mapping of sections {sorted(SECTIONS)}")
+        raise ConfigError(f"{p}: expected a mapping of sections {sorted(SECTIONS)}, got {_given(raw)}")
     base = raw.pop("base", None)
-    unknown = sorted(set(raw) - set(SECTIONS))
+    unknown = sorted(map(str, set(raw) - set(SECTIONS)))
     if unknown:
-        raise ValueError(f"{p}: unknown section(s) {unknown}; sections are {sorted(SECTIONS)} (and `base`)")
-    merged = read_yaml_sections(p.parent / base, _seen + (p.resolve(),)) if base else {}
+        raise ConfigError(f"{p}: unknown section(s) {unknown}; sections are {sorted(SECTIONS)} (and `base`)")
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{p}: `base` must be a file name (a string), got {_given(base)}")
+    merged = read_yaml_sections(p.parent / base, _seen + (p.resolve(),), sources) if base else {}
     for name, values in raw.items():
         if values is not None and not isinstance(values, dict):
-            raise ValueError(f"{p}: section '{name}' must be a mapping of options")
+            raise ConfigError(f"{p}: section '{name}' must be a mapping of options, got {_given(values)}")
         merged[name] = {**merged.get(name, {}), **(values or {})}
+        if sources is not None:
+            sources.update({(name, key): str(p) for key in values or {}})
     return merged
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """Read a YAML file (sections model/data/rl/ktr/run, optional `base`) and apply flat overrides
-    ({"max_steps": 5})."""
-    raw: dict[str, Any] = read_yaml_sections(path) if path else {}
+    ({"max_steps": 5}, named after their flag in errors), then validate the result (`TrainConfig.validate`)."""
+    sources: dict = {}
+    raw: dict[str, Any] = read_yaml_sections(path, sources=sources) if path else {}
     sections = {}
     for name, cls in SECTIONS.items():
         values = dict(raw.get(name) or {})
         known = {f.name for f in fields(cls)}
-        extra = sorted(set(values) - known)
+        extra = sorted(map(str, set(values) - known))
         if extra:
-            raise ValueError(f"{path}: unknown option(s) {extra} in section '{name}'; known: {sorted(known)}")
+            files = sorted({sources.get((name, key), str(path)) for key in values if str(key) in extra})
+            raise ConfigError(f"{', '.join(files)}: unknown option(s) {extra} in section '{name}'; "
+                              f"known: {sorted(known)}")
         sections[name] = cls(**values)
     config = TrainConfig(**sections)
     for key, value in (overrides or {}).items():
         section = FLAG_OWNER.get(key)
         if section is None:
-            raise ValueError(f"unknown option {key!r}")
+            raise ConfigError(f"unknown option {key!r}")
         setattr(getattr(config, section), key, value)
+        sources[(section, key)] = flag_name(key)
+    config._sources = sources
     config.validate()
     return config
 
@@ -262,14 +478,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         for f in fields(cls):
             ftype = _field_type(cls, f)
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            flag = "--" + f.name.replace("_", "-")
+            flag = flag_name(f.name)
             help_text = f"{f.metadata['help']} (default: {default})"
             kwargs: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
             if ftype is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
-            elif ftype is list:
+            elif typing.get_origin(ftype) is list or ftype is list:
                 kwargs["nargs"] = "+"
-                kwargs["type"] = float if default and isinstance(default[0], float) else str
+                kwargs["type"] = (typing.get_args(ftype) or (str,))[0]
             else:
                 kwargs["type"] = ftype
                 if f.metadata.get("choices"):

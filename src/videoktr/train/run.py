@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .config import TrainConfig
+from .preflight import preflight
 
 REPORT_NAME = "report.json"
 PLOT_NAME = "training.png"
@@ -427,7 +428,7 @@ def record_wall_time(out: Path, seconds: float) -> float:
 
 def run(config: TrainConfig) -> dict:
     """Run the experiment described by `config`; returns the report (also written to report.json)."""
-    config.validate()
+    preflight(config)  # every option checked (types, ranges, paths, model config) before any expensive work
     start = time.perf_counter()
     if config.data.data:
         report = run_dataset(config)

@@ -1,0 +1,97 @@
+"""User errors are one line on stderr and exit code 2, not a traceback with exit code 1 (issue 10, case 5): a YAML
+syntax error names the file, line and column; an output directory that is a file names the path, in `train` and
+in `eval`. Bugs keep their traceback. Fast: nothing trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from expensive_guard import forbid_expensive_work
+
+from videoktr import cli
+from videoktr.cli import main
+
+FIXTURES = Path(__file__).parent / "eval" / "fixtures"
+
+
+@pytest.fixture
+def no_expensive_work(monkeypatch):
+    forbid_expensive_work(monkeypatch)
+
+
+@pytest.mark.parametrize("text,line,column,problem", [
+    ("rl:\n  max_steps: 5\n\tlearning_rate: 1e-5\n", 3, 1, "found character '\\t' that cannot start any token"),
+    ("rl:\n  reward_weights: [1.0, 0.5\nrun:\n  seed: 1\n", 3, 4, "expected ',' or ']'"),
+    ("rl:\n  method: grpo\n max_steps: 3\n", 3, 2, "expected <block end>, but found '<block mapping start>'"),
+])
+def test_yaml_syntax_error_names_file_line_and_column(tmp_path, capsys, no_expensive_work, text, line, column,
+                                                      problem):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    assert main(["train", "--config", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: invalid YAML at line {line}, column {column}: {problem}"), err
+    assert "<unicode string>" not in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_yaml_syntax_error_in_a_base_file_names_that_file(tmp_path, capsys, no_expensive_work):
+    base = tmp_path / "base.yaml"
+    base.write_text("rl: [\n")
+    child = tmp_path / "child.yaml"
+    child.write_text("base: base.yaml\n")
+    assert main(["train", "--config", str(child), "--output-dir", str(tmp_path / "out")]) == 2
+    assert f"error: {base}: invalid YAML at line 2, column 1" in capsys.readouterr().err
+
+
+def test_train_output_dir_that_is_a_file(tmp_path, capsys, no_expensive_work):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    assert main(["train", "--output-dir", str(taken), "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert f"run.output_dir {str(taken)!r} is a file, not a directory" in err and "Traceback" not in err
+    assert taken.read_text() == "x"
+
+
+@pytest.mark.parametrize("exc", [FileExistsError(17, "File exists", "runs/x"),
+                                 NotADirectoryError(20, "Not a directory", "runs/x/checkpoint-2")])
+def test_train_maps_a_file_in_the_way_to_exit_2(monkeypatch, capsys, exc):
+    """If a path error still comes from deeper down (a file created during the run), it is exit 2 naming it."""
+    import videoktr.train.run as run_module
+
+    def run(config):
+        raise exc
+
+    monkeypatch.setattr(run_module, "run", run)
+    assert main(["train"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {exc.filename!r}: {exc.strerror}" in err
+
+
+def test_train_keeps_tracebacks_for_bugs(monkeypatch):
+    import videoktr.train.run as run_module
+
+    def run(config):
+        raise KeyError("a bug in videoktr")
+
+    monkeypatch.setattr(run_module, "run", run)
+    with pytest.raises(KeyError, match="a bug in videoktr"):
+        main(["train"])
+
+
+def test_user_error_message_of_other_errors():
+    assert cli.user_error_message(ValueError("bad option")) == "bad option"
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_eval_output_dir_that_is_a_file(tmp_path, capsys, nested):
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    out = taken / "sub" if nested else taken
+    code = main(["eval", "--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"),
+                 "--predictions", str(FIXTURES / "holmes_mini_predictions.jsonl"), "--output-dir", str(out)])
+    assert code == 2
+    err = capsys.readouterr().err
+    expected = (f"--output-dir {str(out)!r} cannot be created: {str(taken)!r} is a file" if nested
+                else f"--output-dir {str(out)!r} is a file, not a directory")
+    assert expected in err and "Traceback" not in err

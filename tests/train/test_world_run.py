@@ -29,6 +29,8 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     assert report["train"]["final_model"] == str(out / "final") and (out / "final" / "config.json").is_file()
     assert (out / "training.png").is_file() and (out / "run_identity.json").is_file()
     assert report["model"].startswith(str(cache / "warmstart-"))
+    card = (out / "final" / "README.md").read_text()  # videoktr's model card, not TRL's "fine-tuned version of [None]"
+    assert f"**Base model:** `{report['model']}`" in card and "[None]" not in card
     capsys.readouterr()
     built = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     # the second run builds nothing again (every cached file untouched, none added) and continues the RL run

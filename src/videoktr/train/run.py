@@ -84,12 +84,13 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
 
 
 def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict], reward_funcs: list,
-                  identity: str = ""):
+                  identity: str = "", base_model: str = ""):
     """The run's VideoGRPOTrainer; `identity` (RunStart.identity) goes into every checkpoint's completion marker."""
     from datasets import Dataset
 
     from ..attribution import AttributionOptions, SelectionOptions
     from ..models.factory import suppressed_token_ids
+    from .card import card_info
     from .trainer import TemporalGRPOOptions, VideoGRPOTrainer, VideoOptions
 
     k, d = config.ktr, config.data
@@ -112,6 +113,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         tgrpo=TemporalGRPOOptions(alpha=config.rl.tgrpo_alpha, mu=config.rl.tgrpo_mu),
         twgrpo_variant=config.rl.twgrpo_variant,
         run_identity=identity,
+        card=card_info(config, base_model or config.model.model),
         callbacks=[learning_signal_callback()],
     )
 
@@ -326,6 +328,10 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
         state.wait_for_everyone()
         trainer.save_model(str(partial))
         state.wait_for_everyone()
+        if state.is_main_process and trainer.card is not None:
+            from .card import model_card
+
+            (partial / "README.md").write_text(model_card(trainer.card, trainer.state.global_step))
         if state.is_main_process:  # renamed into place once whole: `final/` is complete or absent
             if final.exists():
                 shutil.rmtree(final)

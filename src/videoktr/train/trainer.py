@@ -121,13 +121,14 @@ class VideoGRPOTrainer(GRPOTrainer):
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
                  tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", run_identity: str = "",
-                 **kwargs):
+                 card: dict | None = None, **kwargs):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if twgrpo_variant not in TWGRPO_VARIANTS:
             raise ValueError(f"twgrpo_variant must be one of {TWGRPO_VARIANTS}, got {twgrpo_variant!r}")
         self.twgrpo_variant = twgrpo_variant
         self.run_identity = run_identity  # recorded in every checkpoint's completion marker (train/checkpoint.py)
+        self.card = card  # train.card.card_info: what the model card says (None: TRL's card)
         if kwargs.get("args") is not None:  # TRL options our loss would silently ignore are refused up front
             check_trl_options(kwargs["args"])
         super().__init__(*args, **kwargs)
@@ -216,6 +217,16 @@ class VideoGRPOTrainer(GRPOTrainer):
                 or hasattr(model, "peft_config"):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)  # their own formats
         load_checkpoint_weights(model, resume_from_checkpoint)
+
+    def create_model_card(self, model_name=None, dataset_name=None, tags=None):
+        """videoktr's model card (train/card.py) in the output directory: base model, method and options, data,
+        and how to run the model on a video; TRL's when the trainer was built without `card`."""
+        if self.card is None:
+            return super().create_model_card(model_name=model_name, dataset_name=dataset_name, tags=tags)
+        if self.is_world_process_zero():
+            from .card import model_card
+
+            (Path(self.args.output_dir) / "README.md").write_text(model_card(self.card, self.state.global_step))
 
     def _save_checkpoint(self, model, trial):
         """TRL's checkpoint, then (once every process has written its part) the completion marker: a checkpoint

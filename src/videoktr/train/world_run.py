@@ -84,7 +84,8 @@ def run_synthetic(config: TrainConfig) -> dict:
     # 4. RL
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
     trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
-                            [synthetic.accuracy_reward, synthetic.format_reward], identity=start.identity)
+                            [synthetic.accuracy_reward, synthetic.format_reward], identity=start.identity,
+                            base_model=str(model_dir))
     train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean", start=start)
 
     # 5. after RL

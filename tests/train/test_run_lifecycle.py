@@ -124,3 +124,39 @@ def test_report_totals_a_resumed_run(data, tiny_dir, tmp_path):
     assert train["logged_steps"] == 3  # the steps of both invocations
     assert train["reward_start"] is not None and train["reward_end"] is not None
     assert "mean_update_ratio" in train and "reward_first" not in train  # ktr: the masking statistics
+
+
+def test_weights_only_checkpoints_resume_with_a_fresh_optimizer(data, tiny_dir, tmp_path, capsys):
+    """run.save_only_model: checkpoints without the optimizer state (tens of GB at 7B); a resume says what it lacks."""
+    out = tmp_path / "run"
+    assert _train(data, tiny_dir, out, "--max-steps", "1", "--save-only-model") == 0
+    assert not list((out / "checkpoint-1").glob("optimizer.*")) and (out / "checkpoint-1" / COMPLETE_MARKER).is_file()
+    assert _train(data, tiny_dir, out, "--max-steps", "2", "--save-only-model") == 0
+    printed = capsys.readouterr().out
+    assert "resuming from" in printed and "the optimizer and schedule start afresh" in printed
+
+
+def test_epochs_decide_the_length_when_given(data, tiny_dir, tmp_path):
+    """rl.num_train_epochs: passes over the prompts instead of rl.max_steps (18 rows, 1 prompt a step)."""
+    out = tmp_path / "run"
+    assert _train(data, tiny_dir, out, "--num-train-epochs", "0.1", "--max-steps", "50") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2  # ceil(0.1 x 18 prompts), not 50
+
+
+def test_auto_dtype_is_the_checkpoints_own(tiny_dir, tmp_path):
+    import shutil
+
+    from videoktr.train.config import load_config
+    from videoktr.train.run import grpo_args, resolve_auto_dtype
+
+    bf16 = tmp_path / "bf16"
+    shutil.copytree(tiny_dir, bf16)
+    raw = json.loads((bf16 / "config.json").read_text())
+    raw["dtype"] = "bfloat16"
+    (bf16 / "config.json").write_text(json.dumps(raw))
+    for model, expected in ((tiny_dir, "float32"), (bf16, "bfloat16")):
+        config = load_config(overrides={"dtype": "auto", "model": str(model)})
+        resolve_auto_dtype(config)
+        assert config.model.dtype == expected
+        assert grpo_args(config, []).bf16 == (expected == "bfloat16")

@@ -33,7 +33,8 @@ class ModelConfig:
     model_size: str = _f("small", "size of the offline model built when `model` is empty", ("tiny", "small"))
     dtype: str = _f("float32", "compute dtype: bfloat16/float16 run the forward under autocast with fp32 master "
                                "weights (under DeepSpeed, whose optimizer keeps the fp32 copy, the modules are "
-                               "loaded in this dtype)", ("float32", "bfloat16", "float16"))
+                               "loaded in this dtype); auto = the checkpoint's own (config.json), recorded resolved",
+                    ("float32", "bfloat16", "float16", "auto"))
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves GPU memory; the "
                                              "official 7B script uses it)")
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "
@@ -76,6 +77,8 @@ class RLConfig:
                              ("source", "video_ktr_code", "kl_to_mean"))
     tgrpo_alpha: float = _f(0.3, "T-GRPO: reward bonus for correct ordered responses (Video-R1: 0.3)")
     tgrpo_mu: float = _f(0.8, "T-GRPO: bonus when p_ordered >= mu * p_shuffled (Video-R1: 0.8)")
+    num_train_epochs: float = _f(0.0, "passes over the training prompts; when > 0 it decides the run's length "
+                                      "instead of rl.max_steps (0 = rl.max_steps decides)")
     max_steps: int = _f(500, "optimizer steps")
     learning_rate: float = _f(1e-4, "learning rate (paper, 7B: 2e-6)")
     prompts_per_step: int = _f(4, "distinct prompts per optimizer step and process")
@@ -147,6 +150,8 @@ class RunConfig:
     cache_dir: str = _f(".cache/videoktr", "cache for the synthetic world and the warm-started model")
     seed: int = _f(0, "random seed")
     save_steps: int = _f(20, "checkpoint every N optimizer steps (resume continues from the last one)")
+    save_only_model: bool = _f(False, "checkpoints hold the weights only, not the optimizer and schedule state "
+                                      "(tens of GB at 7B); a run resumed from one restarts its optimizer")
     save_total_limit: int = _f(2, "checkpoints kept (0 = all)")
     logging_steps: int = _f(1, "log every N steps")
     resume: bool = _f(True, "continue from the last checkpoint in output_dir if there is one")
@@ -227,6 +232,7 @@ RANGES: dict[str, Range] = {
     "rl.tgrpo_alpha": _ge(0),
     "rl.tgrpo_mu": _gt(0),
     "rl.max_steps": _ge(1, "0 would still train one step, and -1 TRL's default of 3 epochs"),
+    "rl.num_train_epochs": _ge(0, "0 = rl.max_steps decides"),
     "rl.learning_rate": _gt(0),
     "rl.prompts_per_step": _ge(1),
     "rl.num_generations": _ge(2, "group advantages"),

@@ -41,7 +41,8 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
     rl, run = config.rl, config.run
     return GRPOConfig(
         output_dir=run.output_dir,
-        max_steps=rl.max_steps,
+        max_steps=-1 if rl.num_train_epochs > 0 else rl.max_steps,
+        num_train_epochs=rl.num_train_epochs if rl.num_train_epochs > 0 else 3.0,  # 3.0: TRL's default, unused
         learning_rate=rl.learning_rate,
         per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
         num_generations=rl.num_generations,
@@ -74,6 +75,7 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
         save_strategy="steps",
         save_steps=run.save_steps,
         save_total_limit=run.save_total_limit,
+        save_only_model=run.save_only_model,
         report_to=[],
         use_cpu=cpu_only(),
         bf16=config.model.dtype == "bfloat16",
@@ -169,6 +171,18 @@ def parameter_dtype(compute_dtype: str, distributed_type=None) -> str:
     return "float32"
 
 
+def resolve_auto_dtype(config: TrainConfig) -> None:
+    """model.dtype "auto" -> the checkpoint's own dtype (its config.json), so the run (and its config.json and
+    identity) names the dtype it trains in; the default run's offline model is float32."""
+    if config.model.dtype != "auto":
+        return
+    found = None
+    if config.model.model:
+        raw = json.loads((Path(config.model.model) / "config.json").read_text())
+        found = raw.get("dtype") or raw.get("torch_dtype") or (raw.get("text_config") or {}).get("dtype")
+    config.model.dtype = found if found in ("float32", "bfloat16", "float16") else "float32"
+
+
 def load_training_model(config: TrainConfig, path: str | Path):
     """The model to train, with parameters in `parameter_dtype` for this run's engine."""
     from ..models.factory import load_model
@@ -210,9 +224,9 @@ SUPERSEDED_PREFIX = "superseded-"
 # option fields that are paths: the run identity compares them resolved (a job script may cd elsewhere)
 PATH_FIELDS = {"model": ("model", "warmstart_dir"), "data": ("data", "data_root")}
 # options a resumed run may change: how long it runs, how it saves and logs, where things are written
-RESUMABLE = {"rl": ("max_steps",), "data": ("media_workers", "media_cache"),
-             "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit", "logging_steps", "resume",
-                     "eval_attribution", "save_final")}
+RESUMABLE = {"rl": ("max_steps", "num_train_epochs"), "data": ("media_workers", "media_cache"),
+             "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit", "save_only_model", "logging_steps",
+                     "resume", "eval_attribution", "save_final")}
 
 
 def run_identity(config: TrainConfig, start_model: str | Path) -> dict:
@@ -318,6 +332,8 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
 
     if start.resume:
         print(f"      resuming from {start.resume}")
+        if not any(Path(start.resume).glob("optimizer.*")):
+            print("      (a weights-only checkpoint, run.save_only_model: the optimizer and schedule start afresh)")
     trainer.train(resume_from_checkpoint=start.resume)
     final = None
     state = process_state()
@@ -435,6 +451,7 @@ def record_wall_time(out: Path, seconds: float) -> float:
 def run(config: TrainConfig) -> dict:
     """Run the experiment described by `config`; returns the report (also written to report.json)."""
     preflight(config)  # every option checked (types, ranges, paths, model config) before any expensive work
+    resolve_auto_dtype(config)
     start = time.perf_counter()
     if config.data.data:
         report = run_dataset(config)

@@ -155,6 +155,10 @@ class RunConfig:
     save_total_limit: int = _f(2, "checkpoints kept (0 = all)")
     logging_steps: int = _f(1, "log every N steps")
     resume: bool = _f(True, "continue from the last checkpoint in output_dir if there is one")
+    report_to: list[str] = _f([], "experiment trackers that receive every logged metric (ktr/* included): any of "
+                                  "tensorboard, trackio, wandb (each needs its package; wandb honours WANDB_MODE="
+                                  "offline); empty = none")
+    log_completions: bool = _f(False, "send a table of sampled completions to the trackers at each logging step")
     save_final: bool = _f(True, "write the trained model (weights, tokenizer, processor) to <output_dir>/final, "
                                 "ready for `videoktr eval --model`")
     eval_attribution: bool = _f(True, "measure attribution AUC on held-out reference responses in the report")

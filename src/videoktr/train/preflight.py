@@ -35,6 +35,22 @@ def preflight(config: TrainConfig) -> None:
             check_directory_target(config.model.warmstart_dir, config.label("model", "warmstart_dir"))
     if config.model.model:
         check_model_dir(config.model.model, config.label("model", "model"))
+    check_trackers(config)
+
+
+TRACKERS = {"tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb"}  # name -> the package it needs
+
+
+def check_trackers(config: TrainConfig) -> None:
+    """run.report_to names known trackers whose packages are installed (else the run would fail at its first log)."""
+    import importlib.util
+
+    label = config.label("run", "report_to")
+    for name in config.run.report_to:
+        if name not in TRACKERS:
+            raise ConfigError(f"{label}: unknown tracker {name!r}; choose from {sorted(TRACKERS)}")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ConfigError(f"{label}: {name} is not installed: pip install {TRACKERS[name]}")
 
 
 def scheduler_problems() -> dict[str, str]:

@@ -38,7 +38,15 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
     """TRL GRPOConfig for this run (CPU unless a GPU is present)."""
     from trl import GRPOConfig
 
+    import warnings
+
     rl, run = config.rl, config.run
+    with warnings.catch_warnings():  # transformers warns that the field TRL declares is deprecated, even when off
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+        return _grpo_config(GRPOConfig, config, rl, run, suppress_tokens)
+
+
+def _grpo_config(GRPOConfig, config: TrainConfig, rl, run, suppress_tokens: list[int]):
     return GRPOConfig(
         output_dir=run.output_dir,
         max_steps=-1 if rl.num_train_epochs > 0 else rl.max_steps,
@@ -76,7 +84,8 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
         save_steps=run.save_steps,
         save_total_limit=run.save_total_limit,
         save_only_model=run.save_only_model,
-        report_to=[],
+        report_to=list(run.report_to) or "none",
+        log_completions=run.log_completions,
         use_cpu=cpu_only(),
         bf16=config.model.dtype == "bfloat16",
         fp16=config.model.dtype == "float16",
@@ -93,10 +102,11 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
     from ..attribution import AttributionOptions, SelectionOptions
     from ..models.factory import suppressed_token_ids
     from .card import card_info
+    from .console import use_compact_progress
     from .trainer import TemporalGRPOOptions, VideoGRPOTrainer, VideoOptions
 
     k, d = config.ktr, config.data
-    return VideoGRPOTrainer(
+    trainer = VideoGRPOTrainer(
         model=model,
         processing_class=processor,
         reward_funcs=reward_funcs,
@@ -118,6 +128,8 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         card=card_info(config, base_model or config.model.model),
         callbacks=[learning_signal_callback()],
     )
+    use_compact_progress(trainer, config.run.output_dir)
+    return trainer
 
 
 def last_checkpoint(output_dir: str | Path) -> str | None:
@@ -126,30 +138,63 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
-def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None) -> Path:
-    """Reward (and accuracy reward) per step as a PNG."""
+def smooth(values: list[float], weight: float = 0.9) -> list[float]:
+    """Exponential moving average (bias-corrected, NaN-skipping) of a noisy per-step series, as TensorBoard's."""
+    out, avg, seen = [], 0.0, 0
+    for v in values:
+        if v == v:  # not NaN
+            avg, seen = weight * avg + (1 - weight) * v, seen + 1
+        out.append(avg / (1 - weight**seen) if seen else float("nan"))
+    return out
+
+
+def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None,
+                 heldout: tuple[float, float] | None = None) -> Path:
+    """The run's curves as a PNG, each series raw (faint) under its smoothed curve: rewards (and held-out accuracy
+    before and after, when the run measured it), the share of updated tokens and of prompt groups without
+    gradient, the KL to the reference, and the clip ratio, each in its own panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = [h["step"] for h in log_history if "reward" in h]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [h["reward"] for h in log_history if "reward" in h], label="mean reward")
+    logs = [h for h in log_history if "reward" in h]
+    steps = [h["step"] for h in logs]
+
+    def series(key):
+        return [float("nan") if h.get(key) is None else float(h[key]) for h in logs]
+
+    def draw(ax, key, label):
+        values = series(key)
+        if all(v != v for v in values):
+            return False
+        line, = ax.plot(steps, smooth(values), label=label)
+        ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
+        return True
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
+    ax = axes[0, 0]
+    draw(ax, "reward", "mean reward")
     if accuracy_key:
-        ax.plot(steps, [h.get(accuracy_key, float("nan")) for h in log_history if "reward" in h],
-                label="accuracy reward")
-    dead = [h.get("frac_reward_zero_std") for h in log_history if "reward" in h]
-    if any(d is not None for d in dead):
-        ax.plot(steps, [float("nan") if d is None else d for d in dead], label="groups without gradient (share)",
-                linestyle="--", alpha=0.7)
-    ratio = [h.get("ktr/update_ratio") for h in log_history if "reward" in h]
-    if any(r is not None for r in ratio):
-        ax.plot(steps, [float("nan") if r is None else r for r in ratio], label="KTR update ratio", linestyle=":")
-    ax.set_xlabel("optimizer step")
-    ax.set_title("training")
-    ax.legend()
-    ax.grid(alpha=0.3)
+        draw(ax, accuracy_key, "accuracy reward")
+    if heldout is not None and steps:
+        ax.scatter([steps[0], steps[-1]], list(heldout), marker="D", color="black", zorder=3,
+                   label=f"held-out accuracy {heldout[0]:.3f} -> {heldout[1]:.3f}")
+    ax.set_title("rewards")
+    ax = axes[0, 1]
+    draw(ax, "ktr/update_ratio", "share of tokens updated (KTR mask)")
+    draw(ax, "frac_reward_zero_std", "share of prompt groups without gradient")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("what the update reaches")
+    for ax, key, title in ((axes[1, 0], "kl", "KL to the reference policy"), (axes[1, 1], "clip_ratio", "clip ratio")):
+        if not draw(ax, key, title):
+            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_xlabel("optimizer step")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -58,8 +58,8 @@ def run_synthetic(config: TrainConfig) -> dict:
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
     from ..models.factory import load_processor
-    from .run import (PLOT_NAME, build_trainer, load_training_model, prepare_resume, process_state, start_run_dir,
-                      train_and_record, trl_rows)
+    from .run import (PLOT_NAME, build_trainer, load_training_model, plot_history, prepare_resume, process_state,
+                      start_run_dir, train_and_record, trl_rows)
 
     out = start_run_dir(config)
     with process_state().main_process_first():  # several processes: one builds the caches, the others reuse them
@@ -92,6 +92,9 @@ def run_synthetic(config: TrainConfig) -> dict:
     print("[5/5] held-out accuracy after RL")
     after = heldout_accuracy(trainer.model, processor, eval_rows, world_dir)
     gain = paired_gain(before.pop("per_item"), after.pop("per_item"))
+    if process_state().is_main_process:  # the plot again, with held-out accuracy before and after
+        plot_history(trainer.state.log_history, out / PLOT_NAME, accuracy_key="rewards/accuracy_reward/mean",
+                     heldout=(before["overall"]["accuracy"], after["overall"]["accuracy"]))
     report = {
         "method": config.rl.method,
         "model": str(model_dir),

@@ -42,8 +42,13 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
 
     rl, run = config.rl, config.run
     with warnings.catch_warnings():  # transformers warns that the field TRL declares is deprecated, even when off
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.* is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_DEPRECATION, category=FutureWarning)
         return _grpo_config(GRPOConfig, config, rl, run, suppress_tokens)
+
+
+# transformers 5 renamed gradient checkpointing to activation checkpointing and warns at every use of the old names,
+# which TRL 1.16 still calls at every step (e.g. model.is_gradient_checkpointing): nothing a user can act on
+GRADIENT_CHECKPOINTING_DEPRECATION = r".*gradient_checkpointing.* is deprecated"
 
 
 def _grpo_config(GRPOConfig, config: TrainConfig, rl, run, suppress_tokens: list[int]):
@@ -495,6 +500,9 @@ def record_wall_time(out: Path, seconds: float) -> float:
 
 def run(config: TrainConfig) -> dict:
     """Run the experiment described by `config`; returns the report (also written to report.json)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_DEPRECATION, category=FutureWarning)
     preflight(config)  # every option checked (types, ranges, paths, model config) before any expensive work
     resolve_auto_dtype(config)
     start = time.perf_counter()

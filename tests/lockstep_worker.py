@@ -85,7 +85,8 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         trainer = VideoGRPOTrainer(model=load_model(model_dir, dtype="float32"), processing_class=processor,
                                    reward_funcs=[lockstep_reward], args=args, train_dataset=Dataset.from_list(rows),
                                    method=method)
-        assert trainer.lockstep and trainer.accelerator.num_processes == 2
+        # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
+        assert trainer.lockstep == (engine == "fsdp") and trainer.accelerator.num_processes == 2
         real = trainer._generate_and_score_completions
         saved = []
 

@@ -14,6 +14,7 @@ rows in order of appearance of their placeholder runs (`video_grid_thw` [V, 3], 
 
 from __future__ import annotations
 
+import functools
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -236,7 +237,31 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     return torch.cat([last, out.last_hidden_state[:, : C - 1]], dim=1)
 
 
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode for the block, then back in the mode it was in. Attribution scores the inputs it
+    claims only in eval mode: in train mode transformers' gradient-checkpointed decoder layers drop the KV cache
+    (so a shared prompt prefix would silently vanish from the completion pass) and dropout is live."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def in_eval_mode(fn):
+    """Decorator: `fn(model, ...)` runs with `model` in `eval_mode`."""
+    @functools.wraps(fn)
+    def wrapper(model, *args, **kwargs):
+        with eval_mode(model):
+            return fn(model, *args, **kwargs)
+
+    return wrapper
+
+
 @torch.no_grad()
+@in_eval_mode
 def attribute(
     model,
     prompt_ids: torch.Tensor,
@@ -268,28 +293,6 @@ def attribute(
     image row gets a visual score (its image features perturbed as a video's are: visual tokens on image data,
     paper B.2); it has no temporal score (excluded there).
     """
-    with eval_mode(model):
-        return _attribute(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values_videos,
-                          video_grid_thw, second_per_grid_ts, options, logp, entropy, generator, donors,
-                          video_features, video_keys, image_features, image_grid_thw, image_keys)
-
-
-@contextmanager
-def eval_mode(model):
-    """The model in eval mode for the block, then back in the mode it was in. Attribution scores the inputs it
-    claims only in eval mode: in train mode transformers' gradient-checkpointed decoder layers drop the KV cache
-    (so a shared prompt prefix would silently vanish from the completion pass) and dropout is live."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
-def _attribute(model, prompt_ids, prompt_mask, completion_ids, completion_mask, pixel_values_videos, video_grid_thw,
-               second_per_grid_ts, options, logp, entropy, generator, donors, video_features, video_keys,
-               image_features, image_grid_thw, image_keys) -> Attribution:
     options = options or AttributionOptions()
     options.validate()
     start = time.perf_counter()

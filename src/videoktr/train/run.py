@@ -34,6 +34,11 @@ def trl_rows(rows: list[dict], media_root: Path, prompt_fn=None) -> list[dict]:
     return out
 
 
+# transformers 5 renamed gradient checkpointing to activation checkpointing and warns at every use of the old names,
+# which TRL 1.16 still calls at every step (e.g. model.is_gradient_checkpointing): nothing a user can act on
+GRADIENT_CHECKPOINTING_DEPRECATION = r".*gradient_checkpointing.* is deprecated"
+
+
 def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
     """TRL GRPOConfig for this run (CPU unless a GPU is present)."""
     from trl import GRPOConfig
@@ -43,60 +48,51 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
     rl, run = config.rl, config.run
     with warnings.catch_warnings():  # transformers warns that the field TRL declares is deprecated, even when off
         warnings.filterwarnings("ignore", message=GRADIENT_CHECKPOINTING_DEPRECATION, category=FutureWarning)
-        return _grpo_config(GRPOConfig, config, rl, run, suppress_tokens)
-
-
-# transformers 5 renamed gradient checkpointing to activation checkpointing and warns at every use of the old names,
-# which TRL 1.16 still calls at every step (e.g. model.is_gradient_checkpointing): nothing a user can act on
-GRADIENT_CHECKPOINTING_DEPRECATION = r".*gradient_checkpointing.* is deprecated"
-
-
-def _grpo_config(GRPOConfig, config: TrainConfig, rl, run, suppress_tokens: list[int]):
-    return GRPOConfig(
-        output_dir=run.output_dir,
-        max_steps=-1 if rl.num_train_epochs > 0 else rl.max_steps,
-        num_train_epochs=rl.num_train_epochs if rl.num_train_epochs > 0 else 3.0,  # 3.0: TRL's default, unused
-        learning_rate=rl.learning_rate,
-        per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
-        num_generations=rl.num_generations,
-        gradient_accumulation_steps=rl.gradient_accumulation_steps,
-        temperature=rl.temperature,
-        top_p=rl.top_p,
-        max_completion_length=rl.max_completion_length,
-        beta=rl.beta,
-        use_bias_correction_kl=False,  # what videoktr's loss computes (TRL 1.16's default True; see train.compat)
-        epsilon=rl.epsilon,
-        epsilon_high=rl.epsilon_high,
-        num_iterations=rl.num_iterations,
-        weight_decay=rl.weight_decay,
-        max_grad_norm=rl.max_grad_norm,
-        lr_scheduler_type=rl.lr_scheduler_type,
-        warmup_steps=rl.warmup_steps,
-        # + Video-R1's length bonus (weight 1.0), the last of `dataset_rewards` (refused on the synthetic world)
-        reward_weights=list(rl.reward_weights) + ([1.0] if rl.length_bonus > 0 else []),
-        # vision special tokens never sampled: transformers' suppress_tokens, vLLM's logit_bias
-        generation_kwargs=({"logit_bias": {t: -100.0 for t in suppress_tokens}} if rl.use_vllm
-                           else {"suppress_tokens": suppress_tokens}),
-        use_vllm=rl.use_vllm,
-        vllm_mode=rl.vllm_mode,
-        vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
-        vllm_tensor_parallel_size=rl.vllm_tensor_parallel_size,
-        vllm_enable_sleep_mode=rl.vllm_enable_sleep_mode,
-        vllm_server_base_url=rl.vllm_server_base_url or None,
-        seed=run.seed,
-        logging_steps=run.logging_steps,
-        save_strategy="steps",
-        save_steps=run.save_steps,
-        save_total_limit=run.save_total_limit,
-        save_only_model=run.save_only_model,
-        report_to=list(run.report_to) or "none",
-        log_completions=run.log_completions,
-        use_cpu=cpu_only(),
-        bf16=config.model.dtype == "bfloat16",
-        fp16=config.model.dtype == "float16",
-        gradient_checkpointing=config.model.gradient_checkpointing,
-        disable_tqdm=False,
-    )
+        return GRPOConfig(
+            output_dir=run.output_dir,
+            max_steps=-1 if rl.num_train_epochs > 0 else rl.max_steps,
+            num_train_epochs=rl.num_train_epochs if rl.num_train_epochs > 0 else 3.0,  # 3.0: TRL's default, unused
+            learning_rate=rl.learning_rate,
+            per_device_train_batch_size=rl.prompts_per_step * rl.num_generations,
+            num_generations=rl.num_generations,
+            gradient_accumulation_steps=rl.gradient_accumulation_steps,
+            temperature=rl.temperature,
+            top_p=rl.top_p,
+            max_completion_length=rl.max_completion_length,
+            beta=rl.beta,
+            use_bias_correction_kl=False,  # what videoktr's loss computes (TRL 1.16's default True; see train.compat)
+            epsilon=rl.epsilon,
+            epsilon_high=rl.epsilon_high,
+            num_iterations=rl.num_iterations,
+            weight_decay=rl.weight_decay,
+            max_grad_norm=rl.max_grad_norm,
+            lr_scheduler_type=rl.lr_scheduler_type,
+            warmup_steps=rl.warmup_steps,
+            # + Video-R1's length bonus (weight 1.0), the last of `dataset_rewards` (refused on the synthetic world)
+            reward_weights=list(rl.reward_weights) + ([1.0] if rl.length_bonus > 0 else []),
+            # vision special tokens never sampled: transformers' suppress_tokens, vLLM's logit_bias
+            generation_kwargs=({"logit_bias": {t: -100.0 for t in suppress_tokens}} if rl.use_vllm
+                               else {"suppress_tokens": suppress_tokens}),
+            use_vllm=rl.use_vllm,
+            vllm_mode=rl.vllm_mode,
+            vllm_gpu_memory_utilization=rl.vllm_gpu_memory_utilization,
+            vllm_tensor_parallel_size=rl.vllm_tensor_parallel_size,
+            vllm_enable_sleep_mode=rl.vllm_enable_sleep_mode,
+            vllm_server_base_url=rl.vllm_server_base_url or None,
+            seed=run.seed,
+            logging_steps=run.logging_steps,
+            save_strategy="steps",
+            save_steps=run.save_steps,
+            save_total_limit=run.save_total_limit,
+            save_only_model=run.save_only_model,
+            report_to=list(run.report_to) or "none",
+            log_completions=run.log_completions,
+            use_cpu=cpu_only(),
+            bf16=config.model.dtype == "bfloat16",
+            fp16=config.model.dtype == "float16",
+            gradient_checkpointing=config.model.gradient_checkpointing,
+            disable_tqdm=False,
+        )
 
 
 def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict], reward_funcs: list,
@@ -135,12 +131,6 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
     )
     use_compact_progress(trainer, config.run.output_dir)
     return trainer
-
-
-def last_checkpoint(output_dir: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -210,10 +200,10 @@ def parameter_dtype(compute_dtype: str, distributed_type=None) -> str:
     """The dtype a run's trainable parameters are loaded in, for `model.dtype` = `compute_dtype`.
 
     bf16/fp16 training needs fp32 master weights: an optimizer step on a bf16 tensor rounds updates below bf16's
-    resolution away (AdamW at lr 2e-6 left 96% of a bf16 tensor's entries unchanged after 10 steps). DeepSpeed
-    keeps fp32 master weights in its optimizer, so its modules stay in `compute_dtype`; everywhere else (one
-    process, DDP, FSDP) the parameters are fp32 and the forward runs under autocast in `compute_dtype`
-    (GRPOConfig's bf16/fp16), as accelerate's mixed precision expects."""
+    resolution away (AdamW at lr 2e-6 left 99.9% of a bf16 tensor's entries unchanged after 10 steps, 0.3% of an
+    fp32 copy's). DeepSpeed keeps fp32 master weights in its optimizer, so its modules stay in `compute_dtype`;
+    everywhere else (one process, DDP, FSDP) the parameters are fp32 and the forward runs under autocast in
+    `compute_dtype` (GRPOConfig's bf16/fp16), as accelerate's mixed precision expects."""
     from accelerate.utils import DistributedType
 
     if compute_dtype == "float32" or distributed_type == DistributedType.DEEPSPEED:

@@ -149,7 +149,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         elif self.is_deepspeed_enabled and self.accelerator.num_processes > 1:
             refuse_text_rows_when_sharded(self.train_dataset, "DeepSpeed ZeRO")
         handler = getattr(self.accelerator, "ddp_handler", None)
-        if self.accelerator.num_processes > 1 and not self.sharded and handler is not None:
+        if self.accelerator.num_processes > 1 and not self.lockstep and handler is not None:
             # DDP: a pass without media (a text-only batch) leaves the vision tower unused on that process; DDP
             # must then know to reduce zero gradients for it (transformers turns this off under gradient
             # checkpointing; with non-reentrant checkpointing, the default, both work together)
@@ -179,19 +179,15 @@ class VideoGRPOTrainer(GRPOTrainer):
         return self._pending.prompt_ids, None, self._pending.fields
 
     @property
-    def sharded(self) -> bool:
-        """Several processes under ZeRO-3 or FSDP: each module's forward gathers its weights collectively."""
-        return self.accelerator.num_processes > 1 and bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
-
-    @property
     def lockstep(self) -> bool:
-        """Whether every process must run the same forwards, in the same order, whatever its data: with several
-        processes ZeRO-3 and FSDP gather each module's weights in its forward (a forward one process skips hangs
-        the others), and generation's synced steps all-reduce. Then attribution runs its forwards on a stand-in
-        row when a process has no response to attribute, and a process without a video prompt joins T-GRPO's
-        sampling. (The vision tower runs once per pass with media; DDP reduces zero gradients for it on a
+        """Whether every process must run the same forwards, in the same order, whatever its data: several
+        processes under ZeRO-3 or FSDP, where each module's forward gathers its weights collectively (a forward
+        one process skips hangs the others) and generation's synced steps all-reduce. Then attribution runs its
+        forwards on a stand-in row when a process has no response to attribute, and a process without a video
+        prompt joins T-GRPO's sampling. DDP's forwards and generation have no collectives, so none of that work
+        is done there. (The vision tower runs once per pass with media; DDP reduces zero gradients for it on a
         process whose pass had none, and ZeRO-3/FSDP refuse text-only rows among media rows.)"""
-        return self.accelerator.num_processes > 1
+        return self.accelerator.num_processes > 1 and bool(self.is_fsdp_enabled or self.is_deepspeed_enabled)
 
     def _wrap_vision_tower_as_fsdp_unit(self) -> None:
         """FSDP: the vision tower becomes an FSDP unit of its own. The trainer runs it outside the model's own
@@ -297,8 +293,8 @@ class VideoGRPOTrainer(GRPOTrainer):
     # T-GRPO: temporal contrast on shuffled frames
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self.method != "tgrpo" or not self.model.training or (
-                all(r is None for r in self._rows) and not self.lockstep):
+        # every process goes on whatever its data: the bonus is gathered (a collective) even where it is all 0
+        if self.method != "tgrpo" or not self.model.training:
             return rewards
         n, idx = len(prompts), self.tgrpo_options.reward_index
         start = self.accelerator.process_index * n

@@ -53,11 +53,13 @@ def length_reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 7) for c in completions]
 
 
-def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identity="", **config):
+def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identity="", lora=None, **config):
+    """A VideoGRPOTrainer on the tiny model; `lora`: models.lora.LoraOptions (adapters through TRL's peft_config)."""
     from datasets import Dataset
     from trl import GRPOConfig
 
     from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
+    from videoktr.models.lora import peft_config
     from videoktr.train.trainer import VideoGRPOTrainer
 
     torch.manual_seed(0)
@@ -71,7 +73,8 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identi
     args.update(config)
     return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
                             args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method,
-                            run_identity=run_identity)
+                            run_identity=run_identity,
+                            peft_config=peft_config(model, lora) if lora is not None else None)
 
 
 def reference_key_token_weights(trainer, batch, generator_state, model_dir):
@@ -85,7 +88,12 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
     from videoktr.models.factory import load_model
 
     model = load_model(model_dir, dtype="float32").eval()
-    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    trained = trainer.accelerator.unwrap_model(trainer.model)
+    if hasattr(trained, "peft_config"):  # LoRA: the adapters merged into a copy of the weights
+        import copy
+
+        trained = copy.deepcopy(trained).merge_and_unload()
+    trained = trained.state_dict()
     model.load_state_dict({k: v.float() for k, v in trained.items()})
     generator = torch.Generator()
     generator.set_state(generator_state)

@@ -76,6 +76,18 @@ def _filter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _merge_lora(args: argparse.Namespace) -> int:
+    from .models.lora import LoraError, merge_adapter
+
+    try:
+        out = merge_adapter(args.adapter, args.output, base=args.base or None, dtype=args.dtype)
+    except LoraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"merged model: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videoktr",
@@ -130,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "same --output-dir; the last shard to finish merges)")
     p.add_argument("--num-shards", type=int, default=1, help="number of filter processes sharing the rows")
     p.set_defaults(func=_filter)
+
+    p = sub.add_parser("merge-lora", help="merge a LoRA adapter (a checkpoint or final/adapter) into a plain model",
+                       description="Load the base model, add the trained adapter, merge it into the weights and "
+                       "write a model directory that `videoktr eval` and transformers load like any checkpoint. "
+                       "A LoRA run does this itself for final/ (model.merge_lora); use this for a checkpoint.")
+    p.add_argument("--adapter", required=True, help="directory with adapter_config.json (a checkpoint-N of a LoRA "
+                   "run, or its final/adapter)")
+    p.add_argument("--output", required=True, help="model directory to write (created if missing)")
+    p.add_argument("--base", default="", help="base model directory (default: the one the adapter records)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="dtype the merge runs and is saved in (float32 keeps updates below bf16's resolution)")
+    p.set_defaults(func=_merge_lora)
 
     try:
         from .eval import cli as eval_cli

@@ -28,10 +28,20 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
             "signals", "ratio", "selection", "weighting", "distance", "visual_strategy", "temporal_strategy", "mask_kl")}
     if rl.method == "twgrpo":
         options["rl"]["twgrpo_variant"] = rl.twgrpo_variant
-    return {"base_model": base_model, "method": rl.method, "options": options,
+    m = config.model
+    if m.lora_r:
+        options["model"] = {name: getattr(m, name) for name in (
+            "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "vision_tower")}
+    elif m.vision_tower == "frozen":
+        options["model"] = {"vision_tower": "frozen"}
+    return {"base_model": base_model, "method": rl.method, "options": options, "lora": bool(m.lora_r),
             "data": config.data.data or "the built-in synthetic video world (videoktr.data.synthetic)",
             "fps": config.data.fps, "max_frames": config.data.max_frames, "max_pixels": config.data.max_pixels,
             "dtype": config.model.dtype}
+
+
+LORA_LINE = (", with LoRA adapters (peft): a checkpoint holds the adapter; the run's `final/` holds the base model "
+             "with the adapter merged (model.merge_lora) and the adapter alone in `final/adapter/`")
 
 
 def model_card(info: dict, steps: int | None = None) -> str:
@@ -47,7 +57,7 @@ tags: [videoktr, video, reinforcement-learning, {info["method"]}]
 # Trained with videoktr
 
 - **Base model:** `{info["base_model"]}`
-- **Method:** {method}{trained}
+- **Method:** {method}{trained}{LORA_LINE if info.get("lora") else ""}
 - **Data:** `{info["data"]}`
 - **Training precision:** {info["dtype"]}; videos sampled at {info["fps"]} fps, at most {info["max_frames"]} frames of
   {info["max_pixels"]} pixels

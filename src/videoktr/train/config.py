@@ -40,6 +40,22 @@ class ModelConfig:
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "
                                         "accuracy is above chance and below ceiling)")
     warmstart_dir: str = _f("", "where the warm-started model is cached (default: <cache>/warmstart-<hash>)")
+    lora_r: int = _f(0, "LoRA rank (peft): > 0 trains low-rank adapters on the language model's linear layers "
+                        "instead of every weight (the reference policy is then the model with adapters off); "
+                        "0 = full fine-tuning")
+    lora_alpha: float = _f(32.0, "LoRA scaling numerator (the update is alpha/r * B A)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA branch's input (training only; attribution runs in eval "
+                                   "mode without it)")
+    lora_target_modules: list[str] = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                         "down_proj"],
+                                        "language-model linear layers that get adapters, by the last part of their "
+                                        "name (the LM head may not: attribution reads its weight directly)")
+    vision_tower: str = _f("auto", "the vision tower in training: train (full gradient), frozen (none), lora "
+                                   "(adapters on its linear layers; needs lora_r > 0), auto (train without LoRA, "
+                                   "frozen with it)", ("auto", "train", "frozen", "lora"))
+    merge_lora: bool = _f(True, "with LoRA: write <output_dir>/final as a plain model with the adapter merged "
+                                "(loadable by `videoktr eval`), the adapter itself in final/adapter; false = the "
+                                "adapter only (`videoktr merge-lora` merges it later)")
 
 
 @dataclass
@@ -164,6 +180,14 @@ class RunConfig:
     eval_attribution: bool = _f(True, "measure attribution AUC on held-out reference responses in the report")
 
 
+def lora_options(model: ModelConfig):
+    """The LoRA settings of a model section (models.lora.LoraOptions)."""
+    from ..models.lora import LoraOptions
+
+    return LoraOptions(r=model.lora_r, alpha=model.lora_alpha, dropout=model.lora_dropout,
+                       target_modules=tuple(model.lora_target_modules), vision=model.vision_tower)
+
+
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "rl": RLConfig, "ktr": KTRConfig, "run": RunConfig}
 
 
@@ -222,6 +246,9 @@ SEED_RANGE = Range(0, 2**32 - 1, note="numpy's seed range")
 # test_config_validation checks that none is missing
 RANGES: dict[str, Range] = {
     "model.warmstart_max_steps": _ge(0, "0 = no supervised warm-up"),
+    "model.lora_r": _ge(0, "0 = full fine-tuning"),
+    "model.lora_alpha": _gt(0),
+    "model.lora_dropout": Range(0.0, 1.0, high_open=True),
     "data.world_train": _ge(1),
     "data.world_rl": _ge(1),
     "data.world_eval": _ge(1),
@@ -385,6 +412,12 @@ class TrainConfig:
             raise ConfigError(f"{self.label('rl', 'reward_weights')} must have {len(REWARD_NAMES)} values, one per "
                               f"reward ({', '.join(REWARD_NAMES)}; the length bonus, when on, is added with weight "
                               f"1), got {len(rl.reward_weights)}: {rl.reward_weights}")
+        from ..models.lora import LoraError
+
+        try:
+            lora_options(self.model).validate(label=lambda name: self.label("model", name))
+        except LoraError as exc:
+            raise ConfigError(str(exc)) from None
         if rl.length_bonus_min_tokens > rl.length_bonus_max_tokens:
             raise ConfigError(f"{self.label('rl', 'length_bonus_min_tokens')} ({rl.length_bonus_min_tokens}) must be "
                               f"<= rl.length_bonus_max_tokens ({rl.length_bonus_max_tokens})")

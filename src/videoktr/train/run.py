@@ -107,8 +107,10 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
     from .trainer import TemporalGRPOOptions, VideoGRPOTrainer, VideoOptions
 
     k, d = config.ktr, config.data
+    peft = adapters_or_frozen_tower(config, model)
     trainer = VideoGRPOTrainer(
         model=model,
+        peft_config=peft,
         processing_class=processor,
         reward_funcs=reward_funcs,
         args=grpo_args(config, suppressed_token_ids(processor.tokenizer)),
@@ -131,6 +133,40 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
     )
     use_compact_progress(trainer, config.run.output_dir)
     return trainer
+
+
+def adapters_or_frozen_tower(config: TrainConfig, model):
+    """With LoRA (model.lora_r > 0): the peft config that TRL's trainer applies (the reference policy is then the
+    model with adapters off). Without: None, after freezing the vision tower if model.vision_tower is frozen."""
+    from ..models.lora import freeze_vision_tower, peft_config
+    from .config import lora_options
+
+    options = lora_options(config.model)
+    if options.enabled:
+        return peft_config(model, options)
+    if options.vision_mode() == "frozen":
+        freeze_vision_tower(model)
+    return None
+
+
+def save_final(config: TrainConfig, trainer, partial: Path) -> None:
+    """Write the trained model into `partial` (every process takes part; rank 0 writes). With LoRA: the
+    adapter into `partial/adapter`, then (model.merge_lora) the merged plain model into `partial` itself, in
+    the dtype the run trained its parameters in (merged in float32 first)."""
+    from ..models.lora import base_model, merge_adapter
+
+    core = base_model(trainer.accelerator.unwrap_model(trainer.model))
+    if core is trainer.accelerator.unwrap_model(trainer.model):
+        trainer.save_model(str(partial))
+        return
+    adapter = partial / "adapter"
+    trainer.save_model(str(adapter))
+    state = process_state()
+    state.wait_for_everyone()
+    if config.model.merge_lora and state.is_main_process:
+        print(f"      merging the LoRA adapter into {core.name_or_path} (float32) -> final/")
+        merge_adapter(adapter, partial, base=core.name_or_path,
+                      save_dtype=parameter_dtype(config.model.dtype, state.distributed_type))
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:
@@ -382,7 +418,7 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
         if state.is_main_process and partial.exists():
             shutil.rmtree(partial)
         state.wait_for_everyone()
-        trainer.save_model(str(partial))
+        save_final(config, trainer, partial)
         state.wait_for_everyone()
         if state.is_main_process and trainer.card is not None:
             from .card import model_card

@@ -34,6 +34,7 @@ from ..core import (group_position_divergence_source, group_position_kl, logprob
                     tw_grpo_source_weights, tw_grpo_weights)
 from ..data.video import read_video
 from ..models.adapters import adapter_for
+from ..models.lora import base_model
 from .checkpoint import CHECKPOINT_PREFIX, load_checkpoint_weights, mark_complete, weight_files
 from .compat import check_trl_options
 from .distributed import all_gather_1d, any_process, full_parameters, gathered_parameters
@@ -143,7 +144,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.video_options = video or VideoOptions()
         self.loss_normalization = loss_normalization
         self.mask_kl = mask_kl
-        self.adapter = adapter_for(self.accelerator.unwrap_model(self.model))
+        self.adapter = adapter_for(self._core())
         if self.is_fsdp_enabled:
             self._wrap_vision_tower_as_fsdp_unit()
         elif self.is_deepspeed_enabled and self.accelerator.num_processes > 1:
@@ -178,6 +179,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             return super()._tokenize_prompts(prompts)
         return self._pending.prompt_ids, None, self._pending.fields
 
+    def _core(self, model=None):
+        """The transformers model inside the engine's wrapper and, with LoRA, inside peft's (adapters stay
+        injected and active): what reaches into the vision tower, the decoder and the LM head goes through it."""
+        return base_model(self.accelerator.unwrap_model(self.model if model is None else model))
+
     @property
     def lockstep(self) -> bool:
         """Whether every process must run the same forwards, in the same order, whatever its data: several
@@ -199,7 +205,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         tower while the others run it, and FSDP's collectives would no longer match (tried: the backward
         deadlocks); a text-only row is refused here, before any work."""
         plugin = self.accelerator.state.fsdp_plugin
-        vision = type(self.accelerator.unwrap_model(self.model).model.visual).__name__
+        vision = type(self._core().model.visual).__name__
         names = list(plugin.transformer_cls_names_to_wrap or [])
         if vision not in names:
             plugin.transformer_cls_names_to_wrap = names + [vision]
@@ -416,7 +422,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         images: under ZeRO-3/FSDP every process then gathers the tower's weights the same number of times."""
         videos = [r for r in rows if r is not None and r.kind == "video"]
         images = [r for r in rows if r is not None and r.kind == "image"]
-        unwrapped = self.accelerator.unwrap_model(model)
+        unwrapped = self._core(model)
         device = self.accelerator.device
         unique: dict[tuple[str, str], RowVideo] = {}
         for r in videos + images:
@@ -476,7 +482,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         """The model as attribution needs it, whatever the training settings: eval mode (transformers'
         checkpointed layers drop the KV cache in train mode, and dropout is live), no gradient, the run's
         autocast, and the LM head's weight gathered where ZeRO-3 or FSDP shard it. Every process enters."""
-        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped = self._core()
         head = unwrapped.lm_head
         with torch.no_grad(), eval_mode(unwrapped), self.accelerator.autocast(), \
                 gathered_parameters(unwrapped, [head.weight, getattr(head, "bias", None)]):

@@ -58,6 +58,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
     from ..data import synthetic
     from ..models.factory import load_processor
+    from ..models.lora import base_model
     from .run import (PLOT_NAME, build_trainer, load_training_model, plot_history, prepare_resume, process_state,
                       start_run_dir, train_and_record, trl_rows)
 
@@ -90,7 +91,7 @@ def run_synthetic(config: TrainConfig) -> dict:
 
     # 5. after RL
     print("[5/5] held-out accuracy after RL")
-    after = heldout_accuracy(trainer.model, processor, eval_rows, world_dir)
+    after = heldout_accuracy(base_model(trainer.model), processor, eval_rows, world_dir)  # LoRA: adapters on
     gain = paired_gain(before.pop("per_item"), after.pop("per_item"))
     if process_state().is_main_process:  # the plot again, with held-out accuracy before and after
         plot_history(trainer.state.log_history, out / PLOT_NAME, accuracy_key="rewards/accuracy_reward/mean",

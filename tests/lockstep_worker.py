@@ -3,6 +3,8 @@ video prompts only, rank 1 on image and text-only prompts with a constant reward
 the processes' data differ in every way the engines care about. For each method it trains 2 steps and saves the
 first rollout (with the attribution generator's state before it) for the single-process comparison.
 
+ENGINE: ddp, fsdp, ddp+lora or fsdp+lora (LoRA adapters on the language model and the vision tower).
+
 usage: python -m torch.distributed.run --nproc_per_node 2 lockstep_worker.py MODEL_DIR DATA_DIR OUT_DIR ENGINE M1,M2..
        python lockstep_worker.py compare MODEL_DIR DATA_DIR OUT_DIR ENGINE M1,M2..   (one process, afterwards)
 """
@@ -52,7 +54,20 @@ def force_fsdp_on_cpu() -> None:
     Trainer.create_accelerator_and_postprocess = create
 
 
+def lora_options(engine: str):
+    """Adapters on the LM and the vision tower for the "+lora" engines ("ddp+lora", "fsdp+lora"), else None."""
+    from videoktr.models.lora import LoraOptions
+
+    return LoraOptions(r=4, vision="lora") if engine.endswith("+lora") else None
+
+
+def _local(t):
+    """A parameter's local values (its shard under FSDP2)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 def engine_args(engine: str) -> dict:
+    engine = engine.removesuffix("+lora")
     if engine == "ddp":
         return {}
     if engine == "fsdp":
@@ -67,10 +82,12 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
     from trl import GRPOConfig
 
     from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
+    from videoktr.models.lora import peft_config
     from videoktr.train.trainer import VideoGRPOTrainer
 
     rank = int(os.environ["RANK"])
-    if engine == "fsdp":
+    lora = lora_options(engine)
+    if engine.startswith("fsdp"):
         force_fsdp_on_cpu()
     rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
     out = Path(out_dir)
@@ -82,11 +99,13 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
             max_completion_length=8, max_steps=2, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
             learning_rate=1e-3, gradient_checkpointing=True, use_bias_correction_kl=False, seed=0, bf16=False,
             generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, **engine_args(engine))
-        trainer = VideoGRPOTrainer(model=load_model(model_dir, dtype="float32"), processing_class=processor,
-                                   reward_funcs=[lockstep_reward], args=args, train_dataset=Dataset.from_list(rows),
-                                   method=method)
+        model = load_model(model_dir, dtype="float32")
+        trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
+                                   train_dataset=Dataset.from_list(rows), method=method,
+                                   peft_config=peft_config(model, lora) if lora else None)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
-        assert trainer.lockstep == (engine == "fsdp") and trainer.accelerator.num_processes == 2
+        assert trainer.lockstep == engine.startswith("fsdp") and trainer.accelerator.num_processes == 2
+        before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         real = trainer._generate_and_score_completions
         saved = []
 
@@ -101,7 +120,12 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
 
         trainer._generate_and_score_completions = recording
         trainer.train()
-        if engine == "fsdp":  # the parameters really were sharded (FSDP2: DTensor shards over the 2 processes)
+        if lora:  # only adapters train (and they did: rank 0's video groups carry advantages)
+            trained = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+            assert trained and all("lora_" in n for n in trained), sorted(trained)[:3]
+            moved = [n for n, p in trained.items() if not torch.equal(_local(p), _local(before[n]))]
+            assert moved, f"{engine} {method}: no adapter weight changed"
+        if engine.startswith("fsdp"):  # the parameters really were sharded (FSDP2: DTensor shards over the 2 processes)
             from torch.distributed.tensor import DTensor
 
             assert trainer.is_fsdp_enabled
@@ -130,7 +154,8 @@ def compare(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: s
             if rank == 1:
                 assert (batch["advantages"] == 0).all(), "rank 1's groups should all have zero advantage"
             rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
-            single = make_trainer(model_dir, rows, out / f"single-{method}-{rank}", method=method)
+            single = make_trainer(model_dir, rows, out / f"single-{method}-{rank}", method=method,
+                                  lora=lora_options(engine))
             assert not single.lockstep
             single._attr_generator.set_state(record["state"])
             weights = single._rollout_weights(batch)

@@ -56,24 +56,31 @@ def lockstep_data(tmp_path_factory):
     return root, data
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+# LoRA (adapters on the LM and the vision tower, peft's model as FSDP's outermost unit): the methods with their own
+# forwards (attribution, TW-GRPO's pass, T-GRPO's shuffled sampling); the others share their code paths
+LORA_METHODS = ("ktr", "twgrpo", "tgrpo")
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "ddp+lora", "fsdp+lora"])
 def test_two_processes_with_different_data_stay_in_lockstep(engine, lockstep_data, tiny_dir, tmp_path):
-    root = lockstep_data[0] / engine
+    root = lockstep_data[0] / engine.removesuffix("+lora")
+    methods = LORA_METHODS if engine.endswith("+lora") else METHODS
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(WORKER), str(tiny_dir), str(root), str(tmp_path), engine, ",".join(METHODS)]
+           str(_free_port()), str(WORKER), str(tiny_dir), str(root), str(tmp_path), engine, ",".join(methods)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     except subprocess.TimeoutExpired as exc:  # a hang: some process waits in a collective the other never joins
         pytest.fail(f"{engine}: no result in 600 s (hang?): {str(exc.stderr)[-3000:]}")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    for method in METHODS:
+    for method in methods:
         for rank in (0, 1):
             assert f"rank {rank}: {engine} {method} done" in proc.stdout
     # each process's token weights equal one process's on the same rollout and the same perturbation draws; the
     # comparison runs in a fresh process at the workers' thread count (the tiny model's entropies tie to 1e-4:
     # another summation order flips near-ties)
+    weighted = ",".join(m for m in methods if m in ("ktr", "entropy", "twgrpo"))
     compare = subprocess.run([sys.executable, str(WORKER), "compare", str(tiny_dir), str(root), str(tmp_path), engine,
-                              "ktr,entropy,twgrpo"], capture_output=True, text=True, timeout=600, env=env)
+                              weighted], capture_output=True, text=True, timeout=600, env=env)
     assert compare.returncode == 0, compare.stderr[-3000:]
-    assert compare.stdout.count("same weights as one process") == 6
+    assert compare.stdout.count("same weights as one process") == 2 * len(weighted.split(","))

@@ -482,10 +482,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         """The model as attribution needs it, whatever the training settings: eval mode (transformers'
         checkpointed layers drop the KV cache in train mode, and dropout is live), no gradient, the run's
         autocast, and the LM head's weight gathered where ZeRO-3 or FSDP shard it. Every process enters."""
-        unwrapped = self._core()
+        wrapped = self.accelerator.unwrap_model(self.model)  # with LoRA, peft's model: FSDP's outermost unit
+        unwrapped = base_model(wrapped)
         head = unwrapped.lm_head
         with torch.no_grad(), eval_mode(unwrapped), self.accelerator.autocast(), \
-                gathered_parameters(unwrapped, [head.weight, getattr(head, "bias", None)]):
+                gathered_parameters(wrapped, [head.weight, getattr(head, "bias", None)]):
             yield unwrapped
 
     def _rollout_weights(self, batch: dict) -> torch.Tensor:

@@ -100,6 +100,9 @@ class Attribution:
     entropy: torch.Tensor | None
     seconds: float
     permutations: list[torch.Tensor] = field(default_factory=list)  # temporal permutation per video
+    # with distance="logprob": log-probability of each response token under the visually / temporally perturbed
+    # input [B, C] (meaningful where valid[signal]; 0 elsewhere), as computed for the score
+    perturbed_logp: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _media_per_row(prompt_ids: torch.Tensor, token_id: int, grid_thw: torch.Tensor, merge: int,
@@ -415,6 +418,7 @@ def attribute(
 
     scores: dict[str, torch.Tensor] = {}
     valid: dict[str, torch.Tensor] = {}
+    perturbed_logp: dict[str, torch.Tensor] = {}
     full_rows = list(range(B)) if need_all_full else visual_rows  # batch rows of the "full" part, in order
     for kind in perturb_kinds:
         part_rows = visual_rows if kind == "visual" else video_rows
@@ -426,6 +430,8 @@ def attribute(
                 pert_logp = lm_head_logprobs(h, head.weight, completion_ids[rows_t], bias=bias,
                                              chunk_size=options.chunk_size)
                 score[rows_t] = logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed)
+                perturbed_logp[kind] = torch.zeros(B, C, dtype=pert_logp.dtype, device=device)
+                perturbed_logp[kind][rows_t] = pert_logp
             else:
                 at = torch.tensor([full_rows.index(b) for b in part_rows], device=device)
                 score[rows_t] = lm_head_distribution_distance(hidden_by_part["full"][at], h, head.weight,
@@ -438,7 +444,7 @@ def attribute(
     if "entropy" in options.signals:
         scores["entropy"] = entropy.float()
         valid["entropy"] = cmask.clone()
-    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, permutations)
+    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, permutations, perturbed_logp)
 
 
 @dataclass

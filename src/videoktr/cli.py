@@ -155,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype the merge runs and is saved in (float32 keeps updates below bf16's resolution)")
     p.set_defaults(func=_merge_lora)
 
+    from .analysis import explain as explain_cli
+
+    p = sub.add_parser("explain", help="score one response token by token and write an HTML page of it",
+                       description="Generate a response to a question about a video (or score a given one) and "
+                       "attribute it with the trainer's attribute(): each token's visual, temporal and entropy "
+                       "score, the top-r key tokens per signal and their union. Writes explain.html (self-contained: "
+                       "frames, shaded tokens, scores on hover) and explain.json into --output-dir.")
+    explain_cli.add_arguments(p)
+    p.set_defaults(func=explain_cli.run_cli)
+
     try:
         from .eval import cli as eval_cli
     except ImportError:

@@ -88,6 +88,25 @@ def _merge_lora(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from .analysis.analyze import analyze
+    from .analysis.rollouts import NoRollouts
+
+    try:
+        result = analyze(args.run_dir, out_dir=args.output_dir, step=args.step, gradients=args.gradients,
+                         checkpoint=args.checkpoint, compare=args.compare, cost_benchmark=args.cost_benchmark,
+                         device=args.device, max_gradient_steps=args.max_gradient_steps,
+                         spacy_model=args.spacy_model)
+    except (NoRollouts, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for name, entry in result.items():
+        if name != "index":
+            print(f"{name:12s} {entry['summary']}")
+    print(f"index: {result['index']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="videoktr",
@@ -164,6 +183,29 @@ def build_parser() -> argparse.ArgumentParser:
                        "frames, shaded tokens, scores on hover) and explain.json into --output-dir.")
     explain_cli.add_arguments(p)
     p.set_defaults(func=explain_cli.run_cli)
+
+    p = sub.add_parser("analyze", help="the paper's analysis figures from a run's rollout log (PNG + JSON + index.md)",
+                       description="Read RUN_DIR/rollouts/ (written every run.log_rollouts_every steps) and the run's "
+                       "logs, and write RUN_DIR/analysis/: part-of-speech shares of selected vs unselected tokens "
+                       "(spaCy, optional: pip install 'videoktr[pos]' && python -m spacy download en_core_web_sm), the "
+                       "synthetic world's token roles, the signals' overlap, token frequencies, update probability "
+                       "by position, the gradient decomposition of key vs remaining tokens (with the run's final "
+                       "model), and the cost table, each as <name>.png and <name>.json, with index.md.")
+    p.add_argument("run_dir", help="a training run's output directory")
+    p.add_argument("--output-dir", default=None, help="where to write (default: RUN_DIR/analysis)")
+    p.add_argument("--step", type=int, default=None, help="only this logged step (default: every logged step)")
+    p.add_argument("--gradients", action=argparse.BooleanOptionalAction, default=True,
+                   help="compute the gradient decomposition (loads the model; --no-gradients skips it)")
+    p.add_argument("--checkpoint", default=None, help="model directory for the gradients (default: RUN_DIR/final, "
+                   "else the newest checkpoint)")
+    p.add_argument("--max-gradient-steps", type=int, default=8,
+                   help="logged steps the gradient decomposition covers, evenly spread (0 = all)")
+    p.add_argument("--device", default=None, help="device for the gradients (default: cuda when present, else cpu)")
+    p.add_argument("--compare", action="append", default=[], metavar="RUN_DIR",
+                   help="another run whose cost goes into the cost table beside this one (repeatable)")
+    p.add_argument("--cost-benchmark", default=None, help="JSON results of a cost benchmark to add to the cost table")
+    p.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy pipeline for the part-of-speech tags")
+    p.set_defaults(func=_analyze)
 
     try:
         from .eval import cli as eval_cli

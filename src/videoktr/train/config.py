@@ -175,6 +175,12 @@ class RunConfig:
                                   "tensorboard, trackio, wandb (each needs its package; wandb honours WANDB_MODE="
                                   "offline); empty = none")
     log_completions: bool = _f(False, "send a table of sampled completions to the trackers at each logging step")
+    log_rollouts_every: int = _f(10, "every N optimizer steps, write a sample of that step's rollouts (prompt, token "
+                                     "ids and text, rewards, advantages, per-signal scores and selections, token "
+                                     "weights, log-probs) to <output_dir>/rollouts/step-NNNNNN-rankR.parquet, what "
+                                     "`videoktr analyze` and `videoktr explain --run` read; 0 = off")
+    log_rollouts_max: int = _f(32, "responses written per process and logged step (whole prompt groups, at least "
+                                   "one); 0 = every response")
     save_final: bool = _f(True, "write the trained model (weights, tokenizer, processor) to <output_dir>/final, "
                                 "ready for `videoktr eval --model`")
     eval_attribution: bool = _f(True, "measure attribution AUC on held-out reference responses in the report")
@@ -291,6 +297,8 @@ RANGES: dict[str, Range] = {
     "run.save_steps": _ge(1),
     "run.save_total_limit": _ge(0, "0 = keep every checkpoint"),
     "run.logging_steps": _ge(1),
+    "run.log_rollouts_every": _ge(0, "0 = off"),
+    "run.log_rollouts_max": _ge(0, "0 = every response"),
 }
 # string options that must not be empty
 NON_EMPTY = {"run.output_dir", "run.cache_dir"}

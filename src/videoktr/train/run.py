@@ -104,6 +104,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
     from ..models.factory import suppressed_token_ids
     from .card import card_info
     from .console import use_compact_progress
+    from .rollout_log import RolloutLogOptions
     from .trainer import TemporalGRPOOptions, VideoGRPOTrainer, VideoOptions
 
     k, d = config.ktr, config.data
@@ -129,6 +130,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         twgrpo_variant=config.rl.twgrpo_variant,
         run_identity=identity,
         card=card_info(config, base_model or config.model.model),
+        rollout_log=RolloutLogOptions(every=config.run.log_rollouts_every, max_responses=config.run.log_rollouts_max),
         callbacks=[learning_signal_callback()],
     )
     use_compact_progress(trainer, config.run.output_dir)
@@ -302,7 +304,7 @@ PATH_FIELDS = {"model": ("model", "warmstart_dir"), "data": ("data", "data_root"
 # options a resumed run may change: how long it runs, how it saves and logs, where things are written
 RESUMABLE = {"rl": ("max_steps", "num_train_epochs"), "data": ("media_workers", "media_cache"),
              "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit", "save_only_model", "logging_steps",
-                     "resume", "eval_attribution", "save_final")}
+                     "resume", "eval_attribution", "save_final", "log_rollouts_every", "log_rollouts_max")}
 
 
 def run_identity(config: TrainConfig, start_model: str | Path) -> dict:

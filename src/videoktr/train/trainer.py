@@ -39,6 +39,7 @@ from .checkpoint import CHECKPOINT_PREFIX, load_checkpoint_weights, mark_complet
 from .compat import check_trl_options
 from .distributed import all_gather_1d, any_process, full_parameters, gathered_parameters
 from .rollout import MediaInjectingLLM, check_vllm_budget, vllm_requests
+from .rollout_log import RolloutLog, RolloutLogOptions
 
 
 @dataclass
@@ -115,14 +116,15 @@ class VideoGRPOTrainer(GRPOTrainer):
     "tgrpo" (Video-R1's T-GRPO temporal reward bonus).
 
     Extra arguments: method, attribution (AttributionOptions), selection (SelectionOptions), video
-    (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed.
+    (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed, rollout_log (RolloutLogOptions: a
+    sample of every N-th step's rollouts in <output_dir>/rollouts/, see train/rollout_log.py).
     """
 
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
                  tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", run_identity: str = "",
-                 card: dict | None = None, **kwargs):
+                 card: dict | None = None, rollout_log: RolloutLogOptions | None = None, **kwargs):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if twgrpo_variant not in TWGRPO_VARIANTS:
@@ -163,6 +165,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         # decoded clips of the current batches (the G copies of a prompt decode once); small, since full-resolution
         # frames of real videos take tens of MB each
         self._load_clip = lru_cache(maxsize=16)(self._decode)
+        self._rollout_capture: dict | None = None  # what a logged step's attribution leaves for the rollout log
+        self.rollout_log = self._make_rollout_log(rollout_log) if rollout_log and rollout_log.every > 0 else None
         if self.use_vllm:
             self._prepare_vllm()
 
@@ -291,14 +295,43 @@ class VideoGRPOTrainer(GRPOTrainer):
         output["videos"] = rows
         output["prompt_group"] = prompt_groups(output["prompt_ids"], output["prompt_mask"], rows,
                                                self.num_generations)
+        step = self.state.global_step + 1  # the optimizer step these rollouts train
+        logged = self.rollout_log is not None and self.model.training and self.rollout_log.due(step)
+        self._rollout_capture = {} if logged else None  # only a logged step keeps its attribution tensors
         if self.method in ("ktr", "entropy", "twgrpo"):
             output["token_weights"] = self._rollout_weights(output)
+        if logged:
+            start = self.accelerator.process_index * B  # this process's rows of the gathered rewards
+            rewards = getattr(self, "_rewards_per_func", None)
+            _, seconds = self.rollout_log.write(
+                step, output, inputs, self._rollout_capture, None if rewards is None else rewards[start : start + B],
+                self.reward_weights, method=self.method,
+                ratio=self.selection_options.ratio if self.method in ("ktr", "entropy") else None)
+            self._metrics["train"]["rollout_log_seconds"].append(seconds)
+        self._rollout_capture = None
         return output
+
+    def _make_rollout_log(self, options: RolloutLogOptions) -> RolloutLog:
+        """The rollout log of this process, with the run's settings in every file's metadata."""
+        a, s, v = self.attribution_options, self.selection_options, self.video_options
+        settings = {"signals": list(a.signals), "selection": s.scope, "weighting": s.weighting,
+                    "distance": a.distance, "signed": a.signed, "visual_strategy": a.visual_strategy,
+                    "temporal_strategy": a.temporal_strategy, "temperature": self.temperature,
+                    "num_generations": self.num_generations, "epsilon_low": self.epsilon_low,
+                    "epsilon_high": self.epsilon_high, "beta": self.beta, "loss_normalization": self.loss_normalization,
+                    "reward_names": list(self.reward_func_names), "reward_weights": self.reward_weights.tolist(),
+                    "video": dataclasses.asdict(v),
+                    "model": str(getattr(self.accelerator.unwrap_model(self.model), "name_or_path", "")),
+                    "world_size": self.accelerator.num_processes}
+        return RolloutLog(self.args.output_dir, options, getattr(self.processing_class, "tokenizer",
+                                                                 self.processing_class),
+                          rank=self.accelerator.process_index, settings=settings)
 
     # ----------------------------------------------------------------------------------------------------------
     # T-GRPO: temporal contrast on shuffled frames
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._rewards_per_func = rewards  # all processes' rows [N, F] (T-GRPO's bonus is added in place below)
         # every process goes on whatever its data: the bonus is gathered (a collective) even where it is all 0
         if self.method != "tgrpo" or not self.model.training:
             return rewards
@@ -556,6 +589,8 @@ class VideoGRPOTrainer(GRPOTrainer):
                                                       all_gather=all_gather, rank=self.accelerator.process_index)
         if stand_in:
             return weights
+        if self._rollout_capture is not None:  # a logged step: keep what the rollout log records (no copy)
+            self._rollout_capture.update(rows=idx, attribution=attribution, masks=masks)
         weights[pick] = sub_weights
         for k, v in stats.items():
             self._metrics[mode][f"ktr/{k}"].append(v)

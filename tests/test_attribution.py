@@ -107,6 +107,31 @@ def test_temporal_score_equals_reencoding_shuffled_frames(tiny, batch):
         assert torch.allclose(result.scores["temporal"][b, :n].double(), (full - shuf).abs(), atol=1e-4)
 
 
+@pytest.mark.parametrize("distance", ["logprob", "jsd"])
+def test_temporal_samples_average_independent_draws(tiny, batch, distance):
+    """temporal_samples=K: the temporal score is the mean of K single-draw scores, the draws taken in sequence
+    from the same generator (so K single-draw calls on one generator are the reference)."""
+    model, _ = tiny
+    K = 3
+    options = AttributionOptions(signals=("visual", "temporal"), temporal_samples=K, distance=distance)
+    result = attribute(model, **batch, options=options, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)
+    single = [attribute(model, **batch, options=AttributionOptions(signals=("temporal",), distance=distance),
+                        generator=gen) for _ in range(K)]
+    expect = torch.stack([r.scores["temporal"] for r in single]).mean(0)
+    assert torch.allclose(result.scores["temporal"], expect, atol=1e-5)
+    assert [[p.tolist() for p in d] for d in result.permutation_draws] == [
+        [p.tolist() for p in r.permutations] for r in single]
+    assert result.permutations == result.permutation_draws[0]
+    # the visual score is untouched by the extra temporal draws
+    alone = attribute(model, **batch, options=AttributionOptions(signals=("visual",), distance=distance),
+                      generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(result.scores["visual"], alone.scores["visual"], atol=1e-5)
+    if distance == "logprob":
+        mean_pert = torch.stack([r.perturbed_logp["temporal"] for r in single]).mean(0)
+        assert torch.allclose(result.perturbed_logp["temporal"], mean_pert, atol=1e-5)
+
+
 def test_identity_permutation_gives_zero_temporal_scores(tiny, batch, monkeypatch):
     model, _ = tiny
     monkeypatch.setattr(attribution_module, "temporal_permutation", lambda n, *a, **k: torch.arange(n))
@@ -233,6 +258,7 @@ def test_selection_counts_union_and_stats(tiny, batch):
     (dict(temporal_strategy="sideways"), "temporal_strategy"),
     (dict(distance="emd"), "distance"),
     (dict(distance="kl", signed=True), "signed"),
+    (dict(temporal_samples=0), "temporal_samples"),
 ])
 def test_bad_options_are_named(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -63,6 +63,7 @@ class AttributionOptions:
     visual_fraction: float = 0.5  # share of visual tokens zeroed by "zero_fraction"
     temporal_strategy: str = "shuffle"  # see models.perturb.TEMPORAL_STRATEGIES
     segment_groups: int = 2  # temporal groups per segment for "segment"
+    temporal_samples: int = 1  # temporal score = mean over this many independent permutation draws (rows x K)
     distance: str = "logprob"  # "logprob" (|Δ log p|, paper) or a full-distribution distance in core.DISTANCES
     signed: bool = False  # official code: logp_full - logp_perturbed without the absolute value
     temperature: float = 1.0  # logits are divided by this before log-softmax (match the sampling temperature)
@@ -84,6 +85,8 @@ class AttributionOptions:
             raise ValueError("signed=True only applies to distance='logprob'")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not (isinstance(self.temporal_samples, int) and self.temporal_samples >= 1):
+            raise ValueError(f"temporal_samples must be an integer >= 1, got {self.temporal_samples!r}")
 
 
 @dataclass
@@ -99,9 +102,11 @@ class Attribution:
     logp: torch.Tensor
     entropy: torch.Tensor | None
     seconds: float
-    permutations: list[torch.Tensor] = field(default_factory=list)  # temporal permutation per video
+    permutations: list[torch.Tensor] = field(default_factory=list)  # temporal permutation per video (first draw)
+    permutation_draws: list[list[torch.Tensor]] = field(default_factory=list)  # per draw (temporal_samples)
     # with distance="logprob": log-probability of each response token under the visually / temporally perturbed
-    # input [B, C] (meaningful where valid[signal]; 0 elsewhere), as computed for the score
+    # input [B, C] (meaningful where valid[signal]; 0 elsewhere), as computed for the score (temporal_samples > 1:
+    # the mean over the draws)
     perturbed_logp: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
@@ -356,22 +361,23 @@ def attribute(
     visual_rows = [b for b in range(B) if videos_of_row[b] or images_of_row[b]]
     if need_full:
         parts.append(("full", list(range(B)) if need_all_full else visual_rows, features, image_feats))
-    permutations: list[torch.Tensor] = []
+    draws: list[list[torch.Tensor]] = []  # temporal permutation per video, per draw
     for kind in perturb_kinds:
         part_rows = visual_rows if kind == "visual" else video_rows
         if not part_rows:
             continue
-        pert = features
-        if video_rows:
-            pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner,
-                                             video_keys)
-            if kind == "temporal":
-                permutations = perms
-        pert_images = image_feats
-        if kind == "visual" and image_feats:
-            pert_images, _ = perturbed_features(image_feats, [1] * len(image_feats), kind, options, generator,
-                                                donors, image_owner, image_keys)
-        parts.append((kind, part_rows, pert, pert_images))
+        for name in _draw_names(kind, options):
+            pert = features
+            if video_rows:
+                pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner,
+                                                 video_keys)
+                if kind == "temporal":
+                    draws.append(perms)
+            pert_images = image_feats
+            if kind == "visual" and image_feats:
+                pert_images, _ = perturbed_features(image_feats, [1] * len(image_feats), kind, options, generator,
+                                                    donors, image_owner, image_keys)
+            parts.append((name, part_rows, pert, pert_images))
 
     hidden_by_part: dict[str, torch.Tensor] = {}
     if parts:
@@ -425,18 +431,21 @@ def attribute(
         score = torch.zeros(B, C, dtype=torch.float32, device=device)
         if part_rows:
             rows_t = torch.tensor(part_rows, dtype=torch.long, device=device)
-            h = hidden_by_part[kind]
-            if options.distance == "logprob":
-                pert_logp = lm_head_logprobs(h, head.weight, completion_ids[rows_t], bias=bias,
-                                             chunk_size=options.chunk_size)
-                score[rows_t] = logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed)
-                perturbed_logp[kind] = torch.zeros(B, C, dtype=pert_logp.dtype, device=device)
-                perturbed_logp[kind][rows_t] = pert_logp
-            else:
-                at = torch.tensor([full_rows.index(b) for b in part_rows], device=device)
-                score[rows_t] = lm_head_distribution_distance(hidden_by_part["full"][at], h, head.weight,
-                                                              options.distance, bias=bias,
-                                                              chunk_size=options.chunk_size)
+            names = _draw_names(kind, options)
+            for name in names:  # one draw, or the mean over temporal_samples draws
+                h = hidden_by_part[name]
+                if options.distance == "logprob":
+                    pert_logp = lm_head_logprobs(h, head.weight, completion_ids[rows_t], bias=bias,
+                                                 chunk_size=options.chunk_size)
+                    score[rows_t] += logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed) / len(names)
+                    if kind not in perturbed_logp:
+                        perturbed_logp[kind] = torch.zeros(B, C, dtype=pert_logp.dtype, device=device)
+                    perturbed_logp[kind][rows_t] += pert_logp / len(names)
+                else:
+                    at = torch.tensor([full_rows.index(b) for b in part_rows], device=device)
+                    score[rows_t] += lm_head_distribution_distance(hidden_by_part["full"][at], h, head.weight,
+                                                                   options.distance, bias=bias,
+                                                                   chunk_size=options.chunk_size) / len(names)
         scores[kind] = score
         has = torch.zeros(B, dtype=torch.bool, device=device)
         has[part_rows] = True
@@ -444,7 +453,14 @@ def attribute(
     if "entropy" in options.signals:
         scores["entropy"] = entropy.float()
         valid["entropy"] = cmask.clone()
-    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, permutations, perturbed_logp)
+    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, draws[0] if draws else [],
+                       draws, perturbed_logp)
+
+
+def _draw_names(kind: str, options: AttributionOptions) -> list[str]:
+    """Names of a perturbation's parts in the forward: one per draw (temporal_samples draws for "temporal")."""
+    n = options.temporal_samples if kind == "temporal" else 1
+    return [kind] + [f"{kind}#{k}" for k in range(1, n)]
 
 
 @dataclass

@@ -204,7 +204,7 @@ def _run_error(argv, capsys) -> str:
 @pytest.mark.parametrize("case", ["no_model", "not_a_model", "no_video", "bad_video", "ratio_zero", "ratio_big",
                                   "empty_response", "empty_question", "odd_frames", "missing_output",
                                   "output_is_file", "bad_options", "negative_temperature", "replace", "fraction",
-                                  "segments"])
+                                  "segments", "temporal_samples"])
 def test_cli_user_errors_exit_2_before_loading(case, tiny_dir, clip_path, tmp_path, capsys, no_model_load):
     bad_video = tmp_path / "broken.mp4"
     bad_video.write_bytes(b"not a video at all")
@@ -230,7 +230,8 @@ def test_cli_user_errors_exit_2_before_loading(case, tiny_dir, clip_path, tmp_pa
              "negative_temperature": (["--temperature", "-1"], "--temperature must be >= 0"),
              "replace": (["--visual-strategy", "replace"], "--visual-strategy replace"),
              "fraction": (["--visual-strategy", "zero_fraction", "--visual-fraction", "0"], "--visual-fraction"),
-             "segments": (["--temporal-strategy", "segment", "--segment-groups", "1"], "--segment-groups")}
+             "segments": (["--temporal-strategy", "segment", "--segment-groups", "1"], "--segment-groups"),
+             "temporal_samples": (["--temporal-samples", "0"], "--temporal-samples must be >= 1")}
     if case in expect:
         key, value, message = expect[case]
         if value is None:

@@ -32,6 +32,19 @@ def test_temporal_permutation_is_seeded_and_covers_all_nonidentity():
     assert torch.equal(a, b)
 
 
+def test_derange_moves_every_group_uniformly():
+    """derange: every draw is a derangement, and all derangements come up about equally often (4 groups: 9)."""
+    g = torch.Generator().manual_seed(0)
+    counts: dict = {}
+    for _ in range(1800):
+        p = temporal_permutation(4, "derange", g).tolist()
+        assert sorted(p) == [0, 1, 2, 3] and all(p[i] != i for i in range(4))
+        counts[tuple(p)] = counts.get(tuple(p), 0) + 1
+    assert len(counts) == 9 and min(counts.values()) > 130 and max(counts.values()) < 270  # ~200 each
+    assert temporal_permutation(2, "derange", g).tolist() == [1, 0]
+    assert temporal_permutation(1, "derange", g).tolist() == [0]
+
+
 def test_reverse_and_segment_permutations():
     assert temporal_permutation(4, "reverse").tolist() == [3, 2, 1, 0]
     g = torch.Generator().manual_seed(1)

@@ -30,8 +30,9 @@ training-time rollout log can be rendered with the same page):
   frames*       [{"index", "timestamp_s", "group", "mime", "image" (base64), "width", "height"}]
   stats*        selection statistics of core.selection_stats (update_ratio, ratio/<signal>, overlap, unique)
   settings      {"model", "video", the ExplainOptions fields ("ratio", "visual_strategy", "visual_fraction",
-                 "temporal_strategy", "segment_groups", "distance", "signed", "temperature", "top_p", "seed",
-                 "max_new_tokens", "frames", "fps", "max_pixels", "min_pixels", "answer_type", "frame_side"),
+                 "temporal_strategy", "segment_groups", "temporal_samples", "distance", "signed", "temperature",
+                 "top_p", "seed", "max_new_tokens", "frames", "fps", "max_pixels", "min_pixels", "answer_type",
+                 "frame_side"),
                  "signals", "selection_scope", "weighting", "score_temperature", "prompt_style", "generated",
                  "device", "dtype", "video_fps", "source_fps", "duration_s", "attribution_seconds", "seconds"}*
                 (shown as a table; every key optional, a producer writes its own, e.g. a run's "method")
@@ -69,6 +70,7 @@ class ExplainOptions:
     visual_fraction: float = 0.5  # share of visual tokens zeroed by zero_fraction
     temporal_strategy: str = "shuffle"  # temporal perturbation of the temporal groups (TEMPORAL_STRATEGIES)
     segment_groups: int = 2  # temporal groups per segment for the segment strategy
+    temporal_samples: int = 1  # temporal score = mean over this many permutation draws (the page shows the first)
     distance: str = "logprob"  # |Δ log p| (paper) or a full-distribution distance (core.DISTANCES)
     signed: bool = False  # official code's signed logp_full - logp_perturbed
     temperature: float = 0.0  # sampling temperature; 0 = greedy
@@ -91,8 +93,8 @@ class ExplainOptions:
         return AttributionOptions(
             signals=("visual", "temporal", "entropy"), visual_strategy=self.visual_strategy,
             visual_fraction=self.visual_fraction, temporal_strategy=self.temporal_strategy,
-            segment_groups=self.segment_groups, distance=self.distance, signed=self.signed,
-            temperature=self.score_temperature)
+            segment_groups=self.segment_groups, temporal_samples=self.temporal_samples, distance=self.distance,
+            signed=self.signed, temperature=self.score_temperature)
 
     def selection_options(self):
         from ..attribution import SelectionOptions
@@ -162,6 +164,8 @@ def check_inputs(model_dir, video, question: str, response: str | None, opts: Ex
         raise ExplainInputError(f"--prompt must be one of {PROMPT_CHOICES}, got {opts.prompt!r}")
     if opts.answer_type is not None and opts.answer_type not in ANSWER_SUFFIX:
         raise ExplainInputError(f"--answer-type must be one of {tuple(ANSWER_SUFFIX)}, got {opts.answer_type!r}")
+    if opts.temporal_samples < 1:
+        raise ExplainInputError(f"--temporal-samples must be >= 1, got {opts.temporal_samples}")
     try:
         opts.attribution_options().validate()
     except ValueError as exc:
@@ -453,6 +457,9 @@ def add_arguments(parser) -> None:
                              "non-identity order, drawn with --seed)")
     parser.add_argument("--segment-groups", type=int, default=d.segment_groups,
                         help="temporal groups per segment for the segment strategy (default %(default)s)")
+    parser.add_argument("--temporal-samples", type=int, default=d.temporal_samples,
+                        help="average the temporal score over this many permutation draws (default %(default)s; "
+                             "the page shows the first draw's order)")
     parser.add_argument("--distance", choices=choices["distance"], default=d.distance,
                         help="score: |Δ log p| of the token (paper, default) or a distance between the full and "
                              "perturbed next-token distributions")
@@ -482,7 +489,8 @@ def add_arguments(parser) -> None:
 def options_from_args(args) -> ExplainOptions:
     return ExplainOptions(
         ratio=args.ratio, visual_strategy=args.visual_strategy, visual_fraction=args.visual_fraction,
-        temporal_strategy=args.temporal_strategy, segment_groups=args.segment_groups, distance=args.distance,
+        temporal_strategy=args.temporal_strategy, segment_groups=args.segment_groups,
+        temporal_samples=args.temporal_samples, distance=args.distance,
         signed=args.signed, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         max_new_tokens=args.max_new_tokens, frames=args.frames, fps=args.fps, max_pixels=args.max_pixels,
         min_pixels=args.min_pixels, prompt=args.prompt, answer_type=args.answer_type, device=args.device,

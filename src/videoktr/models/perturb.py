@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 VISUAL_STRATEGIES = ("zero", "zero_fraction", "replace")
-TEMPORAL_STRATEGIES = ("shuffle", "reverse", "segment")
+TEMPORAL_STRATEGIES = ("shuffle", "derange", "reverse", "segment")
 
 
 def zero_features(f: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,11 @@ def temporal_permutation(
     """A permutation of temporal groups [num_groups]: output group g shows input group perm[g].
 
     shuffle: uniformly random among the non-identity permutations when num_groups >= 2 (re-drawn until not the
-    identity; the official code's single randperm may be the identity, which scores every token 0).
+    identity; the official code's single randperm may be the identity, which scores every token 0). With few
+    groups most draws leave most groups in place (4 groups: 14 of the 23 non-identity permutations fix at least
+    one group; [0, 1, 3, 2] only swaps the last two events), so events that stay put get no temporal score.
+    derange: uniformly random among the derangements (no group stays in place; re-drawn until so): every event
+    moves. Two groups: the swap.
     reverse: perm = [G-1, ..., 0]. segment: independent shuffles inside consecutive blocks of `segment_groups`
     groups, re-drawn until not the identity (the first block always has >= 2 groups, so one exists).
     """
@@ -65,8 +69,10 @@ def temporal_permutation(
     if strategy == "segment" and segment_groups < 2:
         raise ValueError(f"segment_groups must be >= 2, got {segment_groups}")
     while True:
-        if strategy == "shuffle":
+        if strategy in ("shuffle", "derange"):
             perm = torch.randperm(num_groups, generator=generator)
+            if strategy == "derange" and (perm == identity).any():
+                continue
         else:
             blocks = [identity[i : i + segment_groups] for i in range(0, num_groups, segment_groups)]
             perm = torch.cat([b[torch.randperm(len(b), generator=generator)] for b in blocks])

@@ -154,9 +154,12 @@ class KTRConfig:
     visual_strategy: str = _f("zero", "visual perturbation of encoder outputs (paper default: zero)",
                               ("zero", "zero_fraction", "replace"))
     visual_fraction: float = _f(0.5, "share of visual tokens zeroed by zero_fraction")
-    temporal_strategy: str = _f("shuffle", "temporal perturbation of temporal groups (paper default: shuffle)",
-                                ("shuffle", "reverse", "segment"))
+    temporal_strategy: str = _f("shuffle", "temporal perturbation of temporal groups (paper default: shuffle; "
+                                           "derange: a random order in which every group moves)",
+                                ("shuffle", "derange", "reverse", "segment"))
     segment_groups: int = _f(2, "temporal groups per segment for the segment strategy")
+    temporal_samples: int = _f(1, "temporal score = mean over this many permutation draws (each adds one "
+                                  "temporally perturbed pass over the attributed rows; paper: 1)")
     mask_kl: bool = _f(False, "apply the key-token mask to the KL term too (official code: yes)")
 
 
@@ -293,6 +296,7 @@ RANGES: dict[str, Range] = {
     "ktr.ratio": Range(0, 1, low_open=True),
     "ktr.visual_fraction": Range(0, 1, low_open=True),
     "ktr.segment_groups": _ge(1),
+    "ktr.temporal_samples": _ge(1, "1 = one draw, as the paper"),
     "run.seed": SEED_RANGE,
     "run.save_steps": _ge(1),
     "run.save_total_limit": _ge(0, "0 = keep every checkpoint"),

@@ -25,7 +25,8 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
         "epsilon_high", "loss_normalization", "reward_weights", "length_bonus")}}
     if rl.method in ("ktr", "entropy"):
         options["ktr"] = {name: getattr(k, name) for name in (
-            "signals", "ratio", "selection", "weighting", "distance", "visual_strategy", "temporal_strategy", "temporal_samples", "mask_kl")}
+            "signals", "ratio", "selection", "weighting", "distance", "visual_strategy", "temporal_strategy",
+            "temporal_samples", "mask_kl")}
     if rl.method == "twgrpo":
         options["rl"]["twgrpo_variant"] = rl.twgrpo_variant
     m = config.model

@@ -1,0 +1,130 @@
+"""The synthetic video world: clips of coloured shapes appearing one after another, questions about them, and
+ground-truth token roles computed by construction.
+
+Package layout (every public name is re-exported here; callers use `videoktr.data.synthetic.NAME`):
+`config` (palette, families, kinds, `WorldConfig`), `render` (clips), `questions` (question logic and
+reference responses), `labels` (counterfactuals and the label oracles), `world` (rows, files, clips,
+processor inputs, tokenizer corpus), `rewards` (accuracy and format rewards).
+
+Clips. A clip has `frames` frames (default 8 = 4 temporal groups of 2 frames, the model's temporal patch).
+Each temporal group g (frames 2g and 2g+1) is either blank (background only) or shows ONE event: a shape of
+one colour, centred. Colours within a clip are distinct; shapes may repeat. Permuting the temporal groups of
+a clip therefore permutes its event order and nothing else. Clips are rendered with numpy, written as real
+mp4 files (`data.video.write_video`) and decoded back with `data.video.read_video`, the loader real data uses.
+
+A clip's content is its *layout*: a tuple with one entry per temporal group, None (blank) or (colour, shape).
+
+Question families (`FAMILIES`), kinds (`KINDS`; `WorldConfig.kinds` picks those in use) and reference
+responses (`<think>...</think><answer>...</answer>`; answers are words or numbers, never option letters):
+- order (answer: a colour; order-dependent). Kinds: first, last, after ("Which colour appeared right after
+  the blue shape?"). Reasoning narrates every event in order: "first red circle, then blue square, then
+  green triangle."
+- presence (answer: a word; order-independent). Kinds: shape_of ("What shape was the blue one?"), colour_of
+  ("What colour was the square?", the shape appears exactly once), appeared ("Did a blue shape appear?",
+  yes/no; off by default: the small model stays at chance on it). Reasoning lists the events sorted by
+  colour name, so it does not depend on their order: "by colour: blue square, red circle, white triangle."
+- count (answer: a number, problem_type "numerical"). Kinds: count ("How many shapes appeared?"), count_shape
+  ("How many circles appeared?"); reasoning is a fixed phrase ("counting the shapes."), so the number
+  itself is where the video enters the text.
+- text (control; answer determined by the question text alone): "Which colour is named in this question:
+  red?" -> "the question names red."
+What a small model learns in a warm start (measured): the narrations and listings, first/last/count/named
+within a few hundred steps; the look-ups (after, shape_of, colour_of, count_shape) only partly, which keeps
+accuracy below ceiling.
+
+Token labels (`token_labels`), defined the way teacher-forced attribution sees a token: let x be the token
+ids of the row's reference response (+ the end-of-turn token) and R(c) those of the reference response to the
+SAME question for another clip c for which the question is well-posed (e.g. "after X" needs X present and not
+last; "colour of the square" needs exactly one square).
+- vision (prefix-conditional): some clip c with other content has R(c)[:t] == x[:t] and R(c)[t] != x[t].
+  Exact: `LabelIndex` holds the sorted token ids of the reference of EVERY event sequence of the world (a
+  response depends on a clip only through its event sequence) and checks the range sharing x[:t].
+- order (prefix-conditional): the same over the ORDER counterfactuals: every arrangement of the row's
+  temporal groups (same events, same blanks) for which the question is well-posed. Exact.
+- vision_uncond / order_uncond (unconditional): token t of x is left unmatched by the alignment of x with
+  some counterfactual's R(c) (`difflib.SequenceMatcher(None, x, R(c), autojunk=False)`'s matching blocks):
+  the token's content changes in some counterfactual, wherever the change first entered the text. A colour
+  copied from the reasoning into the answer is vision_uncond but not vision. vision_uncond uses a sample of
+  content counterfactuals (`vision_counterfactuals`: every order counterfactual, every close edit of the
+  event sequence and `counterfactual_samples` random layouts, seeded by the row), or every layout with
+  `exhaustive=True` (small worlds; tests compare the two).
+Tests check the labels against brute-force enumeration on a small world and by hand on examples.
+
+Rows follow the Video-R1 JSON schema (problem_id, problem, data_type "video", problem_type, options [],
+solution "<answer>X</answer>", path relative to the world directory, data_source "synthetic", process
+"<think>...</think>") plus: family, kind, question (the kind's parameters), layout (list of [colour, shape]
+or null per temporal group), events (list of {group, colour, shape}), answer, chance (probability of a
+uniform guess over the kind's answer set), response (the warm-start target: process + solution, or for a
+`reference_noise` row the reference of another clip) and noisy.
+"""
+
+from .config import (
+                     FAMILIES,
+                     GENERATOR_VERSION,
+                     KINDS,
+                     PALETTE,
+                     SHAPES,
+                     Layout,
+                     WorldConfig,
+)
+from .labels import (
+                     LabelIndex,
+                     all_layouts,
+                     all_sequences,
+                     label_index,
+                     label_rows,
+                     order_counterfactuals,
+                     prefix_labels,
+                     single_edits,
+                     token_labels,
+                     unconditional_labels,
+                     vision_counterfactuals,
+)
+from .questions import (
+                     chance_of,
+                     events_of,
+                     family_of,
+                     format_response,
+                     question_text,
+                     reference,
+                     reference_response,
+                     row_layout,
+                     sample_layout,
+                     sample_question,
+                     well_posed,
+)
+from .render import decode_layout, render_clip
+from .rewards import (
+                     accuracy_reward,
+                     answer_of,
+                     format_reward,
+                     is_correct,
+                     normalise_answer,
+)
+from .world import (
+                     WorldPaths,
+                     chat_prompt,
+                     corpus,
+                     encode_rows,
+                     generate_world,
+                     load_clip,
+                     load_clips,
+                     load_world_config,
+                     make_row,
+                     prompt_text,
+                     read_rows,
+                     sample_rows,
+                     vocabulary,
+)
+
+__all__ = [
+    "FAMILIES", "GENERATOR_VERSION", "KINDS", "PALETTE", "SHAPES", "Layout", "WorldConfig",
+    "LabelIndex", "all_layouts", "all_sequences", "label_index", "label_rows", "order_counterfactuals",
+    "prefix_labels", "single_edits", "token_labels", "unconditional_labels", "vision_counterfactuals",
+    "chance_of", "events_of", "family_of", "format_response", "question_text", "reference", "reference_response",
+    "row_layout", "sample_layout", "sample_question", "well_posed",
+    "decode_layout", "render_clip",
+    "accuracy_reward", "answer_of", "format_reward", "is_correct", "normalise_answer",
+    "WorldPaths", "chat_prompt", "corpus", "encode_rows", "generate_world", "load_clip", "load_clips",
+    "load_world_config", "make_row", "prompt_text", "read_rows", "sample_rows", "vocabulary",
+]

@@ -36,7 +36,7 @@ from .core import (
     top_ratio_mask,
     union_masks,
 )
-from .models.adapters import adapter_for
+from .models.adapters import adapter_for, unique_items
 from .models.perturb import (
     TEMPORAL_STRATEGIES,
     VISUAL_STRATEGIES,
@@ -130,20 +130,6 @@ def _media_per_row(prompt_ids: torch.Tensor, token_id: int, grid_thw: torch.Tens
     if v != len(tokens_per_video):
         raise ValueError(f"batch has {len(tokens_per_video)} {kind}s but placeholders for {v}")
     return rows
-
-
-def _unique_videos(pixels: list[torch.Tensor], grid_thw: torch.Tensor) -> list[int]:
-    """For each video, the index of the first identical video (same grid and pixels): the G responses to one
-    prompt carry G copies of one clip, which is encoded once."""
-    first: list[int] = []
-    for i, p in enumerate(pixels):
-        match = i
-        for j in set(first):
-            if torch.equal(grid_thw[i], grid_thw[j]) and pixels[j].shape == p.shape and torch.equal(pixels[j], p):
-                match = j
-                break
-        first.append(match)
-    return first
 
 
 def perturbed_features(
@@ -324,7 +310,7 @@ def attribute(
         groups = adapter.num_groups(video_grid_thw).tolist()
         if video_features is None:
             pixels = adapter.split_pixels(pixel_values_videos, video_grid_thw)
-            owner = _unique_videos(pixels, video_grid_thw)
+            owner = unique_items(pixels, video_grid_thw)
             uniq = sorted(set(owner))
             encoded = adapter.encode_videos(model, torch.cat([pixels[u] for u in uniq]), video_grid_thw[uniq])
             by_owner = dict(zip(uniq, encoded))

@@ -34,6 +34,7 @@ what), exactly as when re-encoding the permuted frames with the same metadata.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -164,3 +165,74 @@ def adapter_for_config(config) -> QwenVLAdapter:
 
 def adapter_for(model) -> QwenVLAdapter:
     return adapter_for_config(model.config)
+
+
+def unique_items(pixels: list[torch.Tensor], grid_thw: torch.Tensor) -> list[int]:
+    """For each video (or image), the index of the first identical one (same grid and pixels): the G responses
+    to one prompt carry G copies of one clip, which is encoded once."""
+    first: list[int] = []
+    for i, p in enumerate(pixels):
+        match = i
+        for j in set(first):
+            if torch.equal(grid_thw[i], grid_thw[j]) and pixels[j].shape == p.shape and torch.equal(pixels[j], p):
+                match = j
+                break
+        first.append(match)
+    return first
+
+
+# families whose get_video_features/get_image_features return only `pooler_output` per item (Qwen3-VL's also
+# carry DeepStack features: left to encode every copy)
+_DEDUPLICATED_FAMILIES = ("qwen2_5_vl", "qwen2_vl")
+
+
+def _encode_unique(original):
+    """Wrap a model's get_video_features/get_image_features(pixels, grid, ...) so that identical items are
+    encoded once and their features shared (pooler_output keeps one entry per item, in order). The wrapper keeps
+    the original's signature: `generate` picks the encoder's arguments by their names."""
+    import functools
+    import inspect
+
+    pixels_name, grid_name = list(inspect.signature(original).parameters)[:2]
+
+    @functools.wraps(original)
+    def encode(*args, **kwargs):
+        args = list(args)
+        pixels = args.pop(0) if args else kwargs.pop(pixels_name)
+        grid_thw = args.pop(0) if args else kwargs.pop(grid_name, None)
+        if grid_thw is None or len(grid_thw) < 2:
+            return original(pixels, grid_thw, *args, **kwargs)
+        pieces = list(torch.split(pixels, grid_thw.prod(-1).tolist()))
+        owner = unique_items(pieces, grid_thw)
+        uniq = sorted(set(owner))
+        if len(uniq) == len(owner):
+            return original(pixels, grid_thw, *args, **kwargs)
+        out = original(torch.cat([pieces[u] for u in uniq]), grid_thw[uniq], *args, **kwargs)
+        pooled = dict(zip(uniq, out.pooler_output))
+        out.pooler_output = tuple(pooled[o] for o in owner)
+        return out
+
+    return encode
+
+
+@contextmanager
+def encode_each_item_once(model):
+    """Within the block, the model's own forward (e.g. inside `generate`, which TRL hands every copy of a
+    prompt's video) runs the vision tower on each distinct video and image once, sharing the features among
+    copies (`unique_items`: identical grid and pixels). Qwen2.5-VL and Qwen2-VL; other families unchanged."""
+    inner = model.model
+    if getattr(model.config, "model_type", None) not in _DEDUPLICATED_FAMILIES:
+        yield
+        return
+    names = ("get_video_features", "get_image_features")
+    saved = {n: inner.__dict__.get(n) for n in names}
+    for n in names:
+        setattr(inner, n, _encode_unique(getattr(inner, n)))
+    try:
+        yield
+    finally:
+        for n in names:
+            if saved[n] is None:
+                delattr(inner, n)
+            else:
+                setattr(inner, n, saved[n])

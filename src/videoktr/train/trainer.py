@@ -33,7 +33,7 @@ from ..attribution import AttributionOptions, SelectionOptions, attribute, eval_
 from ..core import (group_position_divergence_source, group_position_kl, logprobs_and_entropy, masked_clipped_loss,
                     tw_grpo_source_weights, tw_grpo_weights)
 from ..data.video import read_video
-from ..models.adapters import adapter_for
+from ..models.adapters import adapter_for, encode_each_item_once
 from ..models.lora import base_model
 from .checkpoint import CHECKPOINT_PREFIX, load_checkpoint_weights, mark_complete, weight_files
 from .compat import check_trl_options
@@ -260,7 +260,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         rows = self._rows
         if self.use_vllm and rows is not None and any(r is not None for r in rows):
             self._queue_vllm_media(prompt_ids, rows)
-        with full_parameters(self.model_wrapped):  # FSDP: see distributed.full_parameters
+        # FSDP: see distributed.full_parameters; HF generation gets every copy of a prompt's video from TRL: the
+        # vision tower encodes each distinct clip once (models.adapters.encode_each_item_once)
+        with full_parameters(self.model_wrapped), encode_each_item_once(self._core()):
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
 
@@ -420,7 +422,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         input_ids = pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         attention = pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left").to(device)
         width = input_ids.shape[1]
-        with full_parameters(self.model_wrapped), unwrap_model_for_generation(
+        with full_parameters(self.model_wrapped), encode_each_item_once(self._core()), unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped:
             out = unwrapped.generate(
                 input_ids=input_ids, attention_mask=attention,

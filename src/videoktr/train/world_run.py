@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from .config import TrainConfig
@@ -26,9 +25,10 @@ def prepare_world_and_model(config: TrainConfig):
     from .warmstart import warm_start
 
     cache = Path(config.run.cache_dir)
-    world_cfg = synthetic.WorldConfig(seed=config.data.world_seed)
     d = config.data
-    world_dir = cache / f"world-{_digest([asdict(world_cfg), d.world_train, d.world_eval, d.world_rl])}"
+    world_cfg = synthetic.world_config(d.world_style, seed=d.world_seed)
+    # to_dict: the default (short) world keeps the directory it had before world styles existed
+    world_dir = cache / f"world-{_digest([world_cfg.to_dict(), d.world_train, d.world_eval, d.world_rl])}"
     print(f"[1/5] synthetic world: {world_dir}")
     world = synthetic.generate_world(world_dir, world_cfg, n_train=d.world_train, n_eval=d.world_eval,
                                      n_rl=d.world_rl)
@@ -36,7 +36,7 @@ def prepare_world_and_model(config: TrainConfig):
         model_dir = Path(config.model.model)
         print(f"[2/5] model: {model_dir}")
         return world, model_dir
-    base_dir = cache / f"base-{config.model.model_size}-{_digest([asdict(world_cfg), config.run.seed])}"
+    base_dir = cache / f"base-{config.model.model_size}-{_digest([world_cfg.to_dict(), config.run.seed])}"
     if not (base_dir / "config.json").is_file():
         create_model_dir(base_dir, size=config.model.model_size, corpus=synthetic.corpus(world_cfg),
                          seed=config.run.seed)
@@ -45,7 +45,10 @@ def prepare_world_and_model(config: TrainConfig):
     train_digest = hashlib.sha256(world.train.read_bytes()).hexdigest()
     model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest([str(base_dir), train_digest])}")
     print(f"[2/5] warm start (built once, then reused): {model_dir}")
-    warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed)
+    # long references need a longer greedy validation budget (the short world keeps the warm start's default)
+    budget = {} if world_cfg.style == "short" else {"max_new_tokens": world_cfg.completion_tokens}
+    warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed,
+               **budget)
     return world, model_dir
 
 
@@ -62,6 +65,12 @@ def run_synthetic(config: TrainConfig) -> dict:
     from .run import (PLOT_NAME, build_trainer, load_training_model, plot_history, prepare_resume, process_state,
                       start_run_dir, train_and_record, trl_rows)
 
+    world_cfg = synthetic.world_config(config.data.world_style)
+    if config.rl.max_completion_length < world_cfg.completion_tokens and world_cfg.style != "short":
+        # the long_cot world's references run to about 180 tokens: 64 (the default) would cut every one
+        print(f"rl.max_completion_length raised from {config.rl.max_completion_length} to "
+              f"{world_cfg.completion_tokens}: the {world_cfg.style} world's references need it")
+        config.rl.max_completion_length = world_cfg.completion_tokens
     out = start_run_dir(config)
     with process_state().main_process_first():  # several processes: one builds the caches, the others reuse them
         world, model_dir = prepare_world_and_model(config)
@@ -75,7 +84,8 @@ def run_synthetic(config: TrainConfig) -> dict:
 
     # 3. before RL: held-out accuracy and attribution quality of the starting model
     print(f"[3/5] held-out accuracy and attribution on {len(eval_rows)} clips")
-    before = heldout_accuracy(model, processor, eval_rows, world_dir)
+    gen = {} if world_cfg.style == "short" else {"max_new_tokens": world_cfg.completion_tokens}
+    before = heldout_accuracy(model, processor, eval_rows, world_dir, **gen)
     attribution = None
     if config.run.eval_attribution:
         attribution = attribution_quality(model, processor, eval_rows[: config.data.attribution_rows], world_dir,
@@ -91,7 +101,7 @@ def run_synthetic(config: TrainConfig) -> dict:
 
     # 5. after RL
     print("[5/5] held-out accuracy after RL")
-    after = heldout_accuracy(base_model(trainer.model), processor, eval_rows, world_dir)  # LoRA: adapters on
+    after = heldout_accuracy(base_model(trainer.model), processor, eval_rows, world_dir, **gen)  # LoRA: adapters on
     gain = paired_gain(before.pop("per_item"), after.pop("per_item"))
     if process_state().is_main_process:  # the plot again, with held-out accuracy before and after
         plot_history(trainer.state.log_history, out / PLOT_NAME, accuracy_key="rewards/accuracy_reward/mean",

@@ -2,9 +2,13 @@
 ground-truth token roles computed by construction.
 
 Package layout (every public name is re-exported here; callers use `videoktr.data.synthetic.NAME`):
-`config` (palette, families, kinds, `WorldConfig`), `render` (clips), `questions` (question logic and
-reference responses), `labels` (counterfactuals and the label oracles), `world` (rows, files, clips,
-processor inputs, tokenizer corpus), `rewards` (accuracy and format rewards).
+`config` (palette, families, kinds, `WorldConfig`, the style presets), `render` (clips), `questions` (question
+logic and reference responses), `long_cot` (the long reference templates), `labels` (counterfactuals and the
+label oracles), `world` (rows, files, clips, processor inputs, tokenizer corpus), `rewards` (accuracy, format).
+
+Styles (`WorldConfig.style`): "short" (the default, described below) and "long_cot" (`long_cot_config()`: the same
+clips, references of 100-250 tokens that walk through the clip with filler and restatement, no text-answerable
+family; `long_cot` and docs/world-long-cot.md). The label definitions below hold for both.
 
 Clips. A clip has `frames` frames (default 8 = 4 temporal groups of 2 frames, the model's temporal patch).
 Each temporal group g (frames 2g and 2g+1) is either blank (background only) or shows ONE event: a shape of
@@ -58,69 +62,25 @@ uniform guess over the kind's answer set), response (the warm-start target: proc
 `reference_noise` row the reference of another clip) and noisy.
 """
 
-from .config import (
-                     FAMILIES,
-                     GENERATOR_VERSION,
-                     KINDS,
-                     PALETTE,
-                     SHAPES,
-                     Layout,
-                     WorldConfig,
-)
-from .labels import (
-                     LabelIndex,
-                     all_layouts,
-                     all_sequences,
-                     label_index,
-                     label_rows,
-                     order_counterfactuals,
-                     prefix_labels,
-                     single_edits,
-                     token_labels,
-                     unconditional_labels,
-                     vision_counterfactuals,
-)
-from .questions import (
-                     chance_of,
-                     events_of,
-                     family_of,
-                     format_response,
-                     question_text,
-                     reference,
-                     reference_response,
-                     row_layout,
-                     sample_layout,
-                     sample_question,
-                     well_posed,
-)
+from .config import (FAMILIES, GENERATOR_VERSION, KINDS, LONG_COT_COMPLETION_TOKENS, LONG_COT_FAMILY_MIX,
+                     LONG_COT_KINDS, PALETTE, SHAPES, STYLES, Layout, WorldConfig, long_cot_config, world_config)
+from .labels import (LabelIndex, all_layouts, all_sequences, label_index, label_rows, order_counterfactuals,
+                     prefix_labels, question_key, single_edits, token_labels, unconditional_labels,
+                     vision_counterfactuals)
+from .long_cot import PHRASINGS
+from .questions import (chance_of, events_of, family_of, format_response, question_text, reference,
+                        reference_response, row_layout, sample_layout, sample_question, well_posed)
 from .render import decode_layout, render_clip
-from .rewards import (
-                     accuracy_reward,
-                     answer_of,
-                     format_reward,
-                     is_correct,
-                     normalise_answer,
-)
-from .world import (
-                     WorldPaths,
-                     chat_prompt,
-                     corpus,
-                     encode_rows,
-                     generate_world,
-                     load_clip,
-                     load_clips,
-                     load_world_config,
-                     make_row,
-                     prompt_text,
-                     read_rows,
-                     sample_rows,
-                     vocabulary,
-)
+from .rewards import accuracy_reward, answer_of, format_reward, is_correct, normalise_answer
+from .world import (WorldPaths, chat_prompt, corpus, encode_rows, generate_world, load_clip, load_clips,
+                    load_world_config, make_row, prompt_text, read_rows, sample_rows, vocabulary)
 
 __all__ = [
-    "FAMILIES", "GENERATOR_VERSION", "KINDS", "PALETTE", "SHAPES", "Layout", "WorldConfig",
+    "FAMILIES", "GENERATOR_VERSION", "KINDS", "LONG_COT_COMPLETION_TOKENS", "LONG_COT_FAMILY_MIX", "LONG_COT_KINDS",
+    "PALETTE", "SHAPES", "STYLES", "Layout", "WorldConfig", "long_cot_config", "world_config",
     "LabelIndex", "all_layouts", "all_sequences", "label_index", "label_rows", "order_counterfactuals",
-    "prefix_labels", "single_edits", "token_labels", "unconditional_labels", "vision_counterfactuals",
+    "prefix_labels", "question_key", "single_edits", "token_labels", "unconditional_labels", "vision_counterfactuals",
+    "PHRASINGS",
     "chance_of", "events_of", "family_of", "format_response", "question_text", "reference", "reference_response",
     "row_layout", "sample_layout", "sample_question", "well_posed",
     "decode_layout", "render_clip",

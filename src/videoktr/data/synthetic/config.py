@@ -23,6 +23,10 @@ PALETTE = (
 SHAPES = ("circle", "square", "triangle")
 GENERATOR_VERSION = 5  # bump when clips, questions or responses change: part of the world's cache key
 
+STYLES = ("short", "long_cot")
+LONG_COT_COMPLETION_TOKENS = 320  # sampling budget of the long_cot world (its references are at most 250 tokens)
+_LATER_FIELDS = {"style": "short"}  # fields added after version 5, with the default that leaves them out of to_dict
+
 Layout = tuple  # tuple[tuple[str, str] | None, ...]: one entry per temporal group
 
 
@@ -56,6 +60,9 @@ class WorldConfig:
     counterfactual_samples: int = _f(48, "random content counterfactuals per row for the vision labels "
                                          "(on top of all single edits and all order permutations)")
     seed: int = _f(0, "seed of clips, questions and counterfactual samples")
+    style: str = _f("short", "reference style: short (terse reasoning) or long_cot (100-250-token chains of thought "
+                             "that walk through the clip with filler and restatement; `long_cot_config` is its "
+                             "fixed preset, docs/world-long-cot.md)")
 
     @property
     def groups(self) -> int:
@@ -86,11 +93,24 @@ class WorldConfig:
         missing = [f for f, w in self.family_mix if w > 0 and not any(k in self.kinds for k in KINDS[f])]
         if missing:
             raise ValueError(f"families {missing} have weight but no enabled kind")
+        if self.style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {self.style!r}")
         if not 0.0 <= self.reference_noise < 1.0:
             raise ValueError(f"reference_noise must be in [0, 1), got {self.reference_noise}")
 
+    @property
+    def completion_tokens(self) -> int:
+        """Longest reference response in tokens the world expects a policy to need (sampling/greedy budget)."""
+        return LONG_COT_COMPLETION_TOKENS if self.style == "long_cot" else 48
+
     def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
+        """The config as JSON types. Fields added after generator version 5 (`style`) are left out at their
+        default, so the default world keeps its digest, cache key and directory."""
+        d = json.loads(json.dumps(asdict(self)))
+        for name, default in _LATER_FIELDS.items():
+            if d.get(name) == default:
+                del d[name]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "WorldConfig":
@@ -103,3 +123,24 @@ class WorldConfig:
     def digest(self) -> str:
         payload = json.dumps([self.to_dict(), GENERATOR_VERSION], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+# The long_cot world's fixed preset (docs/world-long-cot.md): the default world's clips, no text-answerable control
+# family ("named") and no yes/no kind ("appeared"); fixed before any method comparison on it.
+LONG_COT_FAMILY_MIX = (("order", 0.45), ("presence", 0.3), ("count", 0.25))
+LONG_COT_KINDS = ("first", "last", "after", "shape_of", "colour_of", "count", "count_shape")
+
+
+def long_cot_config(**overrides) -> WorldConfig:
+    """The long_cot world: `WorldConfig(style="long_cot")` with its family mix and kinds (overridable)."""
+    return WorldConfig(**{"style": "long_cot", "family_mix": LONG_COT_FAMILY_MIX, "kinds": LONG_COT_KINDS,
+                          **overrides})
+
+
+def world_config(style: str = "short", **overrides) -> WorldConfig:
+    """The world of a style: `WorldConfig(**overrides)` for short (today's default), `long_cot_config` else."""
+    if style == "short":
+        return WorldConfig(**overrides)
+    if style == "long_cot":
+        return long_cot_config(**overrides)
+    raise ValueError(f"unknown world style {style!r}; choose from {STYLES}")

@@ -112,6 +112,11 @@ def vision_counterfactuals(layout: Layout, question: dict, config: WorldConfig, 
     return sorted((c for c in out if well_posed(c, question)), key=repr)
 
 
+def question_key(question: dict) -> str:
+    """A question's identity for the label index: its text, plus the hidden phrasing of long references."""
+    return question_text(question) + (f"|phrasing={question['phrasing']}" if "phrasing" in question else "")
+
+
 def _first_divergence(x: Sequence[int], y: Sequence[int]) -> int | None:
     n = min(len(x), len(y))
     for t in range(n):
@@ -162,22 +167,66 @@ class LabelIndex:
     lexicographically sorted token ids of the reference responses of EVERY well-posed event sequence of the
     world; the responses sharing a prefix x[:t] are a contiguous range, so "some clip continues x[:t]
     differently" is a check of the range's first and last entries. Building one question tokenizes up to
-    all sequences of the world (about 33k for the default world, ~1 s)."""
+    all sequences of the world (about 33k for the default world, ~1 s).
+
+    Long references (style long_cot, about 150 tokens each) are indexed as sorted TEXTS instead (no
+    tokenization of the whole world; the last `max_text_questions` questions are kept): token t of x, spanning
+    characters [a, b) of its text, is labelled when some reference shares the text's first a characters but
+    not its first b. This equals the token definition when references that share a character prefix ending
+    on a token boundary of x also share x's tokens up to there, which the long templates are written for
+    (`long_cot`) and tests check against brute-force token enumeration."""
+
+    max_text_questions = 6
 
     def __init__(self, tokenizer, config: WorldConfig | None = None, add_eos: bool = True):
         self.tokenizer = tokenizer
         self.config = config or WorldConfig()
         self.eos = tokenizer.eos_token if add_eos else ""
         self._by_question: dict[str, list[tuple[int, ...]]] = {}
+        self._texts: dict[str, list[str]] = {}
         self._sequences = None
 
+    def _layouts(self):
+        if self._sequences is None:
+            self._sequences = [_as_layout(q, self.config) for q in all_sequences(self.config)]
+        return self._sequences
+
+    def texts(self, question: dict) -> list[str]:
+        """Sorted reference texts (+ end-of-turn) of every well-posed event sequence (cached, bounded)."""
+        key = question_key(question)
+        if key not in self._texts:
+            while len(self._texts) >= self.max_text_questions:
+                self._texts.pop(next(iter(self._texts)))
+            self._texts[key] = sorted({reference_response(c, question, self.config.style) + self.eos
+                                       for c in self._layouts() if well_posed(c, question)})
+        return self._texts[key]
+
+    def _vision_labels_text(self, x: Sequence[int], question: dict) -> list[bool]:
+        import bisect
+
+        pieces = [self.tokenizer.decode([int(i)]) for i in x]
+        text = "".join(pieces)
+        texts = self.texts(question)
+        lo, hi = 0, len(texts)
+        k = bisect.bisect_left(texts, text)
+        if k >= len(texts) or texts[k] != text:
+            raise ValueError("the reference response is not among the world's responses (tokenizer or config "
+                             "mismatch, or tokens that do not decode to the text piece by piece)")
+        out, end = [], 0
+        for piece in pieces:
+            end += len(piece)
+            prefix = text[:end]
+            lo2 = bisect.bisect_left(texts, prefix, lo, hi)
+            hi2 = bisect.bisect_left(texts, prefix + "\U0010ffff", lo2, hi)
+            out.append(hi2 - lo2 != hi - lo)
+            lo, hi = lo2, hi2
+        return out
+
     def responses(self, question: dict) -> list[tuple[int, ...]]:
-        key = question_text(question)
+        key = question_key(question)
         if key not in self._by_question:
-            if self._sequences is None:
-                self._sequences = [_as_layout(q, self.config) for q in all_sequences(self.config)]
-            texts = sorted({reference_response(c, question) + self.eos
-                            for c in self._sequences if well_posed(c, question)})
+            texts = sorted({reference_response(c, question, self.config.style) + self.eos
+                            for c in self._layouts() if well_posed(c, question)})
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
             self._by_question[key] = sorted(tuple(i) for i in ids)
         return self._by_question[key]
@@ -185,6 +234,8 @@ class LabelIndex:
     def vision_labels(self, x: Sequence[int], question: dict) -> list[bool]:
         import bisect
 
+        if self.config.style != "short":
+            return self._vision_labels_text(x, question)
         seqs = self.responses(question)
         x = tuple(x)
         lo, hi = 0, len(seqs)
@@ -219,11 +270,12 @@ def token_labels(row: dict, tokenizer, config: WorldConfig | None = None, add_eo
     layout = row_layout(row)
     question = row["question"]
     eos = tokenizer.eos_token if add_eos else ""
-    text = reference_response(layout, question)
+    style = config.style
+    text = reference_response(layout, question, style)
     order_cf = order_counterfactuals(layout, question)
     vision_cf = vision_counterfactuals(layout, question, config, _row_rng(row, config), exhaustive=exhaustive)
-    order_texts = sorted({reference_response(c, question) for c in order_cf} - {text})
-    vision_texts = sorted({reference_response(c, question) for c in vision_cf} - {text})
+    order_texts = sorted({reference_response(c, question, style) for c in order_cf} - {text})
+    vision_texts = sorted({reference_response(c, question, style) for c in vision_cf} - {text})
     all_texts = [text] + order_texts + vision_texts
     ids = tokenizer([t + eos for t in all_texts], add_special_tokens=False)["input_ids"]
     x, order_ids, vision_ids = ids[0], ids[1 : 1 + len(order_texts)], ids[1 + len(order_texts) :]
@@ -266,4 +318,9 @@ def label_index(tokenizer, config: WorldConfig | None = None, add_eos: bool = Tr
 def label_rows(rows: Sequence[dict], tokenizer, config: WorldConfig | None = None, add_eos: bool = True) -> list[dict]:
     """`token_labels` of many rows with one shared (process-wide cached) LabelIndex."""
     index = label_index(tokenizer, config, add_eos)
-    return [token_labels(r, tokenizer, config, add_eos, index=index) for r in rows]
+    # by question, so that each question's index (bounded for long references) is built once
+    order = sorted(range(len(rows)), key=lambda i: question_key(rows[i]["question"]))
+    out: list = [None] * len(rows)
+    for i in order:
+        out[i] = token_labels(rows[i], tokenizer, config, add_eos, index=index)
+    return out

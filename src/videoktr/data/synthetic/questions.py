@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import KINDS, Layout, WorldConfig
+from .long_cot import PHRASINGS, long_think
 
 
 def events_of(layout: Layout) -> list[tuple[str, str]]:
@@ -49,8 +50,14 @@ def well_posed(layout: Layout, question: dict) -> bool:
     return len(ev) >= 1
 
 
-def reference(layout: Layout, question: dict) -> tuple[str, str]:
-    """(reasoning inside <think>, answer inside <answer>) for a well-posed question: deterministic."""
+def reference(layout: Layout, question: dict, style: str = "short") -> tuple[str, str]:
+    """(reasoning inside <think>, answer inside <answer>) for a well-posed question: deterministic. `style`
+    "long_cot" gives the long walk-through (`long_cot.long_think`) with the same answer."""
+    if style == "long_cot":
+        _, answer = reference(layout, question)
+        return long_think(events_of(layout), question, question_text(question), answer), answer
+    if style != "short":
+        raise ValueError(f"unknown reference style {style!r}")
     ev = events_of(layout)
     kind = question["kind"]
     if kind in ("first", "last", "after"):
@@ -83,8 +90,8 @@ def format_response(think: str, answer: str) -> str:
     return f"<think>{think}</think><answer>{answer}</answer>"
 
 
-def reference_response(layout: Layout, question: dict) -> str:
-    return format_response(*reference(layout, question))
+def reference_response(layout: Layout, question: dict, style: str = "short") -> str:
+    return format_response(*reference(layout, question, style))
 
 
 def chance_of(question: dict, config: WorldConfig) -> float:
@@ -123,6 +130,13 @@ def sample_question(rng: np.random.Generator, family: str, layout: Layout, confi
     if not kinds:
         raise ValueError(f"family {family!r} has no enabled kind (config.kinds={config.kinds})")
     kind = kinds[int(rng.integers(len(kinds)))]
+    question = _question_params(rng, kind, colours, unique, config)
+    if config.style == "long_cot":  # the hidden phrasing of the long reference (not in the prompt)
+        question["phrasing"] = int(rng.integers(PHRASINGS))
+    return question
+
+
+def _question_params(rng: np.random.Generator, kind: str, colours: list, unique: list, config: WorldConfig) -> dict:
     if kind in ("first", "last", "count"):
         return {"kind": kind}
     if kind == "after":

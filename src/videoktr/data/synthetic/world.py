@@ -15,6 +15,7 @@ import numpy as np
 from ..video import Clip, read_video, write_video
 from .config import GENERATOR_VERSION, Layout, WorldConfig
 from .labels import vision_counterfactuals
+from .long_cot import corpus_texts as long_cot_corpus
 from .questions import (
     chance_of,
     family_of,
@@ -31,7 +32,7 @@ from .render import render_clip
 
 def make_row(problem_id: int, layout: Layout, question: dict, path: str, config: WorldConfig,
              response: str | None = None) -> dict:
-    think, answer = reference(layout, question)
+    think, answer = reference(layout, question, config.style)
     kind = question["kind"]
     clean = format_response(think, answer)
     return {
@@ -80,8 +81,9 @@ def sample_rows(config: WorldConfig, split: str, n: int, start_id: int = 0, excl
         pid = start_id + len(rows)
         response = None
         if split == "train" and config.reference_noise and rng.random() < config.reference_noise:
-            clean = reference_response(layout, question)
-            others = sorted({reference_response(c, question) for c in vision_counterfactuals(layout, question, config, rng)}
+            clean = reference_response(layout, question, config.style)
+            others = sorted({reference_response(c, question, config.style)
+                             for c in vision_counterfactuals(layout, question, config, rng)}
                             - {clean})
             if others:  # a text-family question has no other reference: it stays clean
                 response = others[int(rng.integers(len(others)))]
@@ -221,4 +223,6 @@ def corpus(config: WorldConfig | None = None, repeats: int = 20) -> list[str]:
         texts += [format_response(f"counting the {s}s.", str(n)) for n in range(config.max_events + 1)]
     texts += [question_text({"kind": k}) for k in ("first", "last", "count")]
     texts += [format_response("counting the shapes.", n) for n in counts]
+    if config.style == "long_cot":
+        texts += long_cot_corpus(colours, shapes, config.max_events)
     return texts * repeats

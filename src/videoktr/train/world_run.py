@@ -14,6 +14,9 @@ from pathlib import Path
 from .config import TrainConfig
 
 
+HELDOUT_ITEMS_NAME = "heldout_items.json"  # per-clip 1/0 correctness before and after RL, in held-out order
+
+
 def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -102,8 +105,15 @@ def run_synthetic(config: TrainConfig) -> dict:
     # 5. after RL
     print("[5/5] held-out accuracy after RL")
     after = heldout_accuracy(base_model(trainer.model), processor, eval_rows, world_dir, **gen)  # LoRA: adapters on
-    gain = paired_gain(before.pop("per_item"), after.pop("per_item"))
+    before_items, after_items = before.pop("per_item"), after.pop("per_item")
+    gain = paired_gain(before_items, after_items)
     if process_state().is_main_process:  # the plot again, with held-out accuracy before and after
+        from .checkpoint import write_json_atomic
+
+        # per-clip correctness, for paired comparisons between runs on the same held-out clips (bench/study.py)
+        write_json_atomic(out / HELDOUT_ITEMS_NAME, {
+            "world": str(world_dir), "families": [r["family"] for r in eval_rows],
+            "kinds": [r["kind"] for r in eval_rows], "before": before_items, "after": after_items})
         plot_history(trainer.state.log_history, out / PLOT_NAME, accuracy_key="rewards/accuracy_reward/mean",
                      heldout=(before["overall"]["accuracy"], after["overall"]["accuracy"]))
     report = {

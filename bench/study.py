@@ -1,0 +1,624 @@
+"""The study of issue 12: Video-KTR against its baselines and its own variants on the synthetic world, from one
+warm-started checkpoint per world, with equal steps and rollouts, several seeds and paired tests against GRPO.
+
+  .venv/bin/python bench/study.py --quick                  # CI: 2 arms x 2 seeds x 3 steps on a tiny world (minutes)
+  .venv/bin/python bench/study.py                          # the full grid (hours; continues where it stopped)
+  .venv/bin/python bench/study.py --arms grpo ktr --seeds 0 1 2 --steps 100   # a slice of it
+  .venv/bin/python bench/study.py --list                   # the arms, their options and the cells, nothing run
+
+Every (world, arm, seed) cell is one `videoktr train` run in its own directory, OUT/<world>/<arm>/seed-<s>/, started
+as a fresh process with `--model <the world's warm start>`: all cells of a world start from the same weights, see
+the same RL prompts and are scored on the same held-out clips. A cell whose report.json exists is finished and
+skipped; a killed cell restarts from its own last checkpoint (the trainer's resume), so a killed study continues
+where it stopped. Each finished cell's measurements go to OUT/<world>/<arm>/seed-<s>/cell.json; the study then
+writes OUT/summary.json (mean and std over seeds, paired McNemar tests against grpo), OUT/study.md (the tables)
+and PNG plots in OUT/ (ratio sweep, perturbation strategies, per family). `--doc docs/study.md` also writes the
+tables there. docs/benchmarks.md says what every number means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# ---------------------------------------------------------------------------------------------------------------
+# The arms: name -> (config overrides on top of the study's shared settings, what it is)
+# ---------------------------------------------------------------------------------------------------------------
+ALL = ["visual", "temporal", "entropy"]
+SUBSETS = {"E": ["entropy"], "V": ["visual"], "T": ["temporal"], "VT": ["visual", "temporal"],
+           "ET": ["entropy", "temporal"], "VE": ["visual", "entropy"]}
+BASE_LR = 1e-4  # rl.learning_rate's default
+# KTR's mean update ratio on the default run (README: about 0.36): Eq. 2 keeps 1/|o_i| over all response tokens,
+# so the masked loss, and its gradient, is that much smaller than GRPO's at the same learning rate
+UPDATE_RATIO = 0.36
+
+ARMS: dict[str, tuple[dict, str]] = {
+    "grpo": ({"method": "grpo"}, "GRPO, every response token"),
+    "ktr": ({"method": "ktr", "signals": ALL}, "Video-KTR, E+V+T, r = 0.2 (paper defaults)"),
+    **{f"ktr-{k}": ({"method": "ktr", "signals": v}, f"Table 2: signals {k}") for k, v in SUBSETS.items()},
+    "tgrpo": ({"method": "tgrpo"}, "Video-R1's T-GRPO temporal bonus"),
+    "entropy": ({"method": "entropy"}, "top-r entropy tokens only"),
+    "twgrpo": ({"method": "twgrpo"}, "TW-GRPO token weights"),
+    **{f"ktr-r{r}": ({"method": "ktr", "ratio": r}, f"Fig. 9: ratio {r}") for r in (0.1, 0.3, 0.4, 0.5)},
+    **{f"ktr-visual-{s}": ({"method": "ktr", "visual_strategy": s}, f"Fig. 10: visual perturbation {s}")
+       for s in ("zero_fraction", "replace")},
+    **{f"ktr-temporal-{s}": ({"method": "ktr", "temporal_strategy": s}, f"Fig. 10: temporal perturbation {s}")
+       for s in ("reverse", "segment", "derange")},
+    **{f"ktr-dist-{d}": ({"method": "ktr", "distance": d}, f"RQ5: score distance {d}")
+       for d in ("kl", "jsd", "l1", "l2", "cosine", "hellinger")},
+    **{f"ktr-w-{w}": ({"method": "ktr", "weighting": w}, f"RQ4: soft weights {w}")
+       for w in ("softmax", "sigmoid", "linear", "exponential")},
+    # step-size control: Eq. 2's 1/|o_i| shrinks KTR's gradient by its update ratio against GRPO at one lr
+    "ktr-lr-matched": ({"method": "ktr", "learning_rate": round(BASE_LR / UPDATE_RATIO, 8)},
+                       f"step control: ktr at lr / update ratio ({BASE_LR:g} / {UPDATE_RATIO})"),
+    "ktr-selected": ({"method": "ktr", "loss_normalization": "selected"},
+                     "step control: official normalisation over the selected tokens"),
+    **{f"{m}-lr{lr:g}": ({"method": m, "learning_rate": lr}, f"step control: {m} at lr {lr:g}")
+       for m in ("grpo", "ktr") for lr in (3e-5, 3e-4)},
+}
+# arms every world runs; the others (ratio, strategies, distances, weights) run on the main world only
+CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
+        "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003"]
+MAIN_WORLD = "short"
+
+# world name -> overrides of the world (data.world_style when the config has it)
+WORLDS = {"short": {}, "long_cot": {"world_style": "long_cot"}}
+
+FULL = {"seeds": [0, 1, 2], "steps": 500, "log_rollouts_every": 10, "save_steps": 20, "overrides": {}}
+QUICK = {"seeds": [0, 1], "steps": 3, "log_rollouts_every": 1, "save_steps": 2, "arms": ["grpo", "ktr"],
+         "overrides": {"world_train": 240, "world_rl": 40, "world_eval": 60, "attribution_rows": 16,
+                       "warmstart_max_steps": 50, "prompts_per_step": 4, "num_generations": 4,
+                       "max_completion_length": 48}}
+
+SIGNALS = ("visual", "temporal", "entropy", "union")
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+
+
+def config_fields() -> set[str]:
+    from videoktr.train.config import FLAG_OWNER
+
+    return set(FLAG_OWNER)
+
+
+def flag_args(overrides: dict) -> list[str]:
+    """`videoktr train` flags of a dict of options (bools as --x / --no-x, lists as several values)."""
+    out: list[str] = []
+    for key, value in overrides.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            out += [flag, *map(str, value)]
+        else:
+            out += [flag, str(value)]
+    return out
+
+
+def grid(args) -> dict[str, list[str]]:
+    """world -> its arms."""
+    out = {}
+    for world in args.worlds:
+        names = args.arms or (QUICK["arms"] if args.quick else list(ARMS) if world == MAIN_WORLD else CORE)
+        unknown = [a for a in names if a not in ARMS]
+        if unknown:
+            raise SystemExit(f"unknown arm(s) {unknown}; arms: {', '.join(ARMS)}")
+        out[world] = ["grpo"] + [a for a in names if a != "grpo"]  # grpo: the reference of every paired test
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running the cells
+# ---------------------------------------------------------------------------------------------------------------
+def shared_overrides(args, world: str) -> dict:
+    base = dict(QUICK["overrides"] if args.quick else FULL["overrides"])
+    base.update(WORLDS[world])
+    base.update({"cache_dir": str(args.cache_dir or Path(args.out) / "cache"), "world_seed": args.world_seed})
+    return base
+
+
+def prepare_warm_start(args, world: str) -> str:
+    """The world's clips and its one warm-started model (cached under the cache dir), built in this process."""
+    from videoktr.train.config import load_config
+    from videoktr.train.world_run import prepare_world_and_model
+
+    over = shared_overrides(args, world)
+    over["seed"] = args.warmstart_seed
+    over["output_dir"] = str(Path(args.out) / world / ".warmstart")
+    _, model_dir = prepare_world_and_model(load_config(overrides=over))
+    return str(model_dir)
+
+
+def cell_dir(args, world: str, arm: str, seed: int) -> Path:
+    return Path(args.out) / world / arm / f"seed-{seed}"
+
+
+def cell_command(args, world: str, arm: str, seed: int, model_dir: str) -> list[str]:
+    over = shared_overrides(args, world)
+    over.update({"model": model_dir, "seed": seed, "output_dir": str(cell_dir(args, world, arm, seed)),
+                 "max_steps": args.steps, "log_rollouts_every": args.log_rollouts_every,
+                 "save_steps": args.save_steps, "save_final": False})
+    over.update(ARMS[arm][0])
+    return [sys.executable, "-m", "videoktr.cli", "train", *flag_args(over)]
+
+
+def run_cell(args, world: str, arm: str, seed: int, model_dir: str, slot: int) -> dict:
+    d = cell_dir(args, world, arm, seed)
+    d.mkdir(parents=True, exist_ok=True)
+    # beside the run directory: a fresh start moves everything inside it to superseded-*/
+    log_path = d.parent / f"{d.name}.log"
+    cmd = cell_command(args, world, arm, seed, model_dir)
+    env = dict(os.environ)
+    if args.threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    if args.gpus:
+        env["CUDA_VISIBLE_DEVICES"] = args.gpus[slot % len(args.gpus)]
+    with open(Path(args.out) / "launched.jsonl", "a") as f:
+        f.write(json.dumps({"world": world, "arm": arm, "seed": seed, "time": time.time()}) + "\n")
+    print(f"  run  {world}/{arm}/seed-{seed}", flush=True)
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, check=False).returncode
+    seconds = time.perf_counter() - start
+    if rc != 0 or not (d / "report.json").is_file():
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+        print(f"  FAILED {world}/{arm}/seed-{seed} (exit {rc}); last lines of {log_path}:\n    "
+              + "\n    ".join(tail), flush=True)
+        return {"ok": False}
+    print(f"  done {world}/{arm}/seed-{seed} in {seconds:.0f} s", flush=True)
+    return {"ok": True}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measurements of one cell
+# ---------------------------------------------------------------------------------------------------------------
+def answer_token_mask(tokens: list[str]) -> list[bool] | None:
+    """Which tokens overlap the text between <answer> and </answer> (the tokens' texts concatenate to the
+    response); None when the response has no answer span."""
+    text = "".join(tokens)
+    m = _ANSWER.search(text)
+    if not m:
+        return None
+    lo, hi = m.span(1)
+    inner = text[lo:hi]
+    lo += len(inner) - len(inner.lstrip())
+    hi -= len(inner) - len(inner.rstrip())
+    if hi <= lo:
+        return None
+    mask, pos = [], 0
+    for t in tokens:
+        end = pos + len(t)
+        mask.append(bool(t) and pos < hi and end > lo)
+        pos = end
+    return mask
+
+
+def answer_span_rates(run_dir: Path) -> dict:
+    """From the rollout log: of the attributed responses with an answer span, the share in which each signal (and
+    the union) selected at least one answer token, the mean share of answer tokens selected, and the share of
+    answer tokens whose score is undefined (None) for that signal."""
+    from videoktr.analysis.rollouts import NoRollouts, load_rollouts
+
+    try:
+        records = load_rollouts(run_dir)
+    except NoRollouts:
+        return {"responses": 0, "attributed": 0, "with_answer": 0, "signals": {}}
+    attributed = [r for r in records if r["attributed"]]
+    out: dict = {"responses": len(records), "attributed": len(attributed), "signals": {}}
+    with_answer = 0
+    counts = {s: {"any": 0, "share": 0.0, "undefined": 0.0, "n": 0} for s in SIGNALS}
+    for r in attributed:
+        mask = answer_token_mask(r["tokens"])
+        if mask is None or not any(mask):
+            continue
+        with_answer += 1
+        idx = [i for i, m in enumerate(mask) if m]
+        for s in SIGNALS:
+            sel = r["selected"].get(s)
+            if sel is None:
+                continue
+            c = counts[s]
+            picked = [bool(sel[i]) for i in idx if i < len(sel)]
+            c["n"] += 1
+            c["any"] += any(picked)
+            c["share"] += sum(picked) / len(idx)
+            score = r["scores"].get(s) if s != "union" else None
+            if score is not None:
+                c["undefined"] += sum(1 for i in idx if i >= len(score) or score[i] is None) / len(idx)
+    out["with_answer"] = with_answer
+    for s, c in counts.items():
+        if c["n"]:
+            out["signals"][s] = {"answer_selected": c["any"] / c["n"], "answer_tokens_selected": c["share"] / c["n"],
+                                 "answer_undefined": c["undefined"] / c["n"] if s != "union" else None,
+                                 "responses": c["n"]}
+    return out
+
+
+def flatten(tree, prefix="") -> dict[str, float]:
+    """{"visual": {"zero": {"vision": a}}} -> {"visual/zero/vision": a} (numbers only)."""
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}/{k}" if prefix else str(k)))
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        out[prefix] = float(tree)
+    return out
+
+
+def measure_cell(d: Path) -> dict:
+    """The cell's numbers (cached in cell.json next to report.json)."""
+    cached = d / "cell.json"
+    report_path = d / "report.json"
+    if cached.is_file() and cached.stat().st_mtime >= report_path.stat().st_mtime:
+        return json.loads(cached.read_text())
+    report = json.loads(report_path.read_text())
+    items = json.loads((d / "heldout_items.json").read_text())
+    train = report.get("train") or {}
+    signal = train.get("learning_signal") or {}
+
+    def acc(block):
+        return {"overall": block["overall"]["accuracy"],
+                "per_family": {k: v["accuracy"] for k, v in block["per_family"].items()}}
+
+    cell = {
+        "method": report["method"], "steps": report["steps"],
+        "accuracy_before": acc(report["accuracy_before"]), "accuracy_after": acc(report["accuracy_after"]),
+        "gain": report["accuracy_gain"],
+        "items": items,
+        "attribution_auc": flatten(report.get("attribution_auc") or {}),
+        "attribution_precision": flatten(report.get("attribution_precision") or {}),
+        "update_ratio": train.get("mean_update_ratio"),
+        "share_steps_without_gradient": signal.get("share_steps_without_gradient"),
+        "mean_share_groups_without_gradient": signal.get("mean_share_groups_without_gradient"),
+        "reward_start": train.get("reward_start"), "reward_end": train.get("reward_end"),
+        "mean_step_seconds": train.get("mean_step_seconds"),
+        "wall_seconds": report.get("wall_seconds_total", report.get("wall_seconds")),
+        "answer_span": answer_span_rates(d),
+    }
+    tmp = cached.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cell, indent=1))
+    os.replace(tmp, cached)
+    return cell
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Aggregation over seeds, paired tests against grpo
+# ---------------------------------------------------------------------------------------------------------------
+def mean_std(values) -> dict | None:
+    v = [float(x) for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not v:
+        return None
+    m = sum(v) / len(v)
+    sd = math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+    return {"mean": m, "std": sd, "n": len(v)}
+
+
+def paired_vs(reference: dict[int, dict], cells: dict[int, dict], family: str | None = None) -> dict | None:
+    """Paired test of an arm's held-out correctness after RL against grpo's, same seed, same clips: one test per
+    seed, and one pooled over seeds (the per-seed lists concatenated: n = seeds x clips)."""
+    from videoktr.analysis.world import paired_gain
+
+    per_seed, pooled_ref, pooled_arm = {}, [], []
+    for seed, cell in sorted(cells.items()):
+        ref = reference.get(seed)
+        if ref is None:
+            continue
+        fam = cell["items"]["families"]
+        keep = [i for i, f in enumerate(fam) if family is None or f == family]
+        a = [ref["items"]["after"][i] for i in keep]
+        b = [cell["items"]["after"][i] for i in keep]
+        if not keep:
+            continue
+        per_seed[str(seed)] = paired_gain(a, b)
+        pooled_ref += a
+        pooled_arm += b
+    if not pooled_ref:
+        return None
+    return {"pooled": paired_gain(pooled_ref, pooled_arm), "per_seed": per_seed}
+
+
+def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, list[str]]) -> dict:
+    summary: dict = {"worlds": {}}
+    for world, arms in cells.items():
+        ref = arms.get("grpo", {})
+        w: dict = {}
+        for arm, by_seed in arms.items():
+            cs = list(by_seed.values())
+            if not cs:
+                continue
+            families = sorted(cs[0]["accuracy_after"]["per_family"])
+            entry = {
+                "description": ARMS[arm][1], "options": ARMS[arm][0], "seeds": sorted(by_seed),
+                "steps": sorted({c["steps"] for c in cs}),
+                "accuracy_before": mean_std(c["accuracy_before"]["overall"] for c in cs),
+                "accuracy_after": mean_std(c["accuracy_after"]["overall"] for c in cs),
+                "accuracy_after_per_family": {f: mean_std(c["accuracy_after"]["per_family"].get(f) for c in cs)
+                                              for f in families},
+                "gain_over_warm_start": mean_std(c["gain"]["gain"] for c in cs),
+                "gain_over_warm_start_p": {str(s): c["gain"]["p_value"] for s, c in sorted(by_seed.items())},
+                "vs_grpo": None if arm == "grpo" else paired_vs(ref, by_seed),
+                "vs_grpo_per_family": None if arm == "grpo" else {f: paired_vs(ref, by_seed, f) for f in families},
+                "attribution_auc": {k: mean_std(c["attribution_auc"].get(k) for c in cs)
+                                    for k in sorted(cs[0]["attribution_auc"])},
+                "attribution_precision": {k: mean_std(c["attribution_precision"].get(k) for c in cs)
+                                          for k in sorted(cs[0]["attribution_precision"])},
+                "update_ratio": mean_std(c["update_ratio"] for c in cs),
+                "share_steps_without_gradient": mean_std(c["share_steps_without_gradient"] for c in cs),
+                "mean_share_groups_without_gradient": mean_std(c["mean_share_groups_without_gradient"] for c in cs),
+                "reward_end": mean_std(c["reward_end"] for c in cs),
+                "mean_step_seconds": mean_std(c["mean_step_seconds"] for c in cs),
+                "wall_seconds_per_cell": mean_std(c["wall_seconds"] for c in cs),
+                "answer_span": {s: {k: mean_std(c["answer_span"]["signals"].get(s, {}).get(k) for c in cs)
+                                    for k in ("answer_selected", "answer_tokens_selected", "answer_undefined")}
+                                for s in SIGNALS
+                                if any(s in c["answer_span"]["signals"] for c in cs)},
+                "answer_span_responses": sum(c["answer_span"]["with_answer"] for c in cs),
+            }
+            w[arm] = entry
+        summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w]}
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tables and plots
+# ---------------------------------------------------------------------------------------------------------------
+def _ms(x, scale=1.0, digits=3) -> str:
+    if not x:
+        return "-"
+    if x["n"] > 1:
+        return f"{x['mean'] * scale:.{digits}f} ± {x['std'] * scale:.{digits}f}"
+    return f"{x['mean'] * scale:.{digits}f}"
+
+
+def _vs(v) -> str:
+    if not v:
+        return "-"
+    p = v["pooled"]
+    return f"{p['gain'] * 100:+.1f} [{p['ci95'][0] * 100:+.1f}, {p['ci95'][1] * 100:+.1f}], p={p['p_value']:.2g}"
+
+
+def markdown(summary: dict) -> str:
+    meta = summary["meta"]
+    lines = [f"# Study results ({meta['mode']})", "",
+             f"Written by `bench/study.py` from `{meta['out']}/summary.json` ({meta['written']}). "
+             f"{meta['note']} Seeds {meta['seeds']}, {meta['steps']} RL steps per cell, every cell of a world "
+             "from the same warm start. docs/benchmarks.md says what every column means.", ""]
+    for world, w in summary["worlds"].items():
+        arms = w["arms"]
+        if not arms:
+            continue
+        lines += [f"## World `{world}`", "",
+                  "Held-out accuracy after RL (mean ± std over seeds); Δ vs grpo: paired over the same clips and "
+                  "seeds, pooled over seeds, in points, with its 95% interval and the exact McNemar p-value.", "",
+                  "| arm | what | seeds | before | after | Δ vs warm start | Δ vs grpo | update ratio | "
+                  "steps without gradient | answer span selected (union) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for arm, e in arms.items():
+            union = (e["answer_span"].get("union") or {}).get("answer_selected")
+            lines.append(f"| {arm} | {e['description']} | {len(e['seeds'])} | {_ms(e['accuracy_before'])} | "
+                         f"{_ms(e['accuracy_after'])} | {_ms(e['gain_over_warm_start'], 100, 1)} | {_vs(e['vs_grpo'])} | "
+                         f"{_ms(e['update_ratio'], digits=2)} | {_ms(e['share_steps_without_gradient'], digits=2)} | "
+                         f"{_ms(union, digits=2)} |")
+        families = sorted({f for e in arms.values() for f in e["accuracy_after_per_family"]})
+        lines += ["", "Per question family: accuracy after RL (mean ± std), and the pooled paired Δ vs grpo "
+                  "(points, p).", "", "| arm | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+        for arm, e in arms.items():
+            row = []
+            for f in families:
+                v = (e["vs_grpo_per_family"] or {}).get(f)
+                extra = f" ({v['pooled']['gain'] * 100:+.1f}, p={v['pooled']['p_value']:.2g})" if v else ""
+                row.append(_ms(e["accuracy_after_per_family"].get(f)) + extra)
+            lines.append(f"| {arm} | " + " | ".join(row) + " |")
+        lines += ["", "How often the answer span gets a selected token (share of attributed responses with an answer "
+                  "span; mean ± std over seeds), and the share of answer tokens whose score is undefined:", "",
+                  "| arm | visual | temporal | entropy | union | visual undefined | temporal undefined |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, e in arms.items():
+            if not e["answer_span"]:
+                continue
+            a = e["answer_span"]
+            cols = [_ms((a.get(s) or {}).get("answer_selected"), digits=2) for s in SIGNALS]
+            cols += [_ms((a.get(s) or {}).get("answer_undefined"), digits=2) for s in ("visual", "temporal")]
+            lines.append(f"| {arm} | " + " | ".join(cols) + " |")
+        # attribution quality on the warm start (the same model in every cell: the spread is the perturbations'
+        # randomness over run seeds)
+        ref = arms.get("ktr") or next(iter(arms.values()))
+        keys = sorted(k for k in ref["attribution_auc"]
+                      if k.split("/")[-1] in ("vision", "order") and not k.endswith("_uncond"))
+        if keys:
+            lines += ["", "Attribution on the warm-started model against the ground-truth roles (prefix-conditional "
+                      "labels), over every cell of this world: ROC-AUC and precision of the top-r tokens "
+                      "(r = the cell's ktr.ratio), mean ± std over cells.", "",
+                      "| signal / strategy / label | AUC | precision |", "|---|---|---|"]
+            for k in keys:
+                auc = mean_std(x for e in arms.values() for x in _values(e, "attribution_auc", k))
+                prec = mean_std(x for e in arms.values() for x in _values(e, "attribution_precision", k))
+                lines.append(f"| {k} | {_ms(auc)} | {_ms(prec)} |")
+        plots = [p for p in summary.get("plots", {}).get(world, [])]
+        if plots:
+            lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in plots)]
+        if w["missing"]:
+            lines += ["", f"Not run yet: {', '.join(w['missing'])}"]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _values(entry, key, k):
+    x = entry[key].get(k)
+    return [x["mean"]] if x else []
+
+
+def plots(summary: dict, out: Path) -> dict[str, list[str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: dict[str, list[str]] = {}
+    for world, w in summary["worlds"].items():
+        arms = w["arms"]
+        files = []
+
+        def bar(names, title, path, arms=arms, files=files):
+            names = [n for n in names if n in arms]
+            if not names:
+                return
+            fig, ax = plt.subplots(figsize=(max(4, 0.9 * len(names) + 1), 3.2))
+            means = [arms[n]["accuracy_after"]["mean"] for n in names]
+            stds = [arms[n]["accuracy_after"]["std"] for n in names]
+            ax.bar(range(len(names)), means, yerr=stds, capsize=3, color="tab:blue")
+            if "grpo" in arms:
+                ax.axhline(arms["grpo"]["accuracy_after"]["mean"], color="grey", ls="--", label="grpo")
+                ax.legend()
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+            ax.set_ylabel("held-out accuracy after RL")
+            ax.set_title(title)
+            fig.tight_layout()
+            fig.savefig(out / path, dpi=110)
+            plt.close(fig)
+            files.append(path)
+
+        ratio = [(0.2, "ktr")] + [(r, f"ktr-r{r}") for r in (0.1, 0.3, 0.4, 0.5)]
+        ratio = sorted((r, n) for r, n in ratio if n in arms)
+        if len(ratio) > 1:
+            fig, ax = plt.subplots(figsize=(4.5, 3.2))
+            ax.errorbar([r for r, _ in ratio], [arms[n]["accuracy_after"]["mean"] for _, n in ratio],
+                        yerr=[arms[n]["accuracy_after"]["std"] for _, n in ratio], marker="o", capsize=3,
+                        label="ktr")
+            if "grpo" in arms:
+                ax.axhline(arms["grpo"]["accuracy_after"]["mean"], color="grey", ls="--", label="grpo")
+            ax.set_xlabel("ktr.ratio")
+            ax.set_ylabel("held-out accuracy after RL")
+            ax.set_title(f"ratio sweep (Fig. 9), world {world}")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(out / f"{world}-ratio.png", dpi=110)
+            plt.close(fig)
+            files.append(f"{world}-ratio.png")
+        bar(["ktr", "ktr-visual-zero_fraction", "ktr-visual-replace", "ktr-temporal-reverse",
+             "ktr-temporal-segment", "ktr-temporal-derange"],
+            f"perturbation strategies (Fig. 10), {world}", f"{world}-strategies.png")
+        bar(["ktr", *[f"ktr-{k}" for k in SUBSETS], "entropy", "tgrpo", "twgrpo"],
+            f"signals and baselines (Table 2), {world}", f"{world}-methods.png")
+        main = [a for a in ("grpo", "ktr", "entropy", "tgrpo", "twgrpo") if a in arms]
+        families = sorted(arms[main[0]]["accuracy_after_per_family"]) if main else []
+        if families:
+            fig, ax = plt.subplots(figsize=(1.2 * len(families) * max(1, len(main)) / 2 + 2, 3.2))
+            width = 0.8 / len(main)
+            for j, a in enumerate(main):
+                fam = arms[a]["accuracy_after_per_family"]
+                ax.bar([i + j * width for i in range(len(families))], [fam[f]["mean"] if fam[f] else 0 for f in families],
+                       width, yerr=[fam[f]["std"] if fam[f] else 0 for f in families], capsize=2, label=a)
+            ax.set_xticks([i + 0.4 - width / 2 for i in range(len(families))], families)
+            ax.set_ylabel("held-out accuracy after RL")
+            ax.set_title(f"per question family, {world}")
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            fig.savefig(out / f"{world}-families.png", dpi=110)
+            plt.close(fig)
+            files.append(f"{world}-families.png")
+        written[world] = files
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the CI grid: grpo and ktr, 2 seeds, 3 steps, tiny world")
+    p.add_argument("--out", default=None, help="study directory (default runs/study, runs/study-quick with --quick)")
+    p.add_argument("--worlds", nargs="+", default=["short"], choices=list(WORLDS),
+                   help="worlds (long_cot needs data.world_style in the config)")
+    p.add_argument("--arms", nargs="+", default=None, help="arms to run (default: the mode's grid; grpo is always run)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None, help="RL steps per cell (equal for all)")
+    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--warmstart-seed", type=int, default=0, help="run.seed of the world's one warm start")
+    p.add_argument("--cache-dir", default=None, help="world and warm-start cache (default OUT/cache; "
+                                                     ".cache/videoktr reuses the default run's warm start)")
+    p.add_argument("--jobs", type=int, default=1, help="cells run at once")
+    p.add_argument("--threads", type=int, default=0, help="OMP/MKL threads per cell (0 = torch's default)")
+    p.add_argument("--gpus", nargs="+", default=None, help="CUDA device ids handed out to concurrent cells")
+    p.add_argument("--doc", default=None, help="also write the tables to this Markdown file (docs/study.md)")
+    p.add_argument("--note", default="", help="a sentence for the top of the tables (what this run is)")
+    p.add_argument("--list", action="store_true", help="print the grid and exit")
+    p.add_argument("--aggregate-only", action="store_true", help="run no cell; summarise the finished ones")
+    args = p.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    args.out = args.out or ("runs/study-quick" if args.quick else "runs/study")
+    args.seeds = args.seeds if args.seeds is not None else mode["seeds"]
+    args.steps = args.steps or mode["steps"]
+    args.log_rollouts_every, args.save_steps = mode["log_rollouts_every"], mode["save_steps"]
+    args.log_rollouts_every = min(args.log_rollouts_every, args.steps)
+    fields_ = config_fields()
+    worlds = []
+    for world in args.worlds:
+        missing = [k for k in WORLDS[world] if k not in fields_]
+        if missing:
+            print(f"skipping world {world!r}: this videoktr has no option {', '.join(missing)} "
+                  "(data.world_style comes with the long chain-of-thought world)")
+            continue
+        worlds.append(world)
+    args.worlds = worlds
+    plan = grid(args)
+    if args.list:
+        for world, arms in plan.items():
+            print(f"world {world}: {len(arms)} arms x {len(args.seeds)} seeds = {len(arms) * len(args.seeds)} cells")
+            for a in arms:
+                print(f"  {a:24s} {ARMS[a][1]:60s} {flag_args(ARMS[a][0])}")
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = []
+    if not args.aggregate_only:
+        for world, arms in plan.items():
+            todo = [(a, s) for a in arms for s in args.seeds if not (cell_dir(args, world, a, s) / "report.json").is_file()]
+            print(f"world {world}: {len(arms) * len(args.seeds) - len(todo)} cells finished, {len(todo)} to run")
+            if not todo:
+                continue
+            print(f"  warm start of world {world} (cached after the first time)", flush=True)
+            model_dir = prepare_warm_start(args, world)
+            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+                results = list(pool.map(
+                    lambda x, world=world, model_dir=model_dir: (x, run_cell(args, world, *x[1], model_dir, x[0])),
+                    enumerate(todo)))
+            failed += [f"{world}/{a}/seed-{s}" for (_, (a, s)), r in results if not r["ok"]]
+    cells: dict = {}
+    for world, arms in plan.items():
+        cells[world] = {}
+        for a in arms:
+            by_seed = {s: measure_cell(cell_dir(args, world, a, s)) for s in args.seeds
+                       if (cell_dir(args, world, a, s) / "report.json").is_file()}
+            if by_seed:
+                cells[world][a] = by_seed
+    summary = aggregate(cells, plan)
+    summary["meta"] = {"mode": "quick" if args.quick else "full", "out": str(out), "seeds": args.seeds,
+                       "steps": args.steps, "worlds": list(plan), "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                       "note": args.note, "failed": failed,
+                       "paired_tests": "arm vs grpo after RL, same seed and held-out clips; 'pooled' concatenates the "
+                                       "seeds' per-clip lists (n = seeds x clips), 'per_seed' tests each seed alone"}
+    summary["plots"] = plots(summary, out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    text = markdown(summary)
+    (out / "study.md").write_text(text)
+    if args.doc:
+        Path(args.doc).write_text(text)
+    print(f"summary: {out / 'summary.json'}\ntables:  {out / 'study.md'}" + (f" and {args.doc}" if args.doc else ""))
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {', '.join(failed)} (run again to retry them)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

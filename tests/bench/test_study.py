@@ -1,0 +1,89 @@
+"""bench/study.py --quick end to end: every arm and seed summarised, paired tests against grpo, answer-span rates,
+and a second invocation that launches nothing (finished cells are skipped) and continues a half-finished study."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "study.py"
+
+
+def _study(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--out", str(out), *extra],
+                          capture_output=True, text=True, timeout=1800, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _launched(out: Path) -> list[dict]:
+    path = out / "launched.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+@pytest.mark.slow
+def test_quick_study(tmp_path):
+    out = tmp_path / "study"
+    _study(out)
+    assert len(_launched(out)) == 4  # grpo and ktr x seeds 0, 1
+    summary = json.loads((out / "summary.json").read_text())
+    arms = summary["worlds"]["short"]["arms"]
+    assert set(arms) == {"grpo", "ktr"}
+    for name, arm in arms.items():
+        assert arm["seeds"] == [0, 1] and arm["steps"] == [3], name
+        assert arm["accuracy_after"]["n"] == 2 and 0 <= arm["accuracy_after"]["mean"] <= 1
+        assert set(arm["accuracy_after_per_family"]) == {"count", "order", "presence", "text"}
+        # one warm start for the world: the same accuracy before RL in every cell
+        assert arm["accuracy_before"]["std"] == 0
+    assert arms["grpo"]["accuracy_before"]["mean"] == arms["ktr"]["accuracy_before"]["mean"]
+    assert arms["grpo"]["vs_grpo"] is None
+    vs = arms["ktr"]["vs_grpo"]
+    assert set(vs["per_seed"]) == {"0", "1"}
+    n_clips = vs["per_seed"]["0"]["n"]
+    assert vs["pooled"]["n"] == 2 * n_clips  # pooled over seeds: the per-seed lists concatenated
+    assert 0 <= vs["pooled"]["p_value"] <= 1 and vs["pooled"]["ci95"][0] <= vs["pooled"]["gain"]
+    assert set(arms["ktr"]["vs_grpo_per_family"]) == {"count", "order", "presence", "text"}
+    # the answer span's selection by each signal of ktr, from the rollout log
+    span = arms["ktr"]["answer_span"]
+    assert set(span) == {"visual", "temporal", "entropy", "union"}
+    for signal, rates in span.items():
+        for key in ("answer_selected", "answer_tokens_selected"):
+            assert 0 <= rates[key]["mean"] <= 1, (signal, key)
+    assert span["union"]["answer_selected"]["mean"] >= span["visual"]["answer_selected"]["mean"]
+    assert arms["ktr"]["answer_span_responses"] > 0
+    assert arms["grpo"]["answer_span"] == {}  # grpo selects nothing: every token is updated
+    assert 0 < arms["ktr"]["update_ratio"]["mean"] < 1
+    auc = arms["ktr"]["attribution_auc"]
+    assert "visual/zero/vision" in auc and "temporal/shuffle/order" in auc and "entropy/vision" in auc
+    text = (out / "study.md").read_text()
+    assert "| grpo |" in text and "| ktr |" in text
+    assert (out / "short-families.png").stat().st_size > 0
+
+    # resumable: nothing left to run, nothing launched; a removed cell (and only it) runs again
+    _study(out)
+    assert len(_launched(out)) == 4
+    shutil.rmtree(out / "short" / "ktr" / "seed-1")
+    _study(out)
+    launched = _launched(out)
+    assert len(launched) == 5 and (launched[-1]["arm"], launched[-1]["seed"]) == ("ktr", 1)
+    again = json.loads((out / "summary.json").read_text())["worlds"]["short"]["arms"]["ktr"]
+    assert again["seeds"] == [0, 1]
+
+
+def test_answer_token_mask():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    tokens = ["<think>", " red", " then", " blue", "</think>", "<answer>", " blue", " ", "</answer>"]
+    assert study.answer_token_mask(tokens) == [False, False, False, False, False, False, True, False, False]
+    assert study.answer_token_mask(["<think>", " red", "</think>"]) is None
+    assert study.answer_token_mask(["<answer>", "</answer>"]) is None
+    # a token that straddles the tag boundary counts when it carries answer text
+    assert study.answer_token_mask(["<answer>re", "d</answer>"]) == [True, True]

@@ -87,7 +87,7 @@ def test_attribution_quality_returns_every_strategy(tiny_world):
     q = A.attribution_quality(model, processor, rows, world.root, ratio=0.2, seed=0, batch_size=4)
     assert set(q["auc"]) == set(q["precision"]) == set(q["mean_score"]) == {"visual", "temporal", "entropy"}
     assert set(q["auc"]["visual"]) == {"zero", "zero_fraction", "replace"}
-    assert set(q["auc"]["temporal"]) == {"shuffle", "reverse", "segment"}
+    assert set(q["auc"]["temporal"]) == {"shuffle", "derange", "reverse", "segment"}
     for strategy in q["auc"]["visual"].values():
         assert set(strategy) == {"vision", "vision_uncond"}
     for strategy in q["precision"]["temporal"].values():

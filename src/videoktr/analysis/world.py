@@ -154,8 +154,10 @@ def default_strategies() -> dict:
     from ..attribution import AttributionOptions
     from ..models.perturb import TEMPORAL_STRATEGIES, VISUAL_STRATEGIES
 
-    return {f"{v}+{t}": AttributionOptions(visual_strategy=v, temporal_strategy=t)
-            for v, t in zip(VISUAL_STRATEGIES, TEMPORAL_STRATEGIES)}
+    n = max(len(VISUAL_STRATEGIES), len(TEMPORAL_STRATEGIES))
+    pairs = [(VISUAL_STRATEGIES[i % len(VISUAL_STRATEGIES)], TEMPORAL_STRATEGIES[i % len(TEMPORAL_STRATEGIES)])
+             for i in range(n)]
+    return {f"{v}+{t}": AttributionOptions(visual_strategy=v, temporal_strategy=t) for v, t in pairs}
 
 
 def _strategy_of(signal: str, options) -> str:
@@ -168,7 +170,7 @@ def attribution_quality(model, processor, rows: Sequence[dict], world_dir, optio
     """Score the rows' reference responses with every options set and compare with the ground-truth labels.
 
     options_by_strategy: {name: AttributionOptions} (default `default_strategies()`: zero+shuffle,
-    zero_fraction+reverse, replace+segment); each signal's results are keyed by its own strategy name
+    zero_fraction+derange, replace+reverse, zero+segment); each signal's results are keyed by its own strategy name
     (visual_strategy for "visual", temporal_strategy for "temporal"; a later options set with the same
     strategy name overwrites an earlier one). Every options set uses a generator seeded with `seed`.
 

@@ -27,9 +27,26 @@ def rows():
     return S.sample_rows(LONG, "eval", 16)
 
 
+# Labelling cost is building each question's index (every event sequence's long reference, ~1 s): the labelled
+# rows are 3 rows of each of 3 questions, one per family (after, shape_of, count_shape), from the held-out split.
+LABELLED_KINDS = ("after", "shape_of", "count_shape")
+
+
 @pytest.fixture(scope="module")
-def labels(rows, tokenizer):
-    return S.label_rows(rows, tokenizer, LONG)
+def labelled_rows():
+    pool = S.sample_rows(LONG, "eval", 300)
+    keys = Counter((r["kind"], S.question_key(r["question"])) for r in pool)
+    out = []
+    for kind in LABELLED_KINDS:
+        key = next(q for (k, q), _ in keys.most_common() if k == kind)
+        out += [r for r in pool if S.question_key(r["question"]) == key][:3]
+    assert len(out) == 9
+    return out
+
+
+@pytest.fixture(scope="module")
+def labels(labelled_rows, tokenizer):
+    return S.label_rows(labelled_rows, tokenizer, LONG)
 
 
 def test_preset_and_short_world_unchanged():
@@ -46,8 +63,8 @@ def test_preset_and_short_world_unchanged():
     assert all("phrasing" not in r["question"] for r in short)
 
 
-def test_lengths_and_schema(rows, labels, tokenizer):
-    lengths = [len(lab["input_ids"]) for lab in labels]
+def test_lengths_and_schema(rows, tokenizer):
+    lengths = [len(ids) + 1 for ids in tokenizer([r["response"] for r in rows], add_special_tokens=False)["input_ids"]]
     assert 100 <= min(lengths) and max(lengths) <= 250
     for r in rows:
         assert r["response"] == r["process"] + r["solution"] and r["family"] != "text"
@@ -79,13 +96,14 @@ def test_role_shares_match_the_design(labels):
     share = {k: sum(int(lab[k].sum()) for lab in labels) / total for k in ("vision", "order", "vision_uncond")}
     assert 0.02 < share["vision"] < 0.15  # the video enters a few tokens of a long response
     assert 0 < share["order"] < share["vision"]
-    assert share["vision_uncond"] < 0.35  # restatements included (measured 0.29, docs/world-long-cot.md)
+    assert share["vision_uncond"] < 0.35  # restatements included (measured 0.27, docs/world-long-cot.md)
     for lab in labels:
         assert not (lab["order"] & ~lab["vision"]).any()
 
 
-def test_labels_align_with_tokens(rows, labels, tokenizer):
-    for r, lab in zip(rows, labels):
+def test_labels_align_with_tokens(labelled_rows, labels, tokenizer):
+    assert {r["kind"] for r in labelled_rows} == set(LABELLED_KINDS)
+    for r, lab in zip(labelled_rows, labels):
         ids = lab["input_ids"].tolist()
         assert ids == tokenizer(r["response"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
         words = [tokenizer.decode([i]).strip() for i in ids]
@@ -124,3 +142,37 @@ def test_text_only_baseline_is_near_chance():
     chance = sum(r["chance"] for r in held) / len(held)
     assert len(correct) > 350
     assert sum(correct) / len(correct) < chance + 0.12
+
+
+def test_count_shape_text_only_baseline_is_near_chance():
+    """count_shape's asked shape is drawn so that its answer is spread over the counts the clip allows: the
+    majority count per question text ("How many circles appeared?") is right little more often than chance."""
+    train = [r for r in S.sample_rows(LONG, "train", 2000) if r["kind"] == "count_shape"]
+    held = [r for r in S.sample_rows(LONG, "eval", 2400, start_id=2000) if r["kind"] == "count_shape"]
+    assert len(train) > 200 and len(held) > 250
+    by_text: dict[str, Counter] = defaultdict(Counter)
+    for r in train:
+        by_text[r["problem"]][r["answer"]] += 1
+    accuracy = sum(by_text[r["problem"]].most_common(1)[0][0] == r["answer"] for r in held) / len(held)
+    chance = held[0]["chance"]
+    assert chance == pytest.approx(1 / (LONG.max_events + 1))
+    assert accuracy < chance + 0.15  # was 0.577 against 0.2 with a uniformly drawn shape
+    answers = Counter(r["answer"] for r in train + held)
+    assert max(answers.values()) / sum(answers.values()) < 0.35
+    assert answers["3"] > 0 and answers["4"] > 0  # rare counts are asked whenever a clip has them
+    for r in held:
+        assert r["answer"] == str(sum(e["shape"] == r["question"]["shape"] for e in r["events"]))
+
+
+def test_count_shape_draw_weights():
+    """The fitted weights: a count that few clips have (3 or 4 of one shape) is asked whenever the clip has it;
+    0, 1 and 2 share the rest equally (exact answer shares over sample_layout's clips)."""
+    from videoktr.data.synthetic.questions import count_shape_log_weights
+
+    w = count_shape_log_weights(len(LONG.shapes), LONG.min_events, LONG.max_events)
+    assert len(w) == LONG.max_events + 1 and max(w) == w[4] == 0.0
+    assert w[4] > w[3] > max(w[:3]) + 50  # 3 and 4 win whenever present
+    assert max(w[:3]) - min(w[:3]) < 1.0  # 0, 1 and 2 comparable
+    # the short world's draw is untouched (uniform shape): its rows do not change
+    short = [r for r in S.sample_rows(S.WorldConfig(), "train", 400) if r["kind"] == "count_shape"]
+    assert Counter(r["answer"] for r in short).most_common(1)[0][0] in ("0", "1")

@@ -8,7 +8,9 @@ label oracles), `world` (rows, files, clips, processor inputs, tokenizer corpus)
 
 Styles (`WorldConfig.style`): "short" (the default, described below) and "long_cot" (`long_cot_config()`: the same
 clips, references of 100-250 tokens that walk through the clip with filler and restatement, no text-answerable
-family; `long_cot` and docs/world-long-cot.md). The label definitions below hold for both.
+family; `long_cot` and docs/world-long-cot.md). The label definitions below hold for both. In long_cot, a
+count_shape question's shape is drawn after its answer (`questions.count_shape_log_weights`), so that "How many
+circles?" is not answerable from its text (in the short world the shape is uniform and the answer mostly 0 or 1).
 
 Clips. A clip has `frames` frames (default 8 = 4 temporal groups of 2 frames, the model's temporal patch).
 Each temporal group g (frames 2g and 2g+1) is either blank (background only) or shows ONE event: a shape of

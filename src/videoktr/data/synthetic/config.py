@@ -22,6 +22,9 @@ PALETTE = (
 )
 SHAPES = ("circle", "square", "triangle")
 GENERATOR_VERSION = 5  # bump when clips, questions or responses change: part of the world's cache key
+# bump when only the long_cot world's questions or references change (part of its cache key only, so the short
+# world keeps its digest): 1 the first version, 2 count_shape's balanced draw (docs/world-long-cot.md)
+LONG_COT_REVISION = 2
 
 STYLES = ("short", "long_cot")
 LONG_COT_COMPLETION_TOKENS = 320  # sampling budget of the long_cot world (its references are at most 250 tokens)
@@ -121,7 +124,8 @@ class WorldConfig:
         return cls(**{k: tup(v) for k, v in d.items() if k in names})
 
     def digest(self) -> str:
-        payload = json.dumps([self.to_dict(), GENERATOR_VERSION], sort_keys=True)
+        versions = [GENERATOR_VERSION] + ([LONG_COT_REVISION] if self.style == "long_cot" else [])
+        payload = json.dumps([self.to_dict(), *versions], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

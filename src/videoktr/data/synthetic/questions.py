@@ -3,6 +3,10 @@ questions."""
 
 from __future__ import annotations
 
+import functools
+import itertools
+from collections import Counter
+
 import numpy as np
 
 from .config import KINDS, Layout, WorldConfig
@@ -130,7 +134,10 @@ def sample_question(rng: np.random.Generator, family: str, layout: Layout, confi
     if not kinds:
         raise ValueError(f"family {family!r} has no enabled kind (config.kinds={config.kinds})")
     kind = kinds[int(rng.integers(len(kinds)))]
-    question = _question_params(rng, kind, colours, unique, config)
+    if kind == "count_shape" and config.style == "long_cot":
+        question = {"kind": kind, "shape": _balanced_count_shape(rng, ev, config)}
+    else:
+        question = _question_params(rng, kind, colours, unique, config)
     if config.style == "long_cot":  # the hidden phrasing of the long reference (not in the prompt)
         question["phrasing"] = int(rng.integers(PHRASINGS))
     return question
@@ -154,6 +161,48 @@ def _question_params(rng: np.random.Generator, kind: str, colours: list, unique:
     if kind == "named":
         return {"kind": kind, "colour": config.colours[int(rng.integers(len(config.colours)))]}
     raise ValueError(f"unknown question kind {kind!r}")
+
+
+COUNT_SHAPE_FIT_ROUNDS = 200  # rounds of proportional fitting of the long_cot count_shape weights
+
+
+@functools.lru_cache(maxsize=16)
+def count_shape_log_weights(n_shapes: int, min_events: int, max_events: int) -> tuple[float, ...]:
+    """Log-weights w(n), n = 0..max_events, of the long_cot world's count_shape draw: a clip's asked count is
+    drawn among the counts its shapes have (`_balanced_count_shape`) with probability proportional to exp(w(n)).
+    Fitted by proportional fitting (w(n) -= log share of answer n, repeated) over the exact distribution of
+    `sample_layout`'s shape counts (event count uniform, shapes independent and uniform), so that the answer
+    shares over the world's clips are as flat as the clips allow: counts that few clips have (3 or 4 of one
+    shape) are asked whenever a clip has them, the common ones (0, 1, 2) share the rest equally. Rounded, so
+    the draw is the same on every platform."""
+    sets: Counter = Counter()  # achievable count set -> probability of a clip having it
+    n_k = max_events - min_events + 1
+    for k in range(min_events, max_events + 1):
+        for shapes in itertools.product(range(n_shapes), repeat=k):
+            per = Counter(shapes)
+            sets[tuple(sorted({per.get(s, 0) for s in range(n_shapes)}))] += 1.0 / (n_k * n_shapes ** k)
+    logw = np.zeros(max_events + 1)
+    for _ in range(COUNT_SHAPE_FIT_ROUNDS):
+        share = np.zeros(max_events + 1)
+        for counts, p in sets.items():
+            w = np.exp(logw[list(counts)] - logw[list(counts)].max())
+            share[list(counts)] += p * w / w.sum()
+        logw[share > 0] -= np.log(share[share > 0])
+        logw -= logw.max()
+    return tuple(round(float(x), 6) for x in logw)
+
+
+def _balanced_count_shape(rng: np.random.Generator, ev: list, config: WorldConfig) -> str:
+    """The shape a long_cot count_shape question asks about: first the answer, drawn among the counts the
+    clip's shapes have with `count_shape_log_weights` (so a text-only guess gains little: docs/world-long-cot.md),
+    then a shape with that count, uniformly."""
+    per = Counter(s for _, s in ev)
+    counts = sorted({per.get(s, 0) for s in config.shapes})
+    logw = np.asarray(count_shape_log_weights(len(config.shapes), config.min_events, config.max_events))[counts]
+    p = np.exp(logw - logw.max())
+    n = counts[int(rng.choice(len(counts), p=p / p.sum()))]
+    with_n = [s for s in config.shapes if per.get(s, 0) == n]
+    return with_n[int(rng.integers(len(with_n)))]
 
 
 def family_of(kind: str) -> str:

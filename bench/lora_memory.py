@@ -47,23 +47,16 @@ def child(mode: str, model_dir: str, steps: int, rank: int, cache_dir: str) -> N
     """One mode in this (fresh) process; prints one JSON line."""
     import torch
 
-    from videoktr.data import synthetic
-    from videoktr.models.factory import load_model, load_processor
     from videoktr.models.lora import base_model, trainable_parameters
     from videoktr.train.config import load_config
-    from videoktr.train.run import build_trainer, trl_rows
-    from videoktr.train.world_run import prepare_world_and_model
+    from videoktr.train.world_run import world_trainer
 
     torch.set_num_threads(2)
     overrides = {k: (rank if v is None else v) for k, v in MODES[mode].items()}
     config = load_config(overrides={"method": "ktr", "max_steps": steps, "cache_dir": cache_dir, "model": model_dir,
                                     "output_dir": tempfile.mkdtemp(prefix=f"lora-{mode}-"), "save_steps": 10_000,
                                     "log_rollouts_every": 0, **overrides})
-    world, model_path = prepare_world_and_model(config)
-    model = load_model(model_path, dtype=config.model.dtype)
-    processor = load_processor(model_path, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
-    rows = trl_rows(synthetic.read_rows(world.rl), world.root, synthetic.prompt_text)
-    trainer = build_trainer(config, model, processor, rows, [synthetic.accuracy_reward, synthetic.format_reward])
+    trainer, _, model_path = world_trainer(config)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()

@@ -26,21 +26,14 @@ from pathlib import Path
 
 def train_once(args) -> tuple[list[float], list[float], list[float]]:
     """One run logging every other step: (step times of logged steps, of unlogged steps, log seconds)."""
-    from videoktr.data import synthetic
-    from videoktr.models.factory import load_model, load_processor
     from videoktr.train.config import load_config
-    from videoktr.train.run import build_trainer, trl_rows
-    from videoktr.train.world_run import prepare_world_and_model
+    from videoktr.train.world_run import world_trainer
 
     out = tempfile.mkdtemp(prefix="rolloutlog-")
     config = load_config(overrides={"method": args.method, "max_steps": args.steps, "cache_dir": args.cache_dir,
                                     "output_dir": out, "save_steps": 10_000, "model": args.model,
                                     "log_rollouts_every": 2})
-    world, model_dir = prepare_world_and_model(config)
-    model = load_model(model_dir, dtype=config.model.dtype)
-    processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
-    rows = trl_rows(synthetic.read_rows(world.rl), world.root, synthetic.prompt_text)
-    trainer = build_trainer(config, model, processor, rows, [synthetic.accuracy_reward, synthetic.format_reward])
+    trainer, _, _ = world_trainer(config)
     trainer.train()
     logs = [h for h in trainer.state.log_history if "step_time" in h][1:]
     written = sorted((Path(out) / "rollouts").glob("step-*.parquet"))

@@ -30,11 +30,8 @@ def main() -> None:
 
     import torch
 
-    from videoktr.data import synthetic
-    from videoktr.models.factory import load_model, load_processor
     from videoktr.train.config import load_config
-    from videoktr.train.run import build_trainer, trl_rows
-    from videoktr.train.world_run import prepare_world_and_model
+    from videoktr.train.world_run import world_trainer
 
     torch.set_num_threads(2)
     methods = ["grpo"] + [m for m in args.methods if m != "grpo"]
@@ -46,11 +43,7 @@ def main() -> None:
             config = load_config(overrides={"method": method, "max_steps": args.steps, "cache_dir": args.cache_dir,
                                             "output_dir": out, "save_steps": 10_000,
                                             "model": args.model})
-            world, model_dir = prepare_world_and_model(config)
-            model = load_model(model_dir, dtype=config.model.dtype)
-            processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
-            rows = trl_rows(synthetic.read_rows(world.rl), world.root, synthetic.prompt_text)
-            trainer = build_trainer(config, model, processor, rows, [synthetic.accuracy_reward, synthetic.format_reward])
+            trainer, _, _ = world_trainer(config)
             trainer.train()
             logs = [h for h in trainer.state.log_history if "step_time" in h][1:]
             times[method] += [h["step_time"] for h in logs]

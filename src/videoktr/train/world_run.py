@@ -55,6 +55,21 @@ def prepare_world_and_model(config: TrainConfig):
     return world, model_dir
 
 
+def world_trainer(config: TrainConfig):
+    """The trainer of the default experiment on the world's RL prompts, built as `run_synthetic` builds it, without
+    the held-out evaluation or the run-directory bookkeeping (benchmarks). Returns (trainer, world, model_dir)."""
+    from ..data import synthetic
+    from ..models.factory import load_processor
+    from .run import build_trainer, load_training_model, trl_rows
+
+    world, model_dir = prepare_world_and_model(config)
+    model = load_training_model(config, model_dir)
+    processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
+    rows = trl_rows(synthetic.read_rows(world.rl), world.root, synthetic.prompt_text)
+    trainer = build_trainer(config, model, processor, rows, [synthetic.accuracy_reward, synthetic.format_reward])
+    return trainer, world, model_dir
+
+
 def run_synthetic(config: TrainConfig) -> dict:
     if config.rl.length_bonus > 0:
         # the world's answers are a few tokens long (responses of at most rl.max_completion_length, 64 by default):

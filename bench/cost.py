@@ -542,11 +542,14 @@ def main() -> None:
         return
 
     start = time.time()
-    root = Path(args.work_dir or tempfile.mkdtemp(prefix="videoktr-cost-"))
-    model_dir = build_model(root, "tiny" if args.quick else "small")
     chosen = shapes(args.frames, args.quick)
     if args.shapes:
+        unknown = sorted(set(args.shapes) - set(chosen))
+        if unknown:
+            parser.error(f"--shapes: unknown {unknown}; with these --frames the shapes are {sorted(chosen)}")
         chosen = {k: v for k, v in chosen.items() if k in args.shapes}
+    root = Path(args.work_dir or tempfile.mkdtemp(prefix="videoktr-cost-"))
+    model_dir = build_model(root, "tiny" if args.quick else "small")
     modes = ["grpo"] + [m for m in args.modes if m != "grpo"]
     results = {"model": json.loads((model_dir / "videoktr_model.json").read_text()), "steps": args.steps,
                "modes": modes, "shapes": {}}

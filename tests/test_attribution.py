@@ -151,6 +151,38 @@ def test_row_without_video_is_excluded_not_zero_scored(tiny, batch):
     assert not masks["visual"][3].any() and masks["entropy"][3].any()  # row 3 still gets entropy tokens
 
 
+def test_shared_prefix_equals_full_forward_for_a_long_clip(tiny):
+    """A clip whose temporal positions outgrow its grid (many 2-frame groups, small frames): transformers 5.23's
+    stored rope_deltas then place the text after the video elsewhere than a full forward's position ids do, and the
+    shared-prefix path once followed the deltas (found at 32 frames of 448x224: log-probs off by 7e-3). The
+    completion must sit where a full forward puts it."""
+    model, processor = tiny
+    frames = np.random.default_rng(5).integers(0, 255, size=(24, 56, 56, 3), dtype=np.uint8)
+    prompts = encode_prompts(processor, [("Which colour appeared first?", frames)] * 2)
+    cids, cmask = make_completions(processor, RESPONSES[:2])
+    batch = dict(prompt_ids=prompts["input_ids"], prompt_mask=prompts["attention_mask"], completion_ids=cids,
+                 completion_mask=cmask, pixel_values_videos=prompts["pixel_values_videos"],
+                 video_grid_thw=prompts["video_grid_thw"], second_per_grid_ts=prompts["second_per_grid_ts"])
+    # the case that triggers it: the video's highest position is beyond where a full forward continues the text
+    from videoktr.models.adapters import adapter_for
+
+    ids = prompts["input_ids"][:1]
+    pos = model.model.compute_3d_position_ids(
+        input_ids=ids, inputs_embeds=None, attention_mask=prompts["attention_mask"][:1], past_key_values=None,
+        image_grid_thw=None, video_grid_thw=prompts["video_grid_thw"][:1],
+        second_per_grid_ts=prompts["second_per_grid_ts"][:1], mm_token_type_ids=adapter_for(model).mm_token_type_ids(ids))
+    video = ids[0] == model.config.video_token_id
+    after = int(video.nonzero().max()) + 1
+    assert int(pos[0, 0, after]) <= int(pos[:, 0, video].max())
+    model.model.rope_deltas = None
+    results = [attribute(model, **batch, options=AttributionOptions(share_prefix=share),
+                         generator=torch.Generator().manual_seed(1)) for share in (True, False)]
+    valid = cmask.bool()
+    assert torch.allclose(results[0].logp[valid], results[1].logp[valid], atol=1e-5)
+    for signal in ("visual", "temporal", "entropy"):
+        assert torch.allclose(results[0].scores[signal][valid], results[1].scores[signal][valid], atol=1e-4), signal
+
+
 def test_batch_without_any_video(tiny):
     model, processor = tiny
     prompts = encode_prompts(processor, [ROWS[3]])

@@ -212,23 +212,44 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     model.model.rope_deltas = None
     prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
                          use_cache=True, past_key_values=DynamicCache(config=model.config), **kwargs)
-    if model.model.rope_deltas is None:  # no media in any prefix: the model placed tokens at 0..P-1, pads included
-        deltas = p_ids.shape[1] - p_mask.sum(-1)  # [U] so that completion token t sits at P + t
-    else:
-        deltas = model.model.rope_deltas.reshape(-1)  # [U] text position = valid index + delta
+    media = model.model.rope_deltas is not None
     model.model.rope_deltas = None
     take = torch.tensor([u_index[u] for u in prefix_of], device=device)  # [R] row -> its prefix
+    C = completion_ids.shape[1]
+    steps = torch.arange(1, C + 1, device=device)[None]  # [1, C]
+    if media:
+        # completion token t continues the prompt's text: its last token's position + 1 + t, where the positions
+        # are those the model gives the whole sequence in one forward (training's). Not the stored rope_deltas:
+        # in transformers 5.23 they place text after a video at the video's highest position + 1, while the
+        # position ids of a full forward continue from the video's start + its largest grid side; the two differ
+        # once the temporal positions (groups x seconds per group x tokens_per_second) outgrow the grid, e.g.
+        # Qwen2.5-VL at 32 frames (tests/test_attribution.py)
+        last = _prompt_positions(model, adapter, p_ids, p_mask, kwargs)[..., -1]  # [3, U] (left padding)
+        positions = last[:, take, None] + steps[None]  # [3, R, C]
+    else:  # no media in any prefix: the model placed tokens at 0..P-1, pads included
+        positions = (p_ids.shape[1] - 1 + steps).expand(len(rows), -1)[None].expand(3, -1, -1)
     cache = prefix.past_key_values
     cache.batch_select_indices(take)
-    C = completion_ids.shape[1]
-    n_valid = p_mask[take].sum(-1)  # [R]
-    positions = (n_valid + deltas[take])[:, None] + torch.arange(C, device=device)[None]  # [R, C]
     r_idx = torch.tensor(rows, device=device)
     out = model.model(input_ids=completion_ids[r_idx], use_cache=True, past_key_values=cache,
                       attention_mask=torch.cat([p_mask[take], completion_mask[r_idx]], dim=1),
-                      position_ids=positions[None].expand(3, -1, -1))
+                      position_ids=positions)
     last = prefix.last_hidden_state[take, -1:]  # [R, 1, H] predicts completion token 0
     return torch.cat([last, out.last_hidden_state[:, : C - 1]], dim=1)
+
+
+def _prompt_positions(model, adapter, prompt_ids, prompt_mask, media_kwargs: dict) -> torch.Tensor:
+    """The 3D position ids [3, U, P] the model gives these prompts (with their media's grids) in a full forward."""
+    import inspect
+
+    compute = model.model.compute_3d_position_ids
+    accepted = inspect.signature(compute).parameters
+    grids = {k: media_kwargs.get(k) for k in ("video_grid_thw", "image_grid_thw", "second_per_grid_ts")
+             if k in accepted}
+    positions = compute(input_ids=prompt_ids, inputs_embeds=None, attention_mask=prompt_mask, past_key_values=None,
+                        mm_token_type_ids=adapter.mm_token_type_ids(prompt_ids), **grids)
+    model.model.rope_deltas = None  # computing them stores deltas on the model: leave none behind
+    return positions
 
 
 @contextmanager

@@ -209,25 +209,27 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     u_rows = torch.tensor([rows[u] for u in uniq], device=device)
     p_ids, p_mask = prompt_ids[u_rows], prompt_mask[u_rows]
     kwargs = _media_forward_kwargs(adapter, [row_videos[u] for u in uniq], [row_images[u] for u in uniq])
-    model.model.rope_deltas = None
-    prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
-                         use_cache=True, past_key_values=DynamicCache(config=model.config), **kwargs)
-    media = model.model.rope_deltas is not None
-    model.model.rope_deltas = None
     take = torch.tensor([u_index[u] for u in prefix_of], device=device)  # [R] row -> its prefix
     C = completion_ids.shape[1]
     steps = torch.arange(1, C + 1, device=device)[None]  # [1, C]
-    if media:
-        # completion token t continues the prompt's text: its last token's position + 1 + t, where the positions
-        # are those the model gives the whole sequence in one forward (training's). Not the stored rope_deltas:
-        # in transformers 5.23 they place text after a video at the video's highest position + 1, while the
-        # position ids of a full forward continue from the video's start + its largest grid side; the two differ
-        # once the temporal positions (groups x seconds per group x tokens_per_second) outgrow the grid, e.g.
-        # Qwen2.5-VL at 32 frames (tests/test_attribution.py)
-        last = _prompt_positions(model, adapter, p_ids, p_mask, kwargs)[..., -1]  # [3, U] (left padding)
-        positions = last[:, take, None] + steps[None]  # [3, R, C]
-    else:  # no media in any prefix: the model placed tokens at 0..P-1, pads included
+    prompt_positions = None
+    if "video_grid_thw" in kwargs or "image_grid_thw" in kwargs:
+        # computed once, here, and given to the prefix pass: completion token t continues the prompt's text at its
+        # last token's position + 1 + t, where the positions are those the model gives the whole sequence in one
+        # forward (training's). Not the rope_deltas the model stores for generation: in transformers 5.23 they
+        # place text after a video at the video's highest position + 1, while a full forward's position ids
+        # continue from the video's start + its largest grid side; the two differ once the temporal positions
+        # (groups x seconds per group x tokens_per_second) outgrow the grid, e.g. Qwen2.5-VL at 32 frames
+        # (tests/test_attribution.py)
+        prompt_positions = _prompt_positions(model, adapter, p_ids, p_mask, kwargs)  # [3, U, P]
+        positions = prompt_positions[..., -1][:, take, None] + steps[None]  # [3, R, C] (left padding)
+    else:  # no media in any prefix: the model places tokens at 0..P-1, pads included
         positions = (p_ids.shape[1] - 1 + steps).expand(len(rows), -1)[None].expand(3, -1, -1)
+    model.model.rope_deltas = None
+    prefix = model.model(input_ids=p_ids, attention_mask=p_mask, mm_token_type_ids=adapter.mm_token_type_ids(p_ids),
+                         use_cache=True, past_key_values=DynamicCache(config=model.config),
+                         position_ids=prompt_positions, **kwargs)
+    model.model.rope_deltas = None
     cache = prefix.past_key_values
     cache.batch_select_indices(take)
     r_idx = torch.tensor(rows, device=device)

@@ -16,7 +16,7 @@ memory saving is the point).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 VISION_MODES = ("auto", "train", "frozen", "lora")
@@ -187,7 +187,6 @@ class MemoryEstimate:
     trainable_params: int
     weight_bytes: int
     state_bytes: int
-    notes: list[str] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:

@@ -230,7 +230,7 @@ class RolloutLog:
         valid = {s: att_cpu(att.valid.get(s)) if att is not None else None for s in SIGNALS}
         selected = {s: att_cpu(masks.get(s)) for s in SIGNALS}
         logp_full = att_cpu(att.logp) if att is not None else None
-        logp_pert = {s: att_cpu(getattr(att, "perturbed_logp", {}).get(s)) if att is not None else None
+        logp_pert = {s: att_cpu(att.perturbed_logp.get(s)) if att is not None else None
                      for s in ("visual", "temporal")}
 
         records = []

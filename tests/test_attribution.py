@@ -151,12 +151,17 @@ def test_row_without_video_is_excluded_not_zero_scored(tiny, batch):
     assert not masks["visual"][3].any() and masks["entropy"][3].any()  # row 3 still gets entropy tokens
 
 
-def test_shared_prefix_equals_full_forward_for_a_long_clip(tiny):
+@pytest.mark.parametrize("scheme", ["transformers", "qwen"])
+def test_shared_prefix_equals_full_forward_for_a_long_clip(tiny_dir, tiny, scheme):
     """A clip whose temporal positions outgrow its grid (many 2-frame groups, small frames): transformers 5.23's
     stored rope_deltas then place the text after the video elsewhere than a full forward's position ids do, and the
     shared-prefix path once followed the deltas (found at 32 frames of 448x224: log-probs off by 7e-3). The
-    completion must sit where a full forward puts it."""
-    model, processor = tiny
+    completion must sit where a full forward puts it, under transformers' scheme (where the bug showed) and Qwen's
+    (models.positions, the default)."""
+    from videoktr.models.factory import load_model
+
+    processor = tiny[1]
+    model = load_model(tiny_dir, dtype="float32", rope_positions=scheme).eval()
     frames = np.random.default_rng(5).integers(0, 255, size=(24, 56, 56, 3), dtype=np.uint8)
     prompts = encode_prompts(processor, [("Which colour appeared first?", frames)] * 2)
     cids, cmask = make_completions(processor, RESPONSES[:2])
@@ -173,7 +178,10 @@ def test_shared_prefix_equals_full_forward_for_a_long_clip(tiny):
         second_per_grid_ts=prompts["second_per_grid_ts"][:1], mm_token_type_ids=adapter_for(model).mm_token_type_ids(ids))
     video = ids[0] == model.config.video_token_id
     after = int(video.nonzero().max()) + 1
-    assert int(pos[0, 0, after]) <= int(pos[:, 0, video].max())
+    if scheme == "transformers":
+        assert int(pos[0, 0, after]) <= int(pos[:, 0, video].max())
+    else:
+        assert int(pos[0, 0, after]) == int(pos[:, 0, video].max()) + 1
     model.model.rope_deltas = None
     results = [attribute(model, **batch, options=AttributionOptions(share_prefix=share),
                          generator=torch.Generator().manual_seed(1)) for share in (True, False)]

@@ -389,10 +389,13 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
     return processor
 
 
-def load_model(path: str | Path, dtype: str | None = None, device: str | None = None, attn_implementation=None):
+def load_model(path: str | Path, dtype: str | None = None, device: str | None = None, attn_implementation=None,
+               rope_positions: str = "qwen"):
     """Load a vision-language model from a local directory with `from_pretrained` (never the Hub).
 
     dtype: "float32", "bfloat16", "float16" or None/"auto" (the checkpoint's own dtype).
+    rope_positions: where Qwen2-VL/Qwen2.5-VL put the text after a video in their 3D positions ("qwen", the
+    released models' and vLLM's scheme, or "transformers", transformers 5.23's; `models.positions`).
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -407,6 +410,9 @@ def load_model(path: str | Path, dtype: str | None = None, device: str | None = 
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
+    from .positions import install
+
+    install(model, rope_positions)
     if device:
         model.to(device)
     return model

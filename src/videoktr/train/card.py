@@ -38,7 +38,7 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
     return {"base_model": base_model, "method": rl.method, "options": options, "lora": bool(m.lora_r),
             "data": config.data.data or "the built-in synthetic video world (videoktr.data.synthetic)",
             "fps": config.data.fps, "max_frames": config.data.max_frames, "max_pixels": config.data.max_pixels,
-            "dtype": config.model.dtype}
+            "dtype": config.model.dtype, "rope_positions": config.model.rope_positions}
 
 
 LORA_LINE = (", with LoRA adapters (peft): a checkpoint holds the adapter; the run's `final/` holds the base model "
@@ -75,8 +75,10 @@ Options that define the run (the run directory's `config.json` has all of them):
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from videoktr.data.video import read_video  # or any decoder: pass the real fps as video_metadata
+from videoktr.models.positions import install
 
 model = AutoModelForImageTextToText.from_pretrained("PATH_TO_THIS_DIRECTORY", dtype="auto")
+install(model, "{info.get("rope_positions", "qwen")}")  # the 3D positions it trained with (transformers 5.3+ differ after long clips)
 processor = AutoProcessor.from_pretrained("PATH_TO_THIS_DIRECTORY")
 clip = read_video("clip.mp4", target_fps={info["fps"]}, max_frames={info["max_frames"]})
 messages = [{{"role": "user", "content": [{{"type": "video"}}, {{"type": "text", "text": "What happens first?"}}]}}]

@@ -37,6 +37,11 @@ class ModelConfig:
                     ("float32", "bfloat16", "float16", "auto"))
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves GPU memory; the "
                                              "official 7B script uses it)")
+    rope_positions: str = _f("qwen", "Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen = past the "
+                                     "video's highest position (the released models' scheme, vLLM's, transformers "
+                                     "<= 5.2's); transformers = transformers 5.23's (video start + larger grid side), "
+                                     "which differs for clips longer than the grid side (7B, 448x224: > 16 frames)",
+                             ("qwen", "transformers"))
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "
                                         "accuracy is above chance and below ceiling)")
     warmstart_dir: str = _f("", "where the warm-started model is cached (default: <cache>/warmstart-<hash>)")

@@ -266,7 +266,8 @@ def load_training_model(config: TrainConfig, path: str | Path):
     """The model to train, with parameters in `parameter_dtype` for this run's engine."""
     from ..models.factory import load_model
 
-    return load_model(path, dtype=parameter_dtype(config.model.dtype, process_state().distributed_type))
+    return load_model(path, dtype=parameter_dtype(config.model.dtype, process_state().distributed_type),
+                      rope_positions=config.model.rope_positions)
 
 
 def cpu_only() -> bool:

@@ -35,6 +35,8 @@ from ..core import (group_position_divergence_source, group_position_kl, logprob
 from ..data.video import read_video
 from ..models.adapters import adapter_for, encode_each_item_once
 from ..models.lora import base_model
+from ..models.positions import install as install_positions
+from ..models.positions import scheme_of
 from .checkpoint import CHECKPOINT_PREFIX, load_checkpoint_weights, mark_complete, weight_files
 from .compat import check_trl_options
 from .distributed import all_gather_1d, any_process, full_parameters, gathered_parameters
@@ -147,6 +149,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.loss_normalization = loss_normalization
         self.mask_kl = mask_kl
         self.adapter = adapter_for(self._core())
+        if getattr(self, "ref_model", None) is not None:  # TRL loads the reference from the checkpoint path itself:
+            # it must compute the policy's 3D position scheme (models.positions), or the KL compares two schemes
+            install_positions(self.accelerator.unwrap_model(self.ref_model), scheme_of(self._core()))
         if self.is_fsdp_enabled:
             self._wrap_vision_tower_as_fsdp_unit()
         elif self.is_deepspeed_enabled and self.accelerator.num_processes > 1:

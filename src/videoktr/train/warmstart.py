@@ -38,6 +38,7 @@ class WarmStartSettings:
     # family must reach, high: overall accuracy that stops training at once)
     patience: int = 2  # consecutive evaluations meeting `low` before stopping
     min_steps: int = 0  # no stop before this many steps
+    rope_positions: str = "qwen"  # 3D position scheme the model trains with (models.positions)
     max_new_tokens: int = 40  # greedy evaluation length
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -53,7 +54,10 @@ def _file_digest(path: Path) -> str:
 
 def cache_key(base_model_dir: str | Path, world_dir: str | Path, settings: WarmStartSettings) -> str:
     base = Path(base_model_dir)
-    parts = {"settings": asdict(settings),
+    named = asdict(settings)
+    if named["rope_positions"] == "transformers":  # the scheme warm starts had before it was an option: same key
+        del named["rope_positions"]
+    parts = {"settings": named,
              "model": {name: _file_digest(base / name) for name in MODEL_FILES if (base / name).is_file()},
              # the warm start reads only train.jsonl and its clips (rendered from the rows and the world config)
              "world_train": _file_digest(Path(world_dir) / "train.jsonl"),
@@ -117,7 +121,7 @@ def warm_start(base_model_dir: str | Path, world_dir: str | Path, output_dir: st
                batch_size: int = 32, learning_rate: float = 2e-3, answer_weight: float = 5.0, eval_every: int = 25,
                val_per_family: int = 40, target: tuple[float, float] = (0.25, 0.85), patience: int = 2,
                min_steps: int = 0, seed: int = 0, max_new_tokens: int = 40, warmup_steps: int = 20,
-               progress: bool = True) -> Path:
+               progress: bool = True, rope_positions: str = "qwen") -> Path:
     """Warm-start the model in `base_model_dir` on the world in `world_dir`; save model + processor and
     `warmstart.json` (key, steps, seconds, stop reason, validation accuracies before/after and history) to
     `output_dir` and return it. Returns at once when `output_dir` already holds this warm start."""
@@ -131,8 +135,8 @@ def warm_start(base_model_dir: str | Path, world_dir: str | Path, output_dir: st
     settings = WarmStartSettings(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                                  warmup_steps=warmup_steps, answer_weight=answer_weight, eval_every=eval_every,
                                  val_per_family=val_per_family, target=tuple(target), patience=patience,
-                                 min_steps=min_steps,
-                                 max_new_tokens=max_new_tokens, seed=seed)
+                                 min_steps=min_steps, max_new_tokens=max_new_tokens, seed=seed,
+                                 rope_positions=rope_positions)
     out = Path(output_dir)
     key = cache_key(base_model_dir, world_dir, settings)
     if is_complete(out, key):
@@ -140,7 +144,7 @@ def warm_start(base_model_dir: str | Path, world_dir: str | Path, output_dir: st
     start = time.perf_counter()
     torch.manual_seed(seed)
     config = synthetic.load_world_config(world_dir)
-    model = load_model(base_model_dir, dtype="float32")
+    model = load_model(base_model_dir, dtype="float32", rope_positions=settings.rope_positions)
     processor = load_processor(base_model_dir)
     tok = processor.tokenizer
     open_id, close_id = tok.convert_tokens_to_ids("<answer>"), tok.convert_tokens_to_ids("</answer>")

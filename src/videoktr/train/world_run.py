@@ -46,12 +46,15 @@ def prepare_world_and_model(config: TrainConfig):
     # named by what the warm start reads (the base model and the supervised rows), so changing the number of
     # held-out or RL clips does not redo it
     train_digest = hashlib.sha256(world.train.read_bytes()).hexdigest()
-    model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest([str(base_dir), train_digest])}")
+    # (and by the position scheme it trains with; transformers' keeps the name it had before the option existed)
+    named = [str(base_dir), train_digest] + ([] if config.model.rope_positions == "transformers"
+                                             else [config.model.rope_positions])
+    model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest(named)}")
     print(f"[2/5] warm start (built once, then reused): {model_dir}")
     # long references need a longer greedy validation budget (the short world keeps the warm start's default)
     budget = {} if world_cfg.style == "short" else {"max_new_tokens": world_cfg.completion_tokens}
     warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed,
-               **budget)
+               rope_positions=config.model.rope_positions, **budget)
     return world, model_dir
 
 

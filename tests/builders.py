@@ -77,11 +77,13 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identi
                             peft_config=peft_config(model, lora) if lora is not None else None)
 
 
-def reference_key_token_weights(trainer, batch, generator_state, model_dir):
+def reference_key_token_weights(trainer, batch, generator_state, model_dir, ties: float | None = None):
     """The reference path for a generated batch: a fresh fp32 copy of the trainer's weights in eval mode, no
     gradient checkpointing, no autocast, every row evaluated on its own unshared sequence, the vision tower
     run on the rows' pixels (videos and images), the same attributed rows, perturbation draws and selection as
-    the trainer. Returns weights [B, C]."""
+    the trainer. Returns weights [B, C]; with `ties`, (weights, near_tie [B, C] bool): the tokens that some
+    signal selects (or not) over another token of its row whose score is within `ties` of its own, i.e. whose
+    selection a difference in the last float digits may swap (a random model's entropies differ by 1e-6)."""
     import dataclasses
 
     from videoktr.attribution import attribute, select_key_tokens
@@ -103,8 +105,9 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
         active = torch.ones_like(active)
     idx = active.nonzero().squeeze(-1).tolist()
     out = torch.zeros(batch["completion_ids"].shape, dtype=torch.float32)
+    near = torch.zeros(batch["completion_ids"].shape, dtype=torch.bool)
     if not idx:  # no response carries a policy gradient: nothing attributed
-        return out
+        return out if ties is None else (out, near)
     rows = [batch["videos"][i] for i in idx]
     videos = [r for r in rows if r is not None and r.kind == "video"]
     kwargs = {}
@@ -125,9 +128,20 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir):
                                 batch["completion_ids"][pick], batch["completion_mask"][pick], options=options,
                                 generator=generator, **kwargs)
     groups = batch["prompt_group"][pick] if trainer.selection_options.scope in ("group", "quantile") else None
-    weights, _, _ = select_key_tokens(attribution, trainer.selection_options, group_ids=groups)
+    weights, masks, _ = select_key_tokens(attribution, trainer.selection_options, group_ids=groups)
     out[pick] = weights
-    return out
+    if ties is None:
+        return out
+    for r, row in enumerate(idx):
+        for signal, score in attribution.scores.items():
+            if signal not in masks:
+                continue
+            valid = attribution.valid[signal][r]
+            s, m = score[r][valid], masks[signal][r][valid].bool()
+            close = (s[:, None] - s[None, :]).abs() <= ties
+            swappable = (close & (m[:, None] != m[None, :])).any(1)
+            near[row, valid.nonzero().squeeze(-1)] |= swappable
+    return out, near
 
 
 def clip_rows(root, first_seed: int, n: int = 4) -> list[dict]:

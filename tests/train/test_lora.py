@@ -69,9 +69,11 @@ def test_attribution_scores_the_model_with_its_adapters(tiny_dir, clip_rows, tmp
     randomise_adapters(trainer)
     batch, state = generation_batch(trainer)
     valid = batch["completion_mask"].bool()
-    merged = reference_key_token_weights(trainer, batch, state, tiny_dir)
-    same = (batch["token_weights"] == merged)[valid].float().mean().item()
+    merged, near_tie = reference_key_token_weights(trainer, batch, state, tiny_dir, ties=1e-5)
+    decided = valid & ~near_tie  # a random model's entropies tie to 1e-6: those swaps are float noise
+    same = (batch["token_weights"] == merged)[decided].float().mean().item()
     assert same >= agreement, f"{same:.3f} of response tokens agree with the merged model's reference"
+    assert decided.sum() >= 0.8 * valid.sum()
     randomise_adapters(trainer, std=0.0)  # B = 0: the merged reference is the base model's
     base = reference_key_token_weights(trainer, batch, state, tiny_dir)
     assert not torch.equal(base[valid], batch["token_weights"][valid])

@@ -61,6 +61,14 @@ def lora_options(engine: str):
     return LoraOptions(r=4, vision="lora") if engine.endswith("+lora") else None
 
 
+def attribution_options(engine: str):
+    """The "fsdp" engine also runs issue 12's temporal options (a derangement, averaged over 2 draws per clip):
+    K draws widen the attribution pass, which every process must still run in lockstep."""
+    from videoktr.attribution import AttributionOptions
+
+    return AttributionOptions(temporal_strategy="derange", temporal_samples=2) if engine == "fsdp" else None
+
+
 def _local(t):
     """A parameter's local values (its shard under FSDP2)."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -102,6 +110,7 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         model = load_model(model_dir, dtype="float32")
         trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
                                    train_dataset=Dataset.from_list(rows), method=method,
+                                   attribution=attribution_options(engine),
                                    peft_config=peft_config(model, lora) if lora else None)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
         assert trainer.lockstep == engine.startswith("fsdp") and trainer.accelerator.num_processes == 2
@@ -157,6 +166,9 @@ def compare(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: s
             single = make_trainer(model_dir, rows, out / f"single-{method}-{rank}", method=method,
                                   lora=lora_options(engine))
             assert not single.lockstep
+            if attribution_options(engine):
+                single.attribution_options.temporal_strategy = attribution_options(engine).temporal_strategy
+                single.attribution_options.temporal_samples = attribution_options(engine).temporal_samples
             single._attr_generator.set_state(record["state"])
             weights = single._rollout_weights(batch)
             assert torch.allclose(weights, batch["token_weights"], atol=1e-5), (engine, method, rank)

@@ -36,6 +36,9 @@ SETTINGS = {
     "checkpointing-bf16": (dict(gradient_checkpointing=True, bf16=True), 0.8),
     "accumulation-group-scope": (dict(gradient_accumulation_steps=2, gradient_checkpointing=True), 1.0),
     "kl-selected-normalisation": (dict(beta=0.4, gradient_checkpointing=True), 1.0),
+    # the temporal options of issue 12: a derangement, averaged over 3 draws per clip
+    "checkpointing-derange-3-draws": (dict(gradient_checkpointing=True), 1.0),
+    "checkpointing-bf16-derange-3-draws": (dict(gradient_checkpointing=True, bf16=True), 0.8),
 }
 
 
@@ -47,13 +50,18 @@ def test_masks_match_reference_path(tiny_dir, clip_rows, tmp_path, name):
         trainer.selection_options.scope = "group"
     if name == "kl-selected-normalisation":
         trainer.loss_normalization = "selected"
+    if "derange" in name:
+        trainer.attribution_options.temporal_strategy = "derange"
+        trainer.attribution_options.temporal_samples = 3
     batch, state = generation_batch(trainer)
     G = trainer.num_generations
     assert batch["prompt_group"].tolist() == [i // G for i in range(len(batch["videos"]))]
-    reference = reference_key_token_weights(trainer, batch, state, tiny_dir)
+    reference, near_tie = reference_key_token_weights(trainer, batch, state, tiny_dir, ties=1e-5)
     valid = batch["completion_mask"].bool()
-    same = (batch["token_weights"] == reference)[valid].float().mean().item()
+    decided = valid & ~near_tie  # swaps between scores equal to 1e-5 are float noise (tests/builders.py)
+    same = (batch["token_weights"] == reference)[decided].float().mean().item()
     assert same >= agreement, f"{name}: {same:.3f} of response tokens agree with the reference path"
+    assert decided.sum() >= 0.8 * valid.sum()
 
 
 def test_groups_are_prompts_not_prompt_ids(tiny_dir, clip_rows, tmp_path):

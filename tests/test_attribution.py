@@ -130,6 +130,21 @@ def test_temporal_samples_average_independent_draws(tiny, batch, distance):
     if distance == "logprob":
         mean_pert = torch.stack([r.perturbed_logp["temporal"] for r in single]).mean(0)
         assert torch.allclose(result.perturbed_logp["temporal"], mean_pert, atol=1e-5)
+    else:
+        assert not result.perturbed_logp  # a distance score: the log-probs cost an extra LM-head pass, asked for
+
+
+def test_perturbed_logp_kept_on_request_with_a_distribution_distance(tiny, batch):
+    """keep_perturbed_logp with a full-distribution distance gives the perturbed log-probs the "logprob" score
+    computes, for the same draws (what `videoktr explain` and the rollout log show next to a distance score)."""
+    model, _ = tiny
+    got = {d: attribute(model, **batch, options=AttributionOptions(distance=d, temporal_samples=2),
+                        generator=torch.Generator().manual_seed(3), keep_perturbed_logp=True)
+           for d in ("logprob", "kl")}
+    assert set(got["kl"].perturbed_logp) == {"visual", "temporal"}
+    for kind in ("visual", "temporal"):
+        assert torch.allclose(got["kl"].perturbed_logp[kind], got["logprob"].perturbed_logp[kind], atol=1e-6)
+    assert not torch.allclose(got["kl"].scores["visual"], got["logprob"].scores["visual"])
 
 
 def test_identity_permutation_gives_zero_temporal_scores(tiny, batch, monkeypatch):

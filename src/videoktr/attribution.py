@@ -298,6 +298,7 @@ def attribute(
     image_features: list[torch.Tensor] | None = None,
     image_grid_thw: torch.Tensor | None = None,
     image_keys: Sequence | None = None,
+    keep_perturbed_logp: bool = False,
 ) -> Attribution:
     """Score every response token under each enabled signal.
 
@@ -308,7 +309,9 @@ def attribute(
     which then shares one perturbation draw); without keys, identical pixels are detected.
     image_features/image_grid_thw/image_keys: the same for images (encoder outputs, e.g. the trainer's). An
     image row gets a visual score (its image features perturbed as a video's are: visual tokens on image data,
-    paper B.2); it has no temporal score (excluded there).
+    paper B.2); it has no temporal score (excluded there). keep_perturbed_logp: also return the perturbed
+    log-probs (`Attribution.perturbed_logp`) when the score is a full-distribution distance (with "logprob" they
+    come for free); costs one more LM-head pass per perturbation, so training leaves it off.
     """
     options = options or AttributionOptions()
     options.validate()
@@ -443,13 +446,14 @@ def attribute(
             names = _draw_names(kind, options)
             for name in names:  # one draw, or the mean over temporal_samples draws
                 h = hidden_by_part[name]
-                if options.distance == "logprob":
+                if options.distance == "logprob" or keep_perturbed_logp:
                     pert_logp = lm_head_logprobs(h, head.weight, completion_ids[rows_t], bias=bias,
                                                  chunk_size=options.chunk_size)
-                    score[rows_t] += logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed) / len(names)
                     if kind not in perturbed_logp:
                         perturbed_logp[kind] = torch.zeros(B, C, dtype=pert_logp.dtype, device=device)
                     perturbed_logp[kind][rows_t] += pert_logp / len(names)
+                if options.distance == "logprob":
+                    score[rows_t] += logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed) / len(names)
                 else:
                     at = torch.tensor([full_rows.index(b) for b in part_rows], device=device)
                     score[rows_t] += lm_head_distribution_distance(hidden_by_part["full"][at], h, head.weight,

@@ -120,3 +120,19 @@ def test_token_strings_concatenate_to_the_text(tiny):
     assert pieces[0] == "<think>" and pieces[-1] == "<|im_end|>"
     # a character split over byte tokens belongs to the token that completes it
     assert "中" in pieces and "" in pieces
+
+
+def test_a_distance_score_still_logs_the_perturbed_logprobs(tiny_dir, tmp_path):
+    """With a full-distribution distance (RQ5) the score is not a log-prob shift, but the log keeps the perturbed
+    log-probs next to it (the trainer asks attribution for them on logged steps only)."""
+    trainer = make_trainer(tiny_dir, clip_rows(tmp_path, 0, n=4), tmp_path, method="ktr", max_steps=1)
+    trainer.attribution_options.distance = "jsd"
+    trainer.rollout_log = trainer._make_rollout_log(RolloutLogOptions(every=1, max_responses=0))
+    trainer.train()
+    attributed = [r for r in load_rollouts(tmp_path / "out") if r["attributed"]]
+    assert attributed
+    for r in attributed:
+        for s in ("visual", "temporal"):
+            assert r["logp"][s] is not None and len(r["logp"][s]) == len(r["token_ids"])
+            shift = [abs(a - b) for a, b in zip(r["logp"]["full"], r["logp"][s])]
+            assert shift != pytest.approx(r["scores"][s], abs=1e-6)  # the score is the JSD, not the shift

@@ -336,15 +336,8 @@ def explain(model_dir, video, question: str, response: str | None = None,
     video_kwargs = dict(pixel_values_videos=enc["pixel_values_videos"], video_grid_thw=enc["video_grid_thw"],
                         second_per_grid_ts=enc.get("second_per_grid_ts"))
     att = attribute(model, enc["input_ids"], enc["attention_mask"], completion, cmask, options=aopts,
-                    generator=generator, **video_kwargs)
+                    generator=generator, keep_perturbed_logp=True, **video_kwargs)
     perturbed = att.perturbed_logp
-    if not perturbed:  # a full-distribution distance: the same draws again, for the log-probabilities alone
-        from dataclasses import replace
-
-        again = attribute(model, enc["input_ids"], enc["attention_mask"], completion, cmask,
-                          options=replace(aopts, distance="logprob", signed=False), logp=att.logp,
-                          entropy=att.entropy, generator=torch.Generator().manual_seed(opts.seed), **video_kwargs)
-        perturbed = again.perturbed_logp
     weights, masks, stats = select_key_tokens(att, opts.selection_options())
 
     text = tok.decode(ids, skip_special_tokens=True)

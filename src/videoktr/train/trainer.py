@@ -585,7 +585,9 @@ class VideoGRPOTrainer(GRPOTrainer):
             attribution = attribute(
                 unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
                 completion_mask[pick], options=options, generator=self._attr_generator,
-                donors=self._donors if replace else (), **kwargs)
+                donors=self._donors if replace else (),
+                keep_perturbed_logp=self._rollout_capture is not None,  # a logged step records them
+                **kwargs)
         if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
             fresh = dict(zip(media.video_keys, media.video_features))
             self._donors = ([(k, f.detach()) for k, f in fresh.items()]

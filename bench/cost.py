@@ -211,19 +211,12 @@ def official_trainer_class():
     from videoktr.train.trainer import VideoGRPOTrainer
 
     class OfficialCostTrainer(VideoGRPOTrainer):
-        def _generate_single_turn(self, *args, **kwargs):
+        def _sampling_encoder(self):
             # the official scripts sample with HF generate on every row's pixels: each copy of a video is encoded
             # (the trainer's own sampling encodes each distinct clip once: models.adapters.encode_each_item_once)
             import contextlib
 
-            import videoktr.train.trainer as trainer_module
-
-            saved = trainer_module.encode_each_item_once
-            trainer_module.encode_each_item_once = lambda model: contextlib.nullcontext()
-            try:
-                return super()._generate_single_turn(*args, **kwargs)
-            finally:
-                trainer_module.encode_each_item_once = saved
+            return contextlib.nullcontext()
 
         def _encode_media(self, model, rows):
             # the official code passes every row's pixel values to the model: each copy of a video is encoded

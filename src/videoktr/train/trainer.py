@@ -267,9 +267,14 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._queue_vllm_media(prompt_ids, rows)
         # FSDP: see distributed.full_parameters; HF generation gets every copy of a prompt's video from TRL: the
         # vision tower encodes each distinct clip once (models.adapters.encode_each_item_once)
-        with full_parameters(self.model_wrapped), encode_each_item_once(self._core()):
+        with full_parameters(self.model_wrapped), self._sampling_encoder():
             return super()._generate_single_turn(prompt_ids, images, multimodal_fields, num_generations,
                                                  has_tool_images)
+
+    def _sampling_encoder(self):
+        """The context HF sampling runs in: the vision tower encodes each distinct clip once, not the G copies
+        TRL passes (models.adapters.encode_each_item_once; bench/cost.py's official structure overrides it)."""
+        return encode_each_item_once(self._core())
 
     def _queue_vllm_media(self, prompt_ids, rows):
         generation = self.vllm_generation
@@ -427,7 +432,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         input_ids = pad(ids, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
         attention = pad([torch.ones_like(x) for x in ids], padding_value=0, padding_side="left").to(device)
         width = input_ids.shape[1]
-        with full_parameters(self.model_wrapped), encode_each_item_once(self._core()), unwrap_model_for_generation(
+        with full_parameters(self.model_wrapped), self._sampling_encoder(), unwrap_model_for_generation(
                 self.model_wrapped, self.accelerator, generation_kwargs=self.generation_kwargs) as unwrapped:
             out = unwrapped.generate(
                 input_ids=input_ids, attention_mask=attention,

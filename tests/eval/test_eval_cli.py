@@ -313,3 +313,28 @@ def test_tiny_model_skips_undecodable_and_wrongly_typed_media(tiny_dir, holmes_o
     rc = _run(*argv, "--output-dir", str(tmp_path / "stop"), "--on-media-error", "stop")
     err = capsys.readouterr().err
     assert rc == 2 and "item 1: cannot decode video" in err and "clipBBB02.mp4" in err and "Traceback" not in err
+
+
+def test_rope_positions_reach_the_model_and_the_recorded_settings(tiny_dir, holmes_one_bad, tmp_path, monkeypatch):
+    """--rope-positions picks the 3D position scheme the evaluated model computes (models.positions), and the
+    run records it (a resumed run must use the same)."""
+    from videoktr.eval import generate
+    from videoktr.models.positions import scheme_of
+
+    for scheme in ("qwen", "transformers"):
+        gen = generate.HFGenerator(tiny_dir, frames=4, max_pixels=56 * 56, min_pixels=56 * 56, device="cpu",
+                                   rope_positions=scheme)
+        assert scheme_of(gen.model) == scheme and gen.describe()["rope_positions"] == scheme
+    seen = []
+
+    class Recording(_FakeHF):
+        def __init__(self, model_path, **kw):
+            super().__init__(model_path, **kw)
+            seen.append(kw["rope_positions"])
+
+    monkeypatch.setattr(generate, "HFGenerator", Recording)
+    argv = ["--benchmark", "video_holmes", "--questions", str(FIXTURES / "holmes_mini.json"), "--data-root",
+            str(holmes_one_bad), "--model", "fake", "--no-progress"]
+    assert _run(*argv, "--output-dir", str(tmp_path / "a")) == 0
+    assert _run(*argv, "--output-dir", str(tmp_path / "b"), "--rope-positions", "transformers") == 0
+    assert seen == ["qwen", "transformers"]

@@ -84,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                         help="model weights dtype (default: the checkpoint's own)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default %(default)s)")
+    parser.add_argument("--rope-positions", choices=("qwen", "transformers"), default="qwen",
+                        help="Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen (the released models' "
+                             "scheme, vLLM's; default) or transformers (5.23's; use it for a model trained with "
+                             "model.rope_positions: transformers). They differ for clips longer than the grid side")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N items of each benchmark (smoke tests)")
     parser.add_argument("--on-media-error", choices=R.MEDIA_ERROR_MODES, default="skip",
@@ -218,7 +222,8 @@ def _run(args) -> int:
 
                 generator = HFGenerator(args.model, frames=args.frames, fps=args.fps, max_pixels=args.max_pixels,
                                         min_pixels=args.min_pixels, device=args.device, dtype=args.dtype,
-                                        seed=args.seed, video_backend=args.video_backend)
+                                        seed=args.seed, video_backend=args.video_backend,
+                                        rope_positions=args.rope_positions)
             gs = _settings(args, generator.describe())
             outputs = R.run_generation(items, generator, out_dir, data_root=args.data_root, settings=gs,
                                        progress=not args.no_progress, desc=name,

@@ -31,7 +31,8 @@ class HFGenerator:
 
     def __init__(self, model_path: str | Path, *, frames: int = DEFAULT_FRAMES, fps: float = DEFAULT_FPS,
                  min_frames: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_pixels: int | None = None,
-                 device: str | None = None, dtype: str | None = None, seed: int = 0, video_backend: str = "pyav"):
+                 device: str | None = None, dtype: str | None = None, seed: int = 0, video_backend: str = "pyav",
+                 rope_positions: str = "qwen"):
         import torch
 
         from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
@@ -45,7 +46,8 @@ class HFGenerator:
         self.dtype = dtype
         self.seed = seed
         self.video_backend = video_backend
-        self.model = load_model(model_path, dtype=dtype, device=self.device).eval()
+        self.rope_positions = rope_positions
+        self.model = load_model(model_path, dtype=dtype, device=self.device, rope_positions=rope_positions).eval()
         self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.suppress = suppressed_token_ids(self.processor.tokenizer)
         torch.manual_seed(seed)
@@ -54,7 +56,7 @@ class HFGenerator:
         """Settings recorded in run.json (a resumed run must use the same)."""
         return {"model": self.model_path, "frames": self.frames, "fps": self.fps, "min_frames": self.min_frames,
                 "max_pixels": self.max_pixels, "min_pixels": self.min_pixels, "dtype": self.dtype,
-                "seed": self.seed, "backend": "hf"}
+                "seed": self.seed, "backend": "hf", "rope_positions": self.rope_positions}
 
     def _load_media(self, batch: list[Request]) -> list[tuple]:
         """(clip or None, [images]) per request. Every request's media is read before any failure is raised, so

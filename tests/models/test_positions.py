@@ -176,3 +176,43 @@ def test_qwen3_is_left_as_it_is(tmp_path):
     assert main(["init-model", "--family", "qwen3_vl", "--size", "tiny", "--output", str(tmp_path)]) == 0
     model = load_model(tmp_path, dtype="float32")
     assert scheme_of(model) == "transformers" and "get_rope_index" not in vars(model.model)
+
+
+def test_images_and_videos_in_one_sequence(fam):
+    """A prompt with an image, text, then a long video, beside an image-only prompt (left padding): each vision
+    segment starts one past the highest position before it; images take no temporal spacing."""
+    import numpy as np
+    from PIL import Image
+
+    from videoktr.data.video import Clip
+
+    family, out, processor = fam
+    model = load_model(out, dtype="float32")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (56, 84, 3), dtype=np.uint8))
+    frames = random_frames(4, n=12)
+    contents = [[{"type": "image"}, {"type": "text", "text": "then"}, {"type": "video"},
+                 {"type": "text", "text": "Why?"}],
+                [{"type": "image"}, {"type": "text", "text": "What colour?"}]]
+    texts = [processor.apply_chat_template([{"role": "user", "content": c}], add_generation_prompt=True,
+                                           tokenize=False) for c in contents]
+    meta = Clip(frames, fps=2.0, source_fps=2.0, duration=6.0, indices=list(range(12))).metadata()
+    inputs = processor(text=texts, images=[image, image], videos=[frames], video_metadata=[meta],
+                       do_sample_frames=False, return_tensors="pt", padding=True, padding_side="left")
+    types = adapter_for(model).mm_token_type_ids(inputs["input_ids"])
+    positions, deltas = qwen_rope_index(model.model, inputs["input_ids"], types,
+                                        image_grid_thw=inputs["image_grid_thw"], video_grid_thw=inputs["video_grid_thw"],
+                                        second_per_grid_ts=inputs.get("second_per_grid_ts"),
+                                        attention_mask=inputs["attention_mask"])
+    vision = model.config.vision_config
+    per_second = getattr(vision, "tokens_per_second", None)
+    video_interval = per_second * float(inputs["second_per_grid_ts"][0]) if per_second else 1.0
+    segments = [[(inputs["image_grid_thw"][0], 1.0), (inputs["video_grid_thw"][0], video_interval)],
+                [(inputs["image_grid_thw"][1], 1.0)]]
+    for b, segs in enumerate(segments):
+        keep = inputs["attention_mask"][b].bool()
+        row_types = types[b][keep].tolist()
+        assert [t for n, t in enumerate(row_types) if t and (n == 0 or row_types[n - 1] != t)] == [1, 2][: len(segs)]
+        expected = reference_positions(row_types, [g for g, _ in segs], [i for _, i in segs],
+                                       vision.spatial_merge_size)
+        assert positions[:, b, keep].T.tolist() == [list(p) for p in expected]
+        assert int(deltas[b]) == max(map(max, expected)) + 1 - len(expected)

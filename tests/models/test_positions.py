@@ -200,7 +200,8 @@ def test_images_and_videos_in_one_sequence(fam):
                        do_sample_frames=False, return_tensors="pt", padding=True, padding_side="left")
     types = adapter_for(model).mm_token_type_ids(inputs["input_ids"])
     positions, deltas = qwen_rope_index(model.model, inputs["input_ids"], types,
-                                        image_grid_thw=inputs["image_grid_thw"], video_grid_thw=inputs["video_grid_thw"],
+                                        image_grid_thw=inputs["image_grid_thw"],
+                                        video_grid_thw=inputs["video_grid_thw"],
                                         second_per_grid_ts=inputs.get("second_per_grid_ts"),
                                         attention_mask=inputs["attention_mask"])
     vision = model.config.vision_config

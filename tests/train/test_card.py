@@ -19,6 +19,9 @@ def test_card_names_base_model_method_options_and_data():
     assert "`checkpoints/Qwen2.5-VL-7B-COT-SFT`" in card and "[None]" not in card
     assert "Video-KTR" in card and "470 optimizer steps" in card and '"ratio": 0.3' in card
     assert "`data/rows.jsonl`" in card and "pipeline(" not in card
+    assert 'install(model, "qwen")' in card  # the snippet gives the model the 3D positions it trained with
+    other = load_config(overrides={"rope_positions": "transformers"})
+    assert 'install(model, "transformers")' in model_card(card_info(other, "base"))
 
 
 @pytest.mark.slow

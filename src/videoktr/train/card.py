@@ -78,7 +78,7 @@ from videoktr.data.video import read_video  # or any decoder: pass the real fps 
 from videoktr.models.positions import install
 
 model = AutoModelForImageTextToText.from_pretrained("PATH_TO_THIS_DIRECTORY", dtype="auto")
-install(model, "{info.get("rope_positions", "qwen")}")  # the 3D positions it trained with (transformers 5.3+ differ after long clips)
+install(model, "{info.get('rope_positions', 'qwen')}")  # its 3D positions (transformers 5.3+ differ after long clips)
 processor = AutoProcessor.from_pretrained("PATH_TO_THIS_DIRECTORY")
 clip = read_video("clip.mp4", target_fps={info["fps"]}, max_frames={info["max_frames"]})
 messages = [{{"role": "user", "content": [{{"type": "video"}}, {{"type": "text", "text": "What happens first?"}}]}}]

@@ -130,3 +130,27 @@ def test_a_run_without_rollouts_is_a_clear_error(tmp_path, capsys):
     assert main(["analyze", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "empty") in err and "--log-rollouts-every" in err
+
+
+@pytest.mark.parametrize("recorded,expected",
+                         [("qwen", "qwen"), ("transformers", "transformers"), (None, "transformers")])
+def test_gradients_load_the_model_with_the_runs_position_scheme(run, tmp_path, monkeypatch, recorded, expected):
+    """The gradient figure re-runs the trained model: with the 3D positions it trained with (config.json's
+    model.rope_positions; a run from before the option trained with transformers')."""
+    import shutil
+
+    import videoktr.models.factory as factory
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("analysis"))
+    config = json.loads((copy / "config.json").read_text())
+    assert config["model"]["rope_positions"] == "qwen"  # what the run recorded
+    if recorded is None:
+        del config["model"]["rope_positions"]
+    else:
+        config["model"]["rope_positions"] = recorded
+    (copy / "config.json").write_text(json.dumps(config))
+    seen, real = [], factory.load_model
+    monkeypatch.setattr(factory, "load_model", lambda *a, **k: seen.append(k.get("rope_positions")) or real(*a, **k))
+    assert main(["analyze", str(copy), "--step", "3", "--output-dir", str(tmp_path / "a")]) == 0
+    assert seen == [expected]

@@ -224,7 +224,9 @@ def _gradients(run_dir: Path, records, checkpoint, device, max_steps) -> dict:
     proc_dir = model_dir if (model_dir / "preprocessor_config.json").is_file() or \
         (model_dir / "processor_config.json").is_file() else Path(records[0]["settings"].get("model") or model_dir)
     processor = load_processor(proc_dir, min_pixels=data.get("min_pixels"), max_pixels=data.get("max_pixels"))
-    model = load_model(model_dir, dtype="float32").to(device)
+    # the 3D position scheme the run trained with (runs from before the option: transformers')
+    scheme = (config.get("model") or {}).get("rope_positions", "transformers" if config else "qwen")
+    model = load_model(model_dir, dtype="float32", rope_positions=scheme).to(device)
     table = gradient_decomposition(model, processor, records, device=device, max_steps=max_steps)
     table["model"] = str(model_dir)
     return table

@@ -93,6 +93,10 @@ def test_model_args_are_typed_and_checked():
         settings(prompt="cot")
     with pytest.raises(plug.PluginError, match="pretrained=DIR"):
         plug.PluginSettings.from_model_args(device="cpu")
+    assert settings().rope_positions == "qwen"
+    assert settings(rope_positions="transformers").rope_positions == "transformers"
+    with pytest.raises(plug.PluginError, match="rope_positions must be one of qwen, transformers, got 'vllm'"):
+        settings(rope_positions="vllm")
 
 
 # --------------------------------------------------------------------------------------------- prompts
@@ -387,3 +391,11 @@ def test_backend_loglikelihood_uses_the_visuals(backend, clip_4fps):
     scores = backend.loglikelihood(with_video + without + [plug.LoglikelihoodRequest("", " A", [])])
     assert len(scores) == 9 and all(isinstance(s, float) and isinstance(g, bool) for s, g in scores)
     assert [s for s, _ in scores[:4]] != [s for s, _ in scores[4:8]]  # the video changes the scores
+
+
+@pytest.mark.parametrize("scheme", ["qwen", "transformers"])
+def test_backend_loads_the_model_with_the_position_scheme(tiny_dir, scheme):
+    from videoktr.models.positions import scheme_of
+
+    backend = plug.Backend(settings(str(tiny_dir), rope_positions=scheme))
+    assert scheme_of(backend.model) == scheme

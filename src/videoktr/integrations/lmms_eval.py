@@ -112,9 +112,11 @@ class PluginSettings:
     video_backend: str = "pyav"
     seed: int = 0
     raw_output_file: str | None = None
+    rope_positions: str = "qwen"
 
     def __post_init__(self):
         _check_choice("prompt", self.prompt, PROMPT_MODES)
+        _check_choice("rope_positions", self.rope_positions, ("qwen", "transformers"))
         _check_choice("answer", self.answer, ANSWER_MODES)
         _check_choice("answer_type", self.answer_type, ANSWER_TYPE_CHOICES)
         _check_choice("video_backend", self.video_backend, ("pyav", "decord"))
@@ -564,7 +566,8 @@ class Backend:
         self.settings = settings
         self.device = settings.device or default_device()
         if model is None:
-            model = load_model(settings.pretrained, dtype=settings.dtype, device=self.device).eval()
+            model = load_model(settings.pretrained, dtype=settings.dtype, device=self.device,
+                               rope_positions=settings.rope_positions).eval()
         if processor is None:
             processor = load_processor(settings.pretrained, min_pixels=settings.min_pixels,
                                        max_pixels=settings.max_pixels)

@@ -330,3 +330,27 @@ def test_readme_command_parses():
     for tokens in commands:
         args = build_parser().parse_args(tokens[1:])
         assert args.command == "explain" and args.model and args.video and args.question and args.output_dir
+
+
+@pytest.mark.parametrize("scheme", ["qwen", "transformers"])
+def test_rope_positions_reach_the_loaded_model(tiny_dir, clip_path, monkeypatch, scheme):
+    """--rope-positions: the model explain loads computes that 3D position scheme, and the record says so."""
+    import argparse
+
+    import videoktr.models.factory as factory
+    from videoktr.models.positions import scheme_of
+
+    seen, real = [], factory.load_model
+
+    def recording(*a, **k):
+        model = real(*a, **k)
+        seen.append(scheme_of(model))
+        return model
+
+    monkeypatch.setattr(factory, "load_model", recording)
+    parser = argparse.ArgumentParser()
+    E.add_arguments(parser)
+    args = parser.parse_args(["--model", str(tiny_dir), "--video", str(clip_path), "--question", QUESTION,
+                              "--rope-positions", scheme, "--max-new-tokens", "2", "--device", "cpu"])
+    record = E.explain(tiny_dir, clip_path, QUESTION, opts=E.options_from_args(args))
+    assert seen == [scheme] and record["settings"]["rope_positions"] == scheme

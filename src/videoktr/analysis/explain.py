@@ -32,7 +32,7 @@ training-time rollout log can be rendered with the same page):
   settings      {"model", "video", the ExplainOptions fields ("ratio", "visual_strategy", "visual_fraction",
                  "temporal_strategy", "segment_groups", "temporal_samples", "distance", "signed", "temperature",
                  "top_p", "seed", "max_new_tokens", "frames", "fps", "max_pixels", "min_pixels", "answer_type",
-                 "frame_side"),
+                 "frame_side", "rope_positions"),
                  "signals", "selection_scope", "weighting", "score_temperature", "prompt_style", "generated",
                  "device", "dtype", "video_fps", "source_fps", "duration_s", "attribution_seconds", "seconds"}*
                 (shown as a table; every key optional, a producer writes its own, e.g. a run's "method")
@@ -86,6 +86,7 @@ class ExplainOptions:
     device: str | None = None  # cuda if available, else cpu
     dtype: str | None = None  # float32 | bfloat16 | float16 | None (the checkpoint's own)
     frame_side: int = 320  # longest side of the frames embedded in the record, in pixels
+    rope_positions: str = "qwen"  # 3D position scheme (models.positions): qwen | transformers
 
     def attribution_options(self):
         from ..attribution import AttributionOptions
@@ -294,7 +295,7 @@ def explain(model_dir, video, question: str, response: str | None = None,
     if processor is None:
         processor = load_processor(model_dir, min_pixels=opts.min_pixels, max_pixels=opts.max_pixels)
     if model is None:
-        model = load_model(model_dir, dtype=opts.dtype, device=device)
+        model = load_model(model_dir, dtype=opts.dtype, device=device, rope_positions=opts.rope_positions)
     model.eval()
     device = next(model.parameters()).device
     tok = processor.tokenizer
@@ -477,6 +478,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="weights' dtype (default: the checkpoint's own)")
+    parser.add_argument("--rope-positions", choices=("qwen", "transformers"), default=d.rope_positions,
+                        help="Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen (the released models' "
+                             "scheme; default) or transformers (5.23's; for a model trained with "
+                             "model.rope_positions: transformers)")
 
 
 def options_from_args(args) -> ExplainOptions:
@@ -487,7 +492,7 @@ def options_from_args(args) -> ExplainOptions:
         signed=args.signed, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
         max_new_tokens=args.max_new_tokens, frames=args.frames, fps=args.fps, max_pixels=args.max_pixels,
         min_pixels=args.min_pixels, prompt=args.prompt, answer_type=args.answer_type, device=args.device,
-        dtype=args.dtype)
+        dtype=args.dtype, rope_positions=args.rope_positions)
 
 
 def top_tokens(record: dict, signal: str, k: int = 6) -> str:

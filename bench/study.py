@@ -245,6 +245,45 @@ def answer_span_rates(run_dir: Path) -> dict:
     return out
 
 
+CONFIDENT = 0.99  # a token the policy already samples with p > 0.99 carries almost no policy gradient
+
+
+def mask_gradient_share(run_dir: Path) -> dict:
+    """From the rollout log: what the key-token mask leaves out, measured by each token's share of the policy
+    gradient GRPO would give it. The gradient of A * log p(token) with respect to the token's logits has norm
+    between |A| (1 - p) and sqrt(2) |A| (1 - p), so sum |A| (1 - p) over a response's tokens is the proxy: `unselected_share` = the part
+    of that sum on tokens the mask does not select (what masking removes from GRPO's update), and
+    `unselected_confident` = the share of unselected tokens with p > 0.99. Over attributed responses (non-zero
+    advantage) of methods with a selection; empty otherwise."""
+    from videoktr.analysis.rollouts import NoRollouts, load_rollouts
+
+    try:
+        records = [r for r in load_rollouts(run_dir) if r["attributed"]]
+    except NoRollouts:
+        return {}
+    chosen = rest = 0.0
+    n_rest = confident = 0
+    for r in records:
+        union, logp = r["selected"].get("union"), (r.get("logp") or {}).get("full")
+        if union is None or logp is None:
+            continue
+        for picked, lp in zip(union, logp):
+            if lp is None:
+                continue
+            p = math.exp(lp)
+            g = abs(r["advantage"]) * (1.0 - p)
+            if picked:
+                chosen += g
+            else:
+                rest += g
+                n_rest += 1
+                confident += p > CONFIDENT
+    if chosen + rest <= 0:
+        return {}
+    return {"unselected_share": rest / (chosen + rest), "unselected_confident": confident / max(n_rest, 1),
+            "responses": len(records)}
+
+
 def flatten(tree, prefix="") -> dict[str, float]:
     """{"visual": {"zero": {"vision": a}}} -> {"visual/zero/vision": a} (numbers only)."""
     out = {}
@@ -261,7 +300,9 @@ def measure_cell(d: Path) -> dict:
     cached = d / "cell.json"
     report_path = d / "report.json"
     if cached.is_file() and cached.stat().st_mtime >= report_path.stat().st_mtime:
-        return json.loads(cached.read_text())
+        cell = json.loads(cached.read_text())
+        if "mask_gradient" in cell:  # else written by an earlier version of this script: measure again
+            return cell
     report = json.loads(report_path.read_text())
     items = json.loads((d / "heldout_items.json").read_text())
     train = report.get("train") or {}
@@ -285,6 +326,7 @@ def measure_cell(d: Path) -> dict:
         "mean_step_seconds": train.get("mean_step_seconds"),
         "wall_seconds": report.get("wall_seconds_total", report.get("wall_seconds")),
         "answer_span": answer_span_rates(d),
+        "mask_gradient": mask_gradient_share(d),
     }
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(cell, indent=1))
@@ -364,6 +406,8 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                                 for s in SIGNALS
                                 if any(s in c["answer_span"]["signals"] for c in cs)},
                 "answer_span_responses": sum(c["answer_span"]["with_answer"] for c in cs),
+                "mask_gradient": {k: mean_std((c.get("mask_gradient") or {}).get(k) for c in cs)
+                                  for k in ("unselected_share", "unselected_confident")},
             }
             w[arm] = entry
         summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w]}
@@ -431,6 +475,16 @@ def markdown(summary: dict) -> str:
             cols = [_ms((a.get(s) or {}).get("answer_selected"), digits=2) for s in SIGNALS]
             cols += [_ms((a.get(s) or {}).get("answer_undefined"), digits=2) for s in ("visual", "temporal")]
             lines.append(f"| {arm} | " + " | ".join(cols) + " |")
+        masked = [(arm, e["mask_gradient"]) for arm, e in arms.items()
+                  if (e.get("mask_gradient") or {}).get("unselected_share")]
+        if masked:
+            lines += ["", "What the mask leaves out: of GRPO's policy-gradient proxy sum |A| (1 - p) over the logged "
+                      "attributed responses, the share on tokens the mask does not select, and the share of those "
+                      f"tokens the policy samples with p > {CONFIDENT} (mean ± std over seeds). Near 0 and 1: the "
+                      "mask removes tokens that carry almost no gradient, and the method is GRPO in effect.", "",
+                      "| arm | gradient share outside the mask | unselected tokens with p > 0.99 |", "|---|---|---|"]
+            for arm, m in masked:
+                lines.append(f"| {arm} | {_ms(m['unselected_share'])} | {_ms(m['unselected_confident'], digits=2)} |")
         # attribution quality on the warm start (the same model in every cell: the spread is the perturbations'
         # randomness over run seeds)
         ref = arms.get("ktr") or next(iter(arms.values()))

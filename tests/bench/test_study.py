@@ -21,6 +21,15 @@ def _study(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return proc
 
 
+def _module():
+    sys.path.insert(0, str(BENCH.parent))
+    try:
+        import study
+    finally:
+        sys.path.remove(str(BENCH.parent))
+    return study
+
+
 def _launched(out: Path) -> list[dict]:
     path = out / "launched.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
@@ -58,6 +67,9 @@ def test_quick_study(tmp_path):
     assert arms["ktr"]["answer_span_responses"] > 0
     assert arms["grpo"]["answer_span"] == {}  # grpo selects nothing: every token is updated
     assert 0 < arms["ktr"]["update_ratio"]["mean"] < 1
+    masked = arms["ktr"]["mask_gradient"]
+    assert 0 <= masked["unselected_share"]["mean"] <= 1 and 0 <= masked["unselected_confident"]["mean"] <= 1
+    assert arms["grpo"]["mask_gradient"] == {"unselected_share": None, "unselected_confident": None}
     auc = arms["ktr"]["attribution_auc"]
     assert "visual/zero/vision" in auc and "temporal/shuffle/order" in auc and "entropy/vision" in auc
     text = (out / "study.md").read_text()
@@ -73,6 +85,29 @@ def test_quick_study(tmp_path):
     assert len(launched) == 5 and (launched[-1]["arm"], launched[-1]["seed"]) == ("ktr", 1)
     again = json.loads((out / "summary.json").read_text())["worlds"]["short"]["arms"]["ktr"]
     assert again["seeds"] == [0, 1]
+
+
+def test_mask_gradient_share(monkeypatch, tmp_path):
+    """sum |A| (1 - p) on unselected tokens over the whole sum, by hand, on two logged responses (one with no
+    advantage: not attributed, left out)."""
+    import math
+
+    import videoktr.analysis.rollouts as rollouts
+
+    records = [
+        {"attributed": True, "advantage": -2.0, "selected": {"union": [True, False, False]},
+         "logp": {"full": [math.log(0.5), math.log(0.995), math.log(0.9)]}},
+        {"attributed": True, "advantage": 1.0, "selected": {"union": [False, True]},
+         "logp": {"full": [math.log(0.999), None]}},
+        {"attributed": False, "advantage": 0.0, "selected": {"union": None}, "logp": {"full": [math.log(0.1)]}},
+    ]
+    monkeypatch.setattr(rollouts, "load_rollouts", lambda run_dir: records)
+    got = _module().mask_gradient_share(tmp_path)
+    chosen = 2 * 0.5
+    rest = 2 * 0.005 + 2 * 0.1 + 1 * 0.001
+    assert got["unselected_share"] == pytest.approx(rest / (chosen + rest))
+    assert got["unselected_confident"] == pytest.approx(2 / 3)  # 0.995 and 0.999 of the three unselected
+    assert got["responses"] == 2
 
 
 def test_answer_token_mask():

@@ -346,6 +346,47 @@ def mean_std(values) -> dict | None:
     return {"mean": m, "std": sd, "n": len(v)}
 
 
+def student_t_sf2(t: float, df: int) -> float:
+    """Two-sided p-value of Student's t with integer `df` degrees of freedom: 2 (1 - F(|t|)), from the closed
+    forms of the t CDF for integer df (Abramowitz and Stegun 26.7.3 and 26.7.4), with theta = atan(|t| / sqrt(df))."""
+    if df < 1:
+        raise ValueError("df must be >= 1")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd: F = 1/2 + (theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...)) / pi
+        total, term = 0.0, 1.0
+        for k in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c2 * (2 * k) / (2 * k + 1)
+        cdf = 0.5 + (theta + (s * math.cos(theta) * total if df > 1 else 0.0)) / math.pi
+    else:  # even: F = 1/2 + sin/2 (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+        total, term = 0.0, 1.0
+        for k in range(1, df // 2 + 1):
+            total += term
+            term *= c2 * (2 * k - 1) / (2 * k)
+        cdf = 0.5 + 0.5 * s * total
+    return max(0.0, min(1.0, 2.0 * (1.0 - cdf)))
+
+
+def paired_seed_test(reference: dict[int, dict], cells: dict[int, dict]) -> dict | None:
+    """The arm against grpo over seeds: per seed, its held-out accuracy after RL minus grpo's (same seed, same
+    clips), and a paired t-test of those differences (n = seeds, df = n - 1). Unlike the McNemar test over clips,
+    which counts every clip as an independent pair, this one sees the run-to-run variance of RL itself."""
+    diffs = [cells[s]["accuracy_after"]["overall"] - reference[s]["accuracy_after"]["overall"]
+             for s in sorted(cells) if s in reference]
+    if len(diffs) < 2:
+        return None
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0:
+        return {"mean_diff": mean, "sd": 0.0, "t": None, "df": n - 1, "p_value": 1.0 if mean == 0 else 0.0,
+                "n": n, "diffs": diffs}
+    t = mean / (sd / math.sqrt(n))
+    return {"mean_diff": mean, "sd": sd, "t": t, "df": n - 1, "p_value": student_t_sf2(t, n - 1), "n": n,
+            "diffs": diffs}
+
+
 def paired_vs(reference: dict[int, dict], cells: dict[int, dict], family: str | None = None) -> dict | None:
     """Paired test of an arm's held-out correctness after RL against grpo's, same seed, same clips: one test per
     seed, and one pooled over seeds (the per-seed lists concatenated: n = seeds x clips)."""
@@ -390,6 +431,7 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                 "gain_over_warm_start": mean_std(c["gain"]["gain"] for c in cs),
                 "gain_over_warm_start_p": {str(s): c["gain"]["p_value"] for s, c in sorted(by_seed.items())},
                 "vs_grpo": None if arm == "grpo" else paired_vs(ref, by_seed),
+                "vs_grpo_seeds": None if arm == "grpo" else paired_seed_test(ref, by_seed),
                 "vs_grpo_per_family": None if arm == "grpo" else {f: paired_vs(ref, by_seed, f) for f in families},
                 "attribution_auc": {k: mean_std(c["attribution_auc"].get(k) for c in cs)
                                     for k in sorted(cs[0]["attribution_auc"])},
@@ -432,6 +474,12 @@ def _vs(v) -> str:
     return f"{p['gain'] * 100:+.1f} [{p['ci95'][0] * 100:+.1f}, {p['ci95'][1] * 100:+.1f}], p={p['p_value']:.2g}"
 
 
+def _vs_seeds(v) -> str:
+    if not v:
+        return "-"
+    return f"{v['mean_diff'] * 100:+.1f} (seeds {', '.join(f'{d * 100:+.1f}' for d in v['diffs'])}), p={v['p_value']:.2g}"
+
+
 def markdown(summary: dict) -> str:
     meta = summary["meta"]
     lines = [f"# Study results ({meta['mode']})", "",
@@ -443,15 +491,20 @@ def markdown(summary: dict) -> str:
         if not arms:
             continue
         lines += [f"## World `{world}`", "",
-                  "Held-out accuracy after RL (mean ± std over seeds); Δ vs grpo: paired over the same clips and "
-                  "seeds, pooled over seeds, in points, with its 95% interval and the exact McNemar p-value.", "",
-                  "| arm | what | seeds | before | after | Δ vs warm start | Δ vs grpo | update ratio | "
-                  "steps without gradient | answer span selected (union) |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "Held-out accuracy after RL (mean ± std over seeds). Δ vs grpo over clips: paired over the same "
+                  "clips and seeds, pooled over seeds, in points, with its 95% interval and the exact McNemar "
+                  "p-value; it counts every clip as an independent pair, so it ignores how much RL itself varies "
+                  "from run to run. Δ vs grpo over seeds: the mean of the per-seed accuracy differences (same "
+                  "seed, same clips) with the paired t-test's p over seeds (df = seeds - 1), the test to read "
+                  "before calling a difference a property of the method.", "",
+                  "| arm | what | seeds | before | after | Δ vs warm start | Δ vs grpo over clips | "
+                  "Δ vs grpo over seeds | update ratio | steps without gradient | answer span selected (union) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, e in arms.items():
             union = (e["answer_span"].get("union") or {}).get("answer_selected")
             lines.append(f"| {arm} | {e['description']} | {len(e['seeds'])} | {_ms(e['accuracy_before'])} | "
                          f"{_ms(e['accuracy_after'])} | {_ms(e['gain_over_warm_start'], 100, 1)} | {_vs(e['vs_grpo'])} | "
+                         f"{_vs_seeds(e.get('vs_grpo_seeds'))} | "
                          f"{_ms(e['update_ratio'], digits=2)} | {_ms(e['share_steps_without_gradient'], digits=2)} | "
                          f"{_ms(union, digits=2)} |")
         families = sorted({f for e in arms.values() for f in e["accuracy_after_per_family"]})

@@ -57,6 +57,8 @@ def test_quick_study(tmp_path):
     assert vs["pooled"]["n"] == 2 * n_clips  # pooled over seeds: the per-seed lists concatenated
     assert 0 <= vs["pooled"]["p_value"] <= 1 and vs["pooled"]["ci95"][0] <= vs["pooled"]["gain"]
     assert set(arms["ktr"]["vs_grpo_per_family"]) == {"count", "order", "presence", "text"}
+    seeds = arms["ktr"]["vs_grpo_seeds"]  # the per-seed accuracy differences and their paired t-test
+    assert seeds["n"] == 2 and seeds["df"] == 1 and len(seeds["diffs"]) == 2 and 0 <= seeds["p_value"] <= 1
     # the answer span's selection by each signal of ktr, from the rollout log
     span = arms["ktr"]["answer_span"]
     assert set(span) == {"visual", "temporal", "entropy", "union"}
@@ -122,3 +124,26 @@ def test_answer_token_mask():
     assert study.answer_token_mask(["<answer>", "</answer>"]) is None
     # a token that straddles the tag boundary counts when it carries answer text
     assert study.answer_token_mask(["<answer>re", "d</answer>"]) == [True, True]
+
+
+@pytest.mark.parametrize("t,df,p", [(1.0, 1, 0.5), (12.706, 1, 0.05), (4.303, 2, 0.05), (1.84, 2, 0.2072),
+                                    (3.182, 3, 0.05), (2.776, 4, 0.05), (2.228, 10, 0.05), (0.0, 5, 1.0),
+                                    (-2.776, 4, 0.05)])
+def test_student_t_two_sided_p(t, df, p):
+    """Against the t table (two-sided 5% critical values) and closed forms."""
+    assert _module().student_t_sf2(t, df) == pytest.approx(p, abs=2e-4)
+
+
+def test_paired_seed_test():
+    study = _module()
+    acc = lambda x: {"accuracy_after": {"overall": x}}  # noqa: E731
+    ref = {0: acc(0.641), 1: acc(0.659), 2: acc(0.609)}
+    arm = {0: acc(0.647), 1: acc(0.673), 2: acc(0.653)}
+    got = study.paired_seed_test(ref, arm)
+    diffs = [0.006, 0.014, 0.044]
+    mean = sum(diffs) / 3
+    sd = (sum((d - mean) ** 2 for d in diffs) / 2) ** 0.5
+    assert got["mean_diff"] == pytest.approx(mean) and got["sd"] == pytest.approx(sd) and got["df"] == 2
+    assert got["t"] == pytest.approx(mean / (sd / 3 ** 0.5))
+    assert got["p_value"] == pytest.approx(study.student_t_sf2(got["t"], 2))
+    assert study.paired_seed_test(ref, {0: acc(0.7)}) is None  # one seed: no test

@@ -12,7 +12,7 @@ the same RL prompts and are scored on the same held-out clips. A cell whose repo
 skipped; a killed cell restarts from its own last checkpoint (the trainer's resume), so a killed study continues
 where it stopped. Each finished cell's measurements go to OUT/<world>/<arm>/seed-<s>/cell.json; the study then
 writes OUT/summary.json (mean and std over seeds, paired McNemar tests against grpo), OUT/study.md (the tables)
-and PNG plots in OUT/ (ratio sweep, perturbation strategies, per family). `--doc docs/study.md` also writes the
+and PNG plots in OUT/ (ratio sweep, perturbation strategies, per family). `--doc FILE` also writes the
 tables there. docs/benchmarks.md says what every number means.
 """
 
@@ -656,7 +656,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="cells run at once")
     p.add_argument("--threads", type=int, default=0, help="OMP/MKL threads per cell (0 = torch's default)")
     p.add_argument("--gpus", nargs="+", default=None, help="CUDA device ids handed out to concurrent cells")
-    p.add_argument("--doc", default=None, help="also write the tables to this Markdown file (docs/study.md)")
+    p.add_argument("--doc", default=None, help="also write the tables to this Markdown file")
     p.add_argument("--note", default="", help="a sentence for the top of the tables (what this run is)")
     p.add_argument("--list", action="store_true", help="print the grid and exit")
     p.add_argument("--aggregate-only", action="store_true", help="run no cell; summarise the finished ones")

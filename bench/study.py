@@ -204,15 +204,23 @@ def answer_token_mask(tokens: list[str]) -> list[bool] | None:
     return mask
 
 
-def answer_span_rates(run_dir: Path) -> dict:
-    """From the rollout log: of the attributed responses with an answer span, the share in which each signal (and
-    the union) selected at least one answer token, the mean share of answer tokens selected, and the share of
-    answer tokens whose score is undefined (None) for that signal."""
+def logged_rollouts(run_dir: Path) -> list[dict] | None:
+    """The run's rollout log (analysis.rollouts records), or None when it logged none."""
     from videoktr.analysis.rollouts import NoRollouts, load_rollouts
 
     try:
-        records = load_rollouts(run_dir)
+        return load_rollouts(run_dir)
     except NoRollouts:
+        return None
+
+
+def answer_span_rates(run_dir: Path, records: list[dict] | None = None) -> dict:
+    """From the rollout log (`records`: already loaded, else read from run_dir): of the attributed responses with
+    an answer span, the share in which each signal (and the union) selected at least one answer token, the mean
+    share of answer tokens selected, and the share of answer tokens whose score is undefined (None) for that
+    signal."""
+    records = logged_rollouts(run_dir) if records is None else records
+    if records is None:
         return {"responses": 0, "attributed": 0, "with_answer": 0, "signals": {}}
     attributed = [r for r in records if r["attributed"]]
     out: dict = {"responses": len(records), "attributed": len(attributed), "signals": {}}
@@ -248,19 +256,17 @@ def answer_span_rates(run_dir: Path) -> dict:
 CONFIDENT = 0.99  # a token the policy already samples with p > 0.99 carries almost no policy gradient
 
 
-def mask_gradient_share(run_dir: Path) -> dict:
-    """From the rollout log: what the key-token mask leaves out, measured by each token's share of the policy
-    gradient GRPO would give it. The gradient of A * log p(token) with respect to the token's logits has norm
-    between |A| (1 - p) and sqrt(2) |A| (1 - p), so sum |A| (1 - p) over a response's tokens is the proxy: `unselected_share` = the part
-    of that sum on tokens the mask does not select (what masking removes from GRPO's update), and
-    `unselected_confident` = the share of unselected tokens with p > 0.99. Over attributed responses (non-zero
-    advantage) of methods with a selection; empty otherwise."""
-    from videoktr.analysis.rollouts import NoRollouts, load_rollouts
-
-    try:
-        records = [r for r in load_rollouts(run_dir) if r["attributed"]]
-    except NoRollouts:
+def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dict:
+    """From the rollout log (`records`: already loaded, else read from run_dir): what the key-token mask leaves
+    out, measured by each token's share of the policy gradient GRPO would give it. The gradient of A log p(token)
+    with respect to the token's logits has norm between |A| (1 - p) and sqrt(2) |A| (1 - p), so sum |A| (1 - p)
+    over a response's tokens is the proxy: `unselected_share` = the part of that sum on tokens the mask does not
+    select (what masking removes from GRPO's update), and `unselected_confident` = the share of unselected tokens
+    with p > 0.99. Over attributed responses (non-zero advantage) of methods with a selection; empty otherwise."""
+    records = logged_rollouts(run_dir) if records is None else records
+    if records is None:
         return {}
+    records = [r for r in records if r["attributed"]]
     chosen = rest = 0.0
     n_rest = confident = 0
     for r in records:
@@ -307,6 +313,7 @@ def measure_cell(d: Path) -> dict:
     items = json.loads((d / "heldout_items.json").read_text())
     train = report.get("train") or {}
     signal = train.get("learning_signal") or {}
+    rollouts = logged_rollouts(d)  # read once for both measurements below
 
     def acc(block):
         return {"overall": block["overall"]["accuracy"],
@@ -325,8 +332,8 @@ def measure_cell(d: Path) -> dict:
         "reward_start": train.get("reward_start"), "reward_end": train.get("reward_end"),
         "mean_step_seconds": train.get("mean_step_seconds"),
         "wall_seconds": report.get("wall_seconds_total", report.get("wall_seconds")),
-        "answer_span": answer_span_rates(d),
-        "mask_gradient": mask_gradient_share(d),
+        "answer_span": answer_span_rates(d, rollouts),
+        "mask_gradient": mask_gradient_share(d, rollouts),
     }
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(cell, indent=1))

@@ -216,11 +216,10 @@ def _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_i
     if "video_grid_thw" in kwargs or "image_grid_thw" in kwargs:
         # computed once, here, and given to the prefix pass: completion token t continues the prompt's text at its
         # last token's position + 1 + t, where the positions are those the model gives the whole sequence in one
-        # forward (training's). Not the rope_deltas the model stores for generation: in transformers 5.23 they
-        # place text after a video at the video's highest position + 1, while a full forward's position ids
-        # continue from the video's start + its largest grid side; the two differ once the temporal positions
-        # (groups x seconds per group x tokens_per_second) outgrow the grid, e.g. Qwen2.5-VL at 32 frames
-        # (tests/test_attribution.py)
+        # forward (training's), whichever scheme the model computes (models.positions). Not the rope_deltas the
+        # model stores: they place text after a video at its highest position + 1, which under transformers
+        # 5.23's scheme is not where a full forward continues once the temporal positions outgrow the grid, e.g.
+        # Qwen2.5-VL at 32 frames (tests/test_attribution.py checks both schemes)
         prompt_positions = _prompt_positions(model, adapter, p_ids, p_mask, kwargs)  # [3, U, P]
         positions = prompt_positions[..., -1][:, take, None] + steps[None]  # [3, R, C] (left padding)
     else:  # no media in any prefix: the model places tokens at 0..P-1, pads included

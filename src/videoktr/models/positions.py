@@ -10,9 +10,11 @@ or 1 (Qwen2-VL, and images). Where the text AFTER a vision segment starts is the
 * transformers 5.3 to 5.23: at s + max(h, w), whatever the temporal span.
 
 The two agree for images and for clips whose temporal span stays within the larger spatial side; for longer
-clips (Qwen2.5-VL-7B at 2 fps and 448x224 frames: more than 16 frames) transformers' full forward puts the text
-after the video, and so the response, on positions the model never saw in pretraining, and its generation,
-which continues from the stored `rope_deltas` (highest position + 1), disagrees with its own training forward.
+clips (Qwen2.5-VL-7B at 2 fps and 448x224 frames: more than 16 frames) transformers puts the text after the
+video, and so the response, on positions the model never saw in pretraining and that vLLM's rollouts do not
+use. (HF generation follows the library's own scheme: it extends the prompt's position ids, so it agrees with
+the training forward either way, tests/models/test_positions.py; only the `rope_deltas` it stores, highest
+position + 1, differ, which is why attribution computes its positions instead of reading them.)
 `install(model, "qwen")` makes the model compute Qwen's scheme everywhere (training, attribution, generation),
 which is also what vLLM rollouts use; `"transformers"` leaves the library's scheme in place.
 """

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from videoktr.eval import cli
+from benchmark_files import SAMPLES as BENCHMARKS  # real question files, sampled (tests/eval/fixtures/benchmarks)
 
 FIXTURES = Path(__file__).parent / "fixtures"
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
 
 
 def _run(*argv: str) -> int:
@@ -52,7 +52,7 @@ def test_rescore_predictions_end_to_end(tmp_path):
 
 
 def test_rescore_official_videomme_answer_file(tmp_path):
-    template = SHARED / "videomme" / "output_test_template.json"
+    template = BENCHMARKS / "videomme" / "output_test_template.json"
     rc = _run("--benchmark", "videomme", "--questions", str(template), "--predictions", str(template),
               "--output-dir", str(tmp_path))
     assert rc == 0
@@ -77,14 +77,14 @@ def test_several_benchmarks_in_one_command(tmp_path):
 
 
 def test_tempcompass_official_prediction_files_and_task_ambiguity(tmp_path):
-    raw = json.loads((SHARED / "tempcompass" / "yes_no.json").read_text())
+    raw = json.loads((BENCHMARKS / "tempcompass" / "yes_no.json").read_text())
     vid = next(iter(raw))
     preds = {vid: {dim: [{"question": q["question"], "prediction": q["answer"].capitalize() + "."} for q in rows]
                    for dim, rows in raw[vid].items()}}
     pfile = tmp_path / "yes_no.json"  # TempCompass's predictions/<model>/yes_no.json format
     pfile.write_text(json.dumps(preds))
     n = sum(len(v) for v in raw[vid].values())
-    rc = _run("--benchmark", "tempcompass", "--task", "all", "--data-root", str(SHARED / "tempcompass"),
+    rc = _run("--benchmark", "tempcompass", "--task", "all", "--data-root", str(BENCHMARKS / "tempcompass"),
               "--predictions", str(pfile), "--output-dir", str(tmp_path / "out"), "--allow-missing")
     assert rc == 0
     s = _summary(tmp_path / "out" / "tempcompass")
@@ -92,7 +92,7 @@ def test_tempcompass_official_prediction_files_and_task_ambiguity(tmp_path):
     # ids without a task are ambiguous when all three task types are loaded
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"id": f"{vid}/action/0", "output": "yes"}) + "\n")
-    rc = _run("--benchmark", "tempcompass", "--task", "all", "--data-root", str(SHARED / "tempcompass"),
+    rc = _run("--benchmark", "tempcompass", "--task", "all", "--data-root", str(BENCHMARKS / "tempcompass"),
               "--predictions", str(plain), "--output-dir", str(tmp_path / "out2"), "--allow-missing")
     assert rc == 2
 

@@ -14,8 +14,8 @@ from videoktr.eval.benchmarks import Item, load_items
 from videoktr.eval.extract import (extract, parse_choice, parse_number, parse_text, parse_yes_no,
                                    tempcompass_official, videomme_official_letter)
 from videoktr.eval.scoring import judge
+from benchmark_files import SAMPLES as BENCHMARKS  # real question files, sampled (tests/eval/fixtures/benchmarks)
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "benchmarks"
 OPTS = {"A": "dunking a basketball", "B": "dribbling a basketball", "C": "passing a basketball",
         "D": "shooting a basketball"}
 MC = Item(id="q", benchmark="video_holmes", question="What is the man doing?", answer="B", answer_type="mc",
@@ -118,8 +118,8 @@ def test_videomme_official_letter_rule():
 
 def test_videomme_template_responses_reproduce_the_official_verdicts():
     """The official answer template's 9 responses, scored by hand with Video-MME's rule."""
-    items = load_items("videomme", questions=SHARED / "videomme" / "output_test_template.json")
-    text = (SHARED / "videomme" / "output_test_template.json").read_text()
+    items = load_items("videomme", questions=BENCHMARKS / "videomme" / "output_test_template.json")
+    text = (BENCHMARKS / "videomme" / "output_test_template.json").read_text()
     responses = dict(re.findall(r'"question_id": "([^"]+)".*?"response": "([^"]*)"', text, re.S))
     expected = {"001-1": 1, "001-2": 0, "001-3": 1, "002-1": 0, "002-2": 1, "002-3": 0, "003-1": 1, "003-2": 1,
                 "003-3": 1}
@@ -133,13 +133,13 @@ def test_videomme_template_responses_reproduce_the_official_verdicts():
 
 
 def test_videomme_falls_back_where_the_official_rule_finds_no_letter():
-    it = load_items("videomme", questions=SHARED / "videomme" / "output_test_template.json")[0]  # answer C
+    it = load_items("videomme", questions=BENCHMARKS / "videomme" / "output_test_template.json")[0]  # answer C
     ex = extract("berries.", it)  # no upper-case A-D: their script leaves it unanswered
     assert ex.value == "C" and ex.method == "plain"
     assert extract("<think>apples?</think><answer>C</answer>", it).method == "answer_tag"
 
 
-_VIDEOMME_ITEMS = load_items("videomme", SHARED / "videomme")[:60]
+_VIDEOMME_ITEMS = load_items("videomme", BENCHMARKS / "videomme")[:60]
 _PHRASES = ["", "The answer is ", "The best answer is ", "Answer: ", "Best answer: ", "I think ", "Option ",
             "(", "The correct answer is: ", "best option is ", "the answer "]
 
@@ -199,7 +199,7 @@ def _their_rating(pred: str, task: str, question: str, answer: str):
     return int(chosen in (answer, answer.split(":")[0], answer.split(": ")[1], head.split()[1]))
 
 
-_TC = {t: load_items("tempcompass", SHARED / "tempcompass", tasks=[t])[:80]
+_TC = {t: load_items("tempcompass", BENCHMARKS / "tempcompass", tasks=[t])[:80]
        for t in ("multi-choice", "yes_no", "caption_matching")}
 
 

@@ -196,6 +196,11 @@ class RunConfig:
     save_final: bool = _f(True, "write the trained model (weights, tokenizer, processor) to <output_dir>/final, "
                                 "ready for `videoktr eval --model`")
     eval_attribution: bool = _f(True, "measure attribution AUC on held-out reference responses in the report")
+    cpu_threads: int = _f(0, "torch threads on the CPU: 0 = auto (one thread, unless OMP_NUM_THREADS is set; the small "
+                             "models of the CPU path run fastest on one and do not stall when other jobs share the "
+                             "cores: bench/threads.py), N = N threads; a GPU run keeps torch's default under auto. "
+                             "The default run's warm start always uses one thread, so it is the same cached model "
+                             "for every setting")
 
 
 def lora_options(model: ModelConfig):
@@ -278,6 +283,7 @@ RANGES: dict[str, Range] = {
     "data.max_pixels": _ge(1),
     "data.min_pixels": _ge(1),
     "data.media_workers": _ge(0, "0 = automatic"),
+    "run.cpu_threads": _ge(0, "0 = auto"),
     "rl.tgrpo_alpha": _ge(0),
     "rl.tgrpo_mu": _gt(0),
     "rl.max_steps": _ge(1, "0 would still train one step, and -1 TRL's default of 3 epochs"),

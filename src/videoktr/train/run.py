@@ -286,9 +286,13 @@ def process_state():
 
 
 def start_run_dir(config: TrainConfig) -> Path:
-    """Seed the run and create its directory (`prepare_resume` records the resolved configuration there)."""
+    """Set the run's CPU threads, seed it and create its directory (`prepare_resume` records the resolved
+    configuration there)."""
     import torch
 
+    from .threads import apply_cpu_threads
+
+    apply_cpu_threads(config.run.cpu_threads)
     torch.manual_seed(config.run.seed)
     out = Path(config.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -306,7 +310,8 @@ PATH_FIELDS = {"model": ("model", "warmstart_dir"), "data": ("data", "data_root"
 # options a resumed run may change: how long it runs, how it saves and logs, where things are written
 RESUMABLE = {"rl": ("max_steps", "num_train_epochs"), "data": ("media_workers", "media_cache"),
              "run": ("output_dir", "cache_dir", "save_steps", "save_total_limit", "save_only_model", "logging_steps",
-                     "resume", "eval_attribution", "save_final", "log_rollouts_every", "log_rollouts_max")}
+                     "resume", "eval_attribution", "save_final", "log_rollouts_every", "log_rollouts_max",
+                     "cpu_threads")}
 
 
 def run_identity(config: TrainConfig, start_model: str | Path) -> dict:

@@ -22,6 +22,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .threads import one_thread
+
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -117,6 +119,7 @@ def above_chance(accuracy: dict) -> dict[str, float]:
     return {f: (s["accuracy"] - s["chance"]) / max(1e-9, 1 - s["chance"]) for f, s in accuracy["per_family"].items()}
 
 
+@one_thread  # a cached model shared by runs of every thread count: computed with one (train/threads.py)
 def warm_start(base_model_dir: str | Path, world_dir: str | Path, output_dir: str | Path, max_steps: int = 1500,
                batch_size: int = 32, learning_rate: float = 2e-3, answer_weight: float = 5.0, eval_every: int = 25,
                val_per_family: int = 40, target: tuple[float, float] = (0.25, 0.85), patience: int = 2,

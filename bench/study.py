@@ -290,6 +290,12 @@ def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dic
             "responses": len(records)}
 
 
+def _attribution(report: dict, key: str) -> dict:
+    """report.json's attribution table `key` (auc, precision); reports written before 2026-12-06 kept a copy of
+    both at the top level (attribution_auc, attribution_precision)."""
+    return (report.get("attribution") or {}).get(key) or report.get(f"attribution_{key}") or {}
+
+
 def flatten(tree, prefix="") -> dict[str, float]:
     """{"visual": {"zero": {"vision": a}}} -> {"visual/zero/vision": a} (numbers only)."""
     out = {}
@@ -324,8 +330,8 @@ def measure_cell(d: Path) -> dict:
         "accuracy_before": acc(report["accuracy_before"]), "accuracy_after": acc(report["accuracy_after"]),
         "gain": report["accuracy_gain"],
         "items": items,
-        "attribution_auc": flatten(report.get("attribution_auc") or {}),
-        "attribution_precision": flatten(report.get("attribution_precision") or {}),
+        "attribution_auc": flatten(_attribution(report, "auc")),
+        "attribution_precision": flatten(_attribution(report, "precision")),
         "update_ratio": train.get("mean_update_ratio"),
         "share_steps_without_gradient": signal.get("share_steps_without_gradient"),
         "mean_share_groups_without_gradient": signal.get("mean_share_groups_without_gradient"),

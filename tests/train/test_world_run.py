@@ -25,13 +25,18 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 1 and report["processes"] == 1
     assert report["accuracy_before"]["overall"]["n"] == 12 and "gain" in report["accuracy_gain"]
-    assert set(report["attribution_auc"]) == {"visual", "temporal", "entropy"}
+    assert set(report["attribution"]["auc"]) == {"visual", "temporal", "entropy"}
+    assert "attribution_auc" not in report and "attribution_precision" not in report  # one copy of the table
     assert report["train"]["final_model"] == str(out / "final") and (out / "final" / "config.json").is_file()
     assert (out / "training.png").is_file() and (out / "run_identity.json").is_file()
     assert report["model"].startswith(str(cache / "warmstart-"))
     card = (out / "final" / "README.md").read_text()  # videoktr's model card, not TRL's "fine-tuned version of [None]"
     assert f"**Base model:** `{report['model']}`" in card and "[None]" not in card
-    capsys.readouterr()
+    # the result, on the console and in the card
+    assert "## Results" in card and "| held-out accuracy after | " in card and "| paired gain | " in card
+    printed = capsys.readouterr().out
+    assert "held-out accuracy before" in printed and "attribution AUC, visual" in printed
+    assert printed.index("held-out accuracy after") < printed.index("report: ")
     built = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     # the second run builds nothing again (every cached file untouched, none added) and continues the RL run
     assert train("--max-steps", "2") == 0

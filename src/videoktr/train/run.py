@@ -558,6 +558,12 @@ def run(config: TrainConfig) -> dict:
             print(f"warning: {signal['steps_without_gradient']} of {report['train']['logged_steps']} logged steps had "
                   f"no learning signal: {NO_SIGNAL_HINT}")
         path = write_report(out, report)
+        from .summary import add_results_to_card, console_table
+
+        final = (report.get("train") or {}).get("final_model")
+        if final:
+            add_results_to_card(Path(final), report)
+        print("\n" + console_table(report) + "\n")
         print(f"report: {path}")
         if (out / PLOT_NAME).exists():
             print(f"plot:   {out / PLOT_NAME}")

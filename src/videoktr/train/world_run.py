@@ -142,9 +142,8 @@ def run_synthetic(config: TrainConfig) -> dict:
         "accuracy_before": before,
         "accuracy_after": after,
         "accuracy_gain": gain,  # paired over the same held-out clips: gain, ci95, McNemar p_value
-        "attribution_auc": attribution["auc"] if attribution else None,
-        "attribution_precision": attribution["precision"] if attribution else None,
-        "attribution": attribution,
+        "attribution": attribution,  # auc, precision (each strategy's), label shares, ...
+        "attribution_strategies": {"visual": config.ktr.visual_strategy, "temporal": config.ktr.temporal_strategy},
         "train": train,
         "plot": str(out / PLOT_NAME),
     }

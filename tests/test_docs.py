@@ -112,14 +112,16 @@ def _commands(code: str) -> list[list[str]]:
             part = re.sub(r"^do(\s+|$)", "", part).rstrip("&").strip()
             if not part or part.startswith(("#", "for ", "done", "wait")):
                 continue
-            tokens = shlex.split(re.sub(r"\$\{?[A-Za-z_]+\}?", "0", part))
+            tokens = shlex.split(re.sub(r"\$\{?[A-Za-z_]+\}?", "0", part), comments=True)
             while tokens and re.match(r"^[A-Za-z_]+=", tokens[0]):
                 tokens.pop(0)
             out.append(tokens)
     return out
 
 
-WALK_COMMANDS = [cmd for _, code in code_blocks(WALKTHROUGH, "bash") for cmd in _commands(code)]
+WALK_COMMANDS = [cmd for _, code in code_blocks(WALKTHROUGH, "bash") for cmd in _commands(code) if cmd]
+README_COMMANDS = [cmd for _, code in code_blocks(ROOT / "README.md", "bash") for cmd in _commands(code) if cmd]
+GUIDE = DOCS / "guide.md"
 
 
 def _videoktr_args(tokens: list[str]) -> list[str] | None:
@@ -149,7 +151,7 @@ def test_walkthrough_has_the_commands_it_promises():
     assert any("--num_machines" in cmd for cmd in launches) and any("--num_machines" not in cmd for cmd in launches)
 
 
-@pytest.mark.parametrize("tokens", WALK_COMMANDS, ids=lambda t: " ".join(t)[:60])
+@pytest.mark.parametrize("tokens", WALK_COMMANDS + README_COMMANDS, ids=lambda t: " ".join(t)[:60])
 def test_walkthrough_command_parses(tokens, train_help):
     from videoktr.cli import build_parser
 
@@ -161,8 +163,8 @@ def test_walkthrough_command_parses(tokens, train_help):
         assert launch.module and launch.training_script == "videoktr.cli"
         assert (ROOT / launch.config_file).is_file(), launch.config_file
     args = _videoktr_args(tokens)
-    if args is None:  # a shell helper (cp, make)
-        assert tokens[0] in ("cp", "make"), tokens
+    if args is None:  # a shell helper (cp, make, activating the venv)
+        assert tokens[0] in ("cp", "make", "."), tokens
         return
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices[args[0]]
@@ -185,7 +187,7 @@ def test_walkthrough_command_parses(tokens, train_help):
 
 
 def test_configs_paths_named_in_docs_exist():
-    text = "\n".join(p.read_text(encoding="utf-8") for p in (WALKTHROUGH, API, ROOT / "README.md"))
+    text = "\n".join(p.read_text(encoding="utf-8") for p in (WALKTHROUGH, API, GUIDE, ROOT / "README.md"))
     paths = set(re.findall(r"configs/[A-Za-z0-9_./{},-]*[A-Za-z0-9_]", text))
     assert "configs/video-ktr-7b.yaml" in paths and "configs/accelerate/zero3.yaml" in paths
     for path in paths:
@@ -198,5 +200,16 @@ def test_configs_paths_named_in_docs_exist():
 
 
 def test_docs_are_linked_from_the_readme():
-    head = "\n".join((ROOT / "README.md").read_text(encoding="utf-8").splitlines()[:20])
-    assert "docs/walkthrough.md" in head and "docs/api.md" in head
+    """The README's first screen: the two commands with their durations, the quick path, then the way on."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    lines = readme.splitlines()
+    assert len(lines) <= 90, "the README is a first screen; reference goes to docs/guide.md"
+    start = "\n".join(lines[:20])
+    assert "make run" in start and "make test" in start and "minutes" in start
+    for page in ("docs/walkthrough.md", "docs/api.md", "docs/guide.md", "docs/default-run.md"):
+        assert page in readme and (ROOT / page).is_file(), page
+    # every link between docs pages points at a file that exists
+    for path in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            if not target.startswith("http"):
+                assert (path.parent / target).is_file(), f"{path.name} links {target}"

@@ -325,7 +325,8 @@ def test_readme_command_parses():
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```bash\n(.*?)```", readme, re.S)
-    commands = [shlex.split(b.replace("\\\n", " ")) for b in blocks if "videoktr explain" in b]
+    commands = [shlex.split(line, comments=True) for b in blocks for line in b.replace("\\\n", " ").splitlines()
+                if line.startswith("videoktr explain")]
     assert commands, "README shows a videoktr explain command"
     for tokens in commands:
         args = build_parser().parse_args(tokens[1:])

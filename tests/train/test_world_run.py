@@ -38,6 +38,12 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "resuming from" in printed and json.loads((out / "report.json").read_text())["steps"] == 2
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == built
+    # the same command once more: the run is complete, nothing is evaluated or trained again (issue 20 item 4)
+    report = (out / "report.json").read_text()
+    assert train("--max-steps", "2") == 0
+    printed = capsys.readouterr().out
+    assert f"{out} is already complete: 2 of 2 steps" in printed and "[3/5]" not in printed
+    assert (out / "report.json").read_text() == report and not (out / "checkpoint-3").exists()
     # another method in the same directory is refused, naming the option
     assert train("--max-steps", "3", "--method", "grpo") == 2
     assert "rl.method: 'ktr' -> 'grpo'" in capsys.readouterr().err

@@ -383,14 +383,58 @@ class RunStart(NamedTuple):
     identity: str  # digest of the run identity, recorded in every checkpoint's completion marker
 
 
+class RunComplete(Exception):
+    """The run directory holds this run finished (its last step's checkpoint, report and final model): `run`
+    says so and returns the report without doing anything."""
+
+    def __init__(self, out: Path, steps: int, report: dict):
+        super().__init__(f"{out} is already complete: {steps} of {steps} steps")
+        self.out, self.steps, self.report = out, steps, report
+
+
+def planned_steps(config: TrainConfig, checkpoint: str | Path) -> int | None:
+    """The optimizer steps this configuration trains in all: rl.max_steps, or (rl.num_train_epochs > 0) the steps
+    that the checkpoint's run planned for the same number of epochs (its completion marker); None when unknown."""
+    from .checkpoint import read_marker
+
+    if config.rl.num_train_epochs <= 0:
+        return config.rl.max_steps
+    length = read_marker(checkpoint).get("length") or {}
+    if length.get("max_steps") == -1 and length.get("num_train_epochs") == config.rl.num_train_epochs:
+        return length.get("planned_steps")
+    return None
+
+
+def finished_report(config: TrainConfig, out: Path, checkpoint: str | Path) -> RunComplete | None:
+    """RunComplete when `checkpoint` (the one to resume) is the run's last step and the run wrote its report for
+    that step (and final/, when run.save_final): re-running the same command then has nothing to do. A run killed
+    between its last checkpoint and its report is not complete (the rerun writes them without training)."""
+    from .checkpoint import read_marker
+
+    step, planned = read_marker(checkpoint).get("step"), planned_steps(config, checkpoint)
+    if step is None or planned is None or step < planned:
+        return None
+    try:
+        report = json.loads((out / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("steps") != step or (config.run.save_final and not (out / FINAL_NAME).is_dir()):
+        return None
+    return RunComplete(out, step, report)
+
+
 def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> RunStart:
     """Before any expensive work: the checkpoint to resume, or a fresh start that moves an earlier run's files
     aside (`move_aside`) and records this run's identity; the resolved configuration is written either way.
-    Raises ValueError when the directory holds another run's checkpoints and --no-resume was not given."""
+    Raises ValueError when the directory holds another run's checkpoints and --no-resume was not given, and
+    RunComplete when the checkpoint to resume ends the run and its report is written (`finished_report`)."""
     from .checkpoint import write_json_atomic
 
     identity = run_identity(config, start_model)
     resume = checkpoint_to_resume(config, out, identity)
+    done = finished_report(config, out, resume) if resume else None
+    if done is not None:
+        raise done
     state = process_state()
     if state.is_main_process:
         if resume is None:
@@ -536,12 +580,18 @@ def run(config: TrainConfig) -> dict:
     preflight(config)  # every option checked (types, ranges, paths, model config) before any expensive work
     resolve_auto_dtype(config)
     start = time.perf_counter()
-    if config.data.data:
-        report = run_dataset(config)
-    else:
-        from .world_run import run_synthetic
+    try:
+        if config.data.data:
+            report = run_dataset(config)
+        else:
+            from .world_run import run_synthetic
 
-        report = run_synthetic(config)
+            report = run_synthetic(config)
+    except RunComplete as done:
+        if process_state().is_main_process:
+            print(f"{done}: nothing to do (report: {done.out / REPORT_NAME}). Raise --max-steps to train it "
+                  f"further, or --no-resume to start over (the earlier files are moved aside, not deleted).")
+        return done.report
     report["wall_seconds"] = time.perf_counter() - start
     state = process_state()
     report["processes"] = state.num_processes

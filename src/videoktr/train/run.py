@@ -182,11 +182,53 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+# training.png's panels after the rewards: (title, ((logged key, label), ...))
+HISTORY_PANELS = (
+    ("what the update reaches", (("ktr/update_ratio", "share of tokens updated (KTR mask)"),
+                                 ("frac_reward_zero_std", "share of prompt groups without gradient"))),
+    ("KL to the reference policy", (("kl", "KL to the reference policy"),)),
+    ("clip ratio", (("clip_ratio", "clip ratio"),)),
+)
+# why a series may be absent or 0 throughout, said in the figure's note
+ABSENT_HINTS = {"kl": "rl.beta 0: no KL term", "clip_ratio": "one policy update per batch (rl.num_iterations 1)"}
+
+
+def history_panels(log_history: list[dict], accuracy_key: str | None) -> tuple[list[tuple[str, list]], list[str]]:
+    """What training.png shows: the rewards panel, then each HISTORY_PANELS panel with the series the run logged
+    with a value other than 0 (a panel left with no series is not drawn), and a note per series left out
+    ("kl: not logged (rl.beta 0: no KL term)", "clip_ratio: 0 at every step (...)")."""
+    logs = [h for h in log_history if "reward" in h]
+
+    def values(key):
+        return [float(h[key]) for h in logs if h.get(key) is not None and float(h[key]) == float(h[key])]
+
+    rewards = [("reward", "mean reward")] + ([(accuracy_key, "accuracy reward")] if accuracy_key else [])
+    panels, notes = [("rewards", rewards)], []
+    for title, series in HISTORY_PANELS:
+        kept = []
+        for key, label in series:
+            found = values(key)
+            hint = f" ({ABSENT_HINTS[key]})" if key in ABSENT_HINTS else ""
+            if not found:
+                if key != "ktr/update_ratio":  # not a masking method: nothing to say
+                    notes.append(f"{key}: not logged{hint}")
+            elif all(v == 0 for v in found):
+                notes.append(f"{key}: 0 at every step{hint}")
+            else:
+                kept.append((key, label))
+        if kept:
+            panels.append((title, kept))
+    return panels, notes
+
+
 def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None,
                  heldout: tuple[float, float] | None = None) -> Path:
     """The run's curves as a PNG, each series raw (faint) under its smoothed curve: rewards (and held-out accuracy
-    before and after, when the run measured it), the share of updated tokens and of prompt groups without
-    gradient, the KL to the reference, and the clip ratio, each in its own panel."""
+    before and after, when the run measured it), then what the run logged of the share of updated tokens and of
+    prompt groups without gradient, the KL to the reference and the clip ratio (`history_panels`: series never
+    logged, or 0 throughout, are named in a note under the panels instead of drawn)."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,42 +236,40 @@ def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None,
 
     logs = [h for h in log_history if "reward" in h]
     steps = [h["step"] for h in logs]
-
-    def series(key):
-        return [float("nan") if h.get(key) is None else float(h[key]) for h in logs]
+    panels, notes = history_panels(log_history, accuracy_key)
 
     def draw(ax, key, label):
-        values = series(key)
+        values = [float("nan") if h.get(key) is None else float(h[key]) for h in logs]
         if all(v != v for v in values):
-            return False
+            return
         line, = ax.plot(steps, smooth(values), label=label)
         ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
-        return True
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    ax = axes[0, 0]
-    draw(ax, "reward", "mean reward")
-    if accuracy_key:
-        draw(ax, accuracy_key, "accuracy reward")
-    if heldout is not None and steps:
-        ax.scatter([steps[0], steps[-1]], list(heldout), marker="D", color="black", zorder=3,
-                   label=f"held-out accuracy {heldout[0]:.3f} -> {heldout[1]:.3f}")
-    ax.set_title("rewards")
-    ax = axes[0, 1]
-    draw(ax, "ktr/update_ratio", "share of tokens updated (KTR mask)")
-    draw(ax, "frac_reward_zero_std", "share of prompt groups without gradient")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("what the update reaches")
-    for ax, key, title in ((axes[1, 0], "kl", "KL to the reference policy"), (axes[1, 1], "clip_ratio", "clip ratio")):
-        if not draw(ax, key, title):
-            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=ax.transAxes)
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.5 * rows + (0.4 if notes else 0)), sharex=True,
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax, (title, series) in zip(flat, panels):
+        for key, label in series:
+            draw(ax, key, label)
+        if title == "rewards" and heldout is not None and steps:
+            ax.scatter([steps[0], steps[-1]], list(heldout), marker="D", color="black", zorder=3,
+                       label=f"held-out accuracy {heldout[0]:.3f} -> {heldout[1]:.3f}")
+        if title == "what the update reaches":
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-    for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
+    for ax in flat[len(panels):]:
+        fig.delaxes(ax)
+    for ax in flat[:len(panels)][-cols:]:
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    if notes:
+        fig.text(0.01, 0.01, "not drawn: " + "; ".join(notes), fontsize=8, color="#555555")
+    fig.tight_layout(rect=(0, 0.04 if notes else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

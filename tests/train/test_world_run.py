@@ -31,6 +31,9 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     assert report["model"].startswith(str(cache / "warmstart-"))
     card = (out / "final" / "README.md").read_text()  # videoktr's model card, not TRL's "fine-tuned version of [None]"
     assert f"**Base model:** `{report['model']}`" in card and "[None]" not in card
+    # the prompt it trained with, beside the model and its checkpoints: eval and explain default to it
+    for model in (out / "final", out / "checkpoint-1"):
+        assert json.loads((model / "videoktr.json").read_text())["prompt"] == "plain"
     capsys.readouterr()
     built = {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()}
     # the second run builds nothing again (every cached file untouched, none added) and continues the RL run

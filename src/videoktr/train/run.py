@@ -509,9 +509,11 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
         save_final(config, trainer, partial)
         state.wait_for_everyone()
         if state.is_main_process and trainer.card is not None:
-            from .card import model_card
+            from ..models.info import write_model_info
+            from .card import model_card, model_info
 
             (partial / "README.md").write_text(model_card(trainer.card, trainer.state.global_step))
+            write_model_info(partial, model_info(trainer.card, trainer.state.global_step))  # eval's default prompt
         if state.is_main_process:  # renamed into place once whole: `final/` is complete or absent
             if final.exists():
                 shutil.rmtree(final)

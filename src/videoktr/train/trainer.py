@@ -246,6 +246,11 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
+            if self.card is not None:  # the prompt it trains with, for `videoktr eval --model <checkpoint>`
+                from ..models.info import write_model_info
+                from .card import model_info
+
+                write_model_info(folder, model_info(self.card, self.state.global_step))
             mark_complete(folder, self.run_identity, self.state.global_step,
                           length={"max_steps": self.args.max_steps, "num_train_epochs": self.args.num_train_epochs,
                                   "planned_steps": self.state.max_steps})

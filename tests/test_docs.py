@@ -225,3 +225,12 @@ def test_the_question_format_is_documented_with_an_example_both_loaders_read():
     assert build_prompt(rows[0]) == eval_prompt(items[0], "reasoning")  # training's prompt is eval's
     assert eval_prompt(items[0], "plain") == (f"{items[0].question}\nOptions:\nA. sits down\nB. turns on the light\n"
                                               "C. leaves again")
+
+
+def test_docs_speak_of_the_project_only():
+    """Issue 20 item 12: docs/cost.md spoke of "other agents' test suites"; the docs say "other jobs" and never
+    speak of who ran the measurements."""
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        found = re.findall(r"\b(agents?|sessions?|helpers?)\b", text, re.IGNORECASE)
+        assert not found, f"{page.relative_to(ROOT)}: {found}"

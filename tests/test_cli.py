@@ -95,3 +95,36 @@ def test_eval_output_dir_that_is_a_file(tmp_path, capsys, nested):
     expected = (f"--output-dir {str(out)!r} cannot be created: {str(taken)!r} is a file" if nested
                 else f"--output-dir {str(out)!r} is a file, not a directory")
     assert expected in err and "Traceback" not in err
+
+
+def test_version(capsys):
+    """Issue 20 item 12: `videoktr --version` did not exist."""
+    import tomllib
+
+    import videoktr
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]
+    assert capsys.readouterr().out.strip() == f"videoktr {videoktr.__version__}" == f"videoktr {project['version']}"
+
+
+def test_a_negative_number_after_a_flag_is_its_value(tmp_path, capsys, no_expensive_work):
+    """Issue 20 item 12: `--learning-rate -1e-5` (with a space) printed a 70-line usage dump ending in "expected
+    one argument"; argparse takes -1e-5 for an option. It is the flag's value, and the range check answers."""
+    assert main(["train", "--learning-rate", "-1e-5", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --learning-rate: rl.learning_rate must be a finite number > 0, got -1e-05"
+    assert cli.attach_negative_values(["train", "--beta", "-inf", "--max-steps", "-5", "--reward-weights", "1",
+                                       "-2e-1"]) == ["train", "--beta=-inf", "--max-steps", "-5",
+                                                     "--reward-weights", "1", "-2e-1"]
+
+
+def test_a_train_usage_error_is_short(capsys):
+    """Any other argparse error of `train` printed the usage of every option (70 lines) before it."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--max-steps", "x"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and err[-1] == "videoktr train: error: argument --max-steps: invalid int value: 'x'"

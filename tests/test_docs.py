@@ -213,3 +213,37 @@ def test_docs_are_linked_from_the_readme():
         for target in re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
             if not target.startswith("http"):
                 assert (path.parent / target).is_file(), f"{path.name} links {target}"
+
+
+# ------------------------------------------------------------------------------------ the question format
+
+
+def test_the_question_format_is_documented_with_an_example_both_loaders_read():
+    """Issue 20 item 11: the Video-R1 question format was documented only in a docstring. docs/data.md names
+    every field, links docs/examples/videor1-questions.json, and that file loads as training rows and as
+    evaluation questions, each row with its prompt in the styles the page describes."""
+    from videoktr.data.videor1 import REQUIRED_FIELDS, build_prompt, load_rows
+    from videoktr.eval.benchmarks import get_benchmark
+    from videoktr.eval.prompts import build_prompt as eval_prompt
+
+    page = (DOCS / "data.md").read_text(encoding="utf-8")
+    example = DOCS / "examples" / "videor1-questions.json"
+    assert "(examples/videor1-questions.json)" in page
+    assert all(f"`{name}`" in page for name in (*REQUIRED_FIELDS, "options", "data_source", "process"))
+    rows, skipped = load_rows(example)
+    assert not skipped and {r["problem_type"] for r in rows} == {"multiple choice", "numerical", "free-form", "OCR"}
+    items = get_benchmark("videor1").load(questions=example)
+    assert [it.answer_type for it in items] == ["mc", "numeric", "open", "open"]
+    assert items[0].options == {"A": "sits down", "B": "turns on the light", "C": "leaves again"}
+    assert build_prompt(rows[0]) == eval_prompt(items[0], "reasoning")  # training's prompt is eval's
+    assert eval_prompt(items[0], "plain") == (f"{items[0].question}\nOptions:\nA. sits down\nB. turns on the light\n"
+                                              "C. leaves again")
+
+
+def test_docs_speak_of_the_project_only():
+    """Issue 20 item 12: docs/cost.md spoke of "other agents' test suites"; the docs say "other jobs" and never
+    speak of who ran the measurements."""
+    for page in sorted(DOCS.rglob("*.md")):
+        text = page.read_text(encoding="utf-8")
+        found = re.findall(r"\b(agents?|sessions?|helpers?)\b", text, re.IGNORECASE)
+        assert not found, f"{page.relative_to(ROOT)}: {found}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 
@@ -108,10 +109,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="videoktr",
         description="Train video-language models with Video-KTR (key-token RL), offline and on CPU or GPU.",
     )
+    parser.add_argument("--version", action="version", version=f"videoktr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("init-model", help="write a randomly initialised Qwen-VL-family model directory (offline)",
@@ -134,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "train", help="train with GRPO or Video-KTR (default: the built-in synthetic world, on CPU)",
+        # one line: a mistyped flag is answered by its error, not by 70 lines listing every option
+        usage="videoktr train [--config FILE] [--OPTION VALUE ...]   (`videoktr train --help` lists every option)",
         description="Train with plain GRPO or Video-KTR. With no arguments: build the small offline model, "
         "warm-start it on the synthetic video world (cached), run Video-KTR RL, and write report.json and plots "
         "into the run directory. Every option below can also be set in a YAML file (--config); flags win.")
@@ -219,9 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# a negative number that argparse would take for an option (it accepts -5 and -0.5 as values, not -1e-5 or -inf)
+_NEGATIVE_VALUE = re.compile(r"-(\d+\.?\d*|\.\d+)[eE][+-]?\d+|-(inf|infinity|nan)", re.IGNORECASE)
+
+
+def attach_negative_values(argv: list[str]) -> list[str]:
+    """`--learning-rate -1e-5` -> `--learning-rate=-1e-5`, so that argparse reads the number as the flag's value
+    instead of failing with "expected one argument" (the option's range check then answers, in one line)."""
+    out: list[str] = []
+    for token in argv:
+        if out and _NEGATIVE_VALUE.fullmatch(token) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(attach_negative_values(list(sys.argv[1:] if argv is None else argv)))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

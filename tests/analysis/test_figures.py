@@ -99,7 +99,8 @@ def test_update_by_position_covers_every_token():
     assert table["updated"] == [2, 0, 0, 0, 0, 0, 0, 0, 0, 1]
     assert table["probability"][0] == 1.0 and table["probability"][9] == 1.0 and table["probability"][3] == 0.0
     assert table["per_signal"]["visual"][0] == 1.0 and table["per_signal"]["entropy"][0] == 0.0
-    assert table["absolute"] == {"tokens": [2, 2, 2, 1], "updated": [2, 0, 0, 0], "probability": [1.0, 0, 0, 0]}
+    assert table["absolute"] == {"tokens": [2, 2, 2, 1], "updated": [2, 0, 0, 0], "probability": [1.0, 0, 0, 0],
+                                 "shown": [0, 1, 2, 3]}
 
 
 def test_soft_weights_count_as_updates_when_there_is_no_selection():
@@ -139,3 +140,57 @@ def test_spacy_tags_map_onto_tokens():
         pytest.skip("spaCy's English pipeline is not installed (pip install 'videoktr[pos]')")
     cats = token_categories(["The", " person", " open", "ed", " the", " door", "."], tag)
     assert cats[0] == "DET" and cats[1] == "NOUN" and cats[2] == cats[3] == "VERB" and cats[-1] == "PUNCT"
+
+
+def _drawn_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved from here on (savefig still writes the file)."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_positions_figure_leaves_out_indices_few_responses_reach_and_shows_counts(tmp_path, monkeypatch):
+    """Issue 20 item 10: positions.png spiked to 1.0 at the token indices that one (long) response reaches."""
+    short = [record(list("abc"), visual=[F, F, F], temporal=[F] * 3, entropy=[T, F, F]) for _ in range(4)]
+    long = record(list("abcdefgh"), visual=[T] * 8, temporal=[F] * 8, entropy=[F] * 8)
+    table = figures.update_by_position(short + [long], bins=4, absolute=8, min_count=2)
+    assert table["absolute"]["tokens"] == [5, 5, 5, 1, 1, 1, 1, 1]
+    assert table["absolute"]["shown"] == [0, 1, 2] and table["min_count"] == 2
+    assert table["absolute"]["probability"][5] == 1.0  # the spike, kept in the table but not drawn
+    figs = _drawn_figures(monkeypatch)
+    figures.plot_positions(table, tmp_path / "positions.png")
+    [fig] = figs
+    absolute = next(ax for ax in fig.axes if ax.get_xlabel() == "token index in the response")
+    [line] = absolute.lines
+    assert [int(x) for x in line.get_xdata()] == [0, 1, 2]
+    assert list(line.get_ydata()) == pytest.approx([1.0, 0.2, 0.2])  # (index 0: every response updates it)
+    assert "5 indices reached by fewer than 2 responses left out" in absolute.get_title()
+    counts = next(ax for ax in fig.axes if ax.get_ylabel() == "responses reaching the index")
+    assert [p.get_height() for p in counts.patches] == [5, 5, 5]
+    relative = next(ax for ax in fig.axes if ax.get_xlabel() == "relative position in the response")
+    assert [t.get_text() for t in relative.texts] == [f"n={n}" for n in table["tokens"]]
+    # the default minimum: a tenth of the responses, at least 1 and at most 20
+    assert figures.update_by_position(short + [long])["min_count"] == 1
+    assert figures.update_by_position((short + [long]) * 100)["min_count"] == 20
+
+
+def test_gradient_figure_ticks_are_the_logged_steps(tmp_path, monkeypatch):
+    """Issue 20 item 10: gradients.png's x ticks (0, 20, 40, ...) did not match the logged steps (10, 70, 130)."""
+    def step(n):
+        return {"step": n, "lm": {f"norm_{k}": 1.0 for k in ("key", "rest", "full")}
+                | {f"cos_{k}": 0.5 for k in ("key_full", "rest_full", "key_rest")},
+                "loss_variance_masked": 0.1, "loss_variance_unmasked": 0.2}
+
+    figs = _drawn_figures(monkeypatch)
+    figures.plot_gradients({"steps": [step(n) for n in (10, 70, 130)], "parameters": ["lm"]}, tmp_path / "g.png")
+    for ax in figs[0].axes:
+        assert list(ax.get_xticks()) == [10, 70, 130]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["10", "70", "130"]
+    assert figures.step_ticks(list(range(10, 300, 10)), most=5) == [10, 80, 150, 220, 290]

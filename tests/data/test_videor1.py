@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 from videor1_fixture import CORRUPT_INDEX, IMAGE_INDEX, MISSING_INDEX, SHARED_INDICES, write_videor1_fixture
@@ -321,3 +322,13 @@ def test_text_rows_have_no_media(tmp_path):
     path.write_text(json.dumps({"problem_id": 2, "data_type": "text", "path": "a.mp4", **base}) + "\n")
     with pytest.raises(DataError, match="line 1.*'path'.*text row"):
         load_videor1(path, tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "[]"])
+def test_a_file_without_rows_is_an_error_naming_it(tmp_path, text):
+    """Issue 20 item 12: an empty file loaded as no rows and no skipped rows (the run then pointed at an empty
+    skipped.jsonl); `videoktr filter` and the Python API get the same clear error as `train`'s preflight."""
+    path = tmp_path / "rows.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}: the file holds no rows"):
+        load_rows(path, on_error="skip")

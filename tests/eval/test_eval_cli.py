@@ -338,3 +338,42 @@ def test_rope_positions_reach_the_model_and_the_recorded_settings(tiny_dir, holm
     assert _run(*argv, "--output-dir", str(tmp_path / "a")) == 0
     assert _run(*argv, "--output-dir", str(tmp_path / "b"), "--rope-positions", "transformers") == 0
     assert seen == ["qwen", "transformers"]
+
+
+def test_a_world_trained_model_is_evaluated_with_the_prompt_it_trained_with(tmp_path, monkeypatch, capsys):
+    """Issue 20 item 11: eval gave a world-trained model the reasoning prompt it never saw (the same clip: wrong
+    under eval, right under explain). Its videoktr.json now makes plain the default, and eval's prompt for a clip
+    is explain's and the training row's."""
+    from videoktr.analysis.explain import prompt_text
+    from videoktr.data import synthetic
+    from videoktr.eval import generate
+    from videoktr.models.info import default_prompt, write_model_info
+
+    world = synthetic.generate_world(tmp_path / "world", synthetic.world_config("short"), n_train=4, n_eval=3,
+                                     n_rl=1)
+    rows = synthetic.read_rows(world.eval)
+    seen: list[str] = []
+
+    class Recording(_FakeHF):
+        def generate(self, batch, **kw):
+            seen.extend(r.prompt for r in batch)
+            return super().generate(batch, **kw)
+
+    monkeypatch.setattr(generate, "HFGenerator", Recording)
+    model = tmp_path / "final"
+    model.mkdir()
+    write_model_info(model, {"prompt": "plain", "method": "ktr"})
+    argv = ["--benchmark", "videor1", "--questions", str(world.eval), "--data-root", str(world.root),
+            "--model", str(model), "--no-progress"]
+    assert _run(*argv, "--output-dir", str(tmp_path / "plain")) == 0
+    assert "prompt: plain (the prompt" in capsys.readouterr().err
+    assert seen == [synthetic.prompt_text(r) for r in rows]  # what the world trained on
+    assert seen == [prompt_text(r["problem"], None, default_prompt(model), "open") for r in rows]  # explain's
+    assert _summary(tmp_path / "plain" / "videor1")["settings"]["prompt"] == "plain"
+    seen.clear()  # --prompt still decides when given
+    assert _run(*argv, "--output-dir", str(tmp_path / "reasoning"), "--prompt", "reasoning") == 0
+    assert all("<think>" in p for p in seen) and len(seen) == len(rows)
+    seen.clear()  # a model without videoktr.json (a downloaded checkpoint): the reasoning prompt, as before
+    (model / "videoktr.json").unlink()
+    assert _run(*argv, "--output-dir", str(tmp_path / "plain-less")) == 0
+    assert all("<think>" in p for p in seen)

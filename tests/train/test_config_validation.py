@@ -170,3 +170,22 @@ def test_max_steps_below_one_in_yaml_is_refused(tmp_path, capsys, no_expensive_w
     path = _yaml(tmp_path, "rl:\n  max_steps: 0\n")
     assert _train(tmp_path, "--config", str(path)) == 2
     assert f"{path}: rl.max_steps must be >= 1" in capsys.readouterr().err
+
+
+def test_a_misspelled_option_or_section_suggests_the_closest_name(tmp_path, capsys, no_expensive_work):
+    """Issue 20 item 12: a misspelled key listed all 32 valid keys of its section but suggested none."""
+    path = _yaml(tmp_path, "rl:\n  learnig_rate: 1.0e-5\n")
+    assert _train(tmp_path, "--config", str(path)) == 2
+    err = capsys.readouterr().err
+    assert "unknown option(s) ['learnig_rate'] in section 'rl'; did you mean learning_rate?" in err
+    path = _yaml(tmp_path, "rl:\n  learnig_rate: 1.0e-5\n  max_step: 3\n")
+    with pytest.raises(ConfigError, match=r"did you mean learnig_rate -> learning_rate, max_step -> max_steps\?"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"\['ratio'\] in section 'rl' \(ratio belongs in section 'ktr'\)"):
+        load_config(_yaml(tmp_path, "rl:\n  ratio: 0.3\n"))
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) \['modle'\]; did you mean model\?"):
+        load_config(_yaml(tmp_path, "modle:\n  dtype: float32\n"))
+    with pytest.raises(ConfigError, match=r"unknown option 'max_step'; did you mean max_steps\?"):
+        load_config(overrides={"max_step": 3})
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) \['zzz'\] in section 'rl'; known"):
+        load_config(_yaml(tmp_path, "rl:\n  zzz: 1\n"))  # nothing close: no suggestion

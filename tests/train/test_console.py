@@ -29,6 +29,48 @@ def test_smoothing_is_a_bias_corrected_moving_average():
     assert math.isnan(smooth([float("nan")])[0])
 
 
+def _drawn_figures(monkeypatch) -> list:
+    """Every matplotlib figure saved from here on (savefig still writes the file)."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        saved.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_training_plot_draws_only_what_the_run_logged(tmp_path, monkeypatch):
+    """Issue 20 item 10: half of the default run's training.png was empty or flat (KL "not logged by this run"
+    with rl.beta 0, the clip ratio 0 at every step). Such series are named in a note instead of drawn."""
+    from videoktr.train.run import history_panels, plot_history
+
+    acc = "rewards/accuracy_reward/mean"
+    default_run = [{"step": i, "reward": 0.1 * i, acc: 0.5, "ktr/update_ratio": 0.3, "frac_reward_zero_std": 0.25,
+                    "clip_ratio": 0.0, "loss": 0.0} for i in range(1, 6)] + [{"step": 5, "train_runtime": 3.0}]
+    panels, notes = history_panels(default_run, acc)
+    assert [title for title, _ in panels] == ["rewards", "what the update reaches"]
+    assert notes == ["kl: not logged (rl.beta 0: no KL term)",
+                     "clip_ratio: 0 at every step (one policy update per batch (rl.num_iterations 1))"]
+    figures = _drawn_figures(monkeypatch)
+    plot_history(default_run, tmp_path / "training.png", accuracy_key=acc, heldout=(0.6, 0.7))
+    [fig] = figures
+    assert [ax.get_title() for ax in fig.axes] == ["rewards", "what the update reaches"]
+    assert any("not drawn: kl: not logged" in t.get_text() for t in fig.texts)
+    assert all(ax.lines for ax in fig.axes)  # no empty panel
+    # a run with a KL term and clipping (grpo: no mask) draws them, and says nothing of the mask it has not got
+    grpo = [{"step": i, "reward": 0.1, "kl": 0.01 * i, "clip_ratio": 0.02, "frac_reward_zero_std": 0.5}
+            for i in range(1, 4)]
+    panels, notes = history_panels(grpo, None)
+    assert [t for t, _ in panels] == ["rewards", "what the update reaches", "KL to the reference policy",
+                                      "clip ratio"] and notes == []
+    plot_history(grpo, tmp_path / "grpo.png", accuracy_key=None)
+    assert len(figures[-1].axes) == 4 and not figures[-1].texts
+
+
 @pytest.mark.slow
 def test_run_logs_to_tensorboard_with_a_readable_console(tiny_dir, tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

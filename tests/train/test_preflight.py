@@ -144,3 +144,16 @@ def test_a_real_checkpoint_passes(tmp_path, monkeypatch, tiny_dir, data):
     reach_media_check(monkeypatch)
     with pytest.raises(ReachedMediaCheck):
         _data_run(tmp_path, data, tiny_dir, "--lr-scheduler-type", "cosine", "--warmup-steps", "2")
+
+
+@pytest.mark.parametrize("text,what", [("", "it is empty"), ("\n  \n", "it is empty"), ("[]\n", "an empty JSON list")])
+def test_an_empty_data_file_is_named_before_any_work(tmp_path, capsys, no_expensive_work, data, text, what):
+    """Issue 20 item 12: an empty data file ended in "no trainable rows left (see .../skipped.jsonl)", an empty
+    file, after the run directory was set up."""
+    rows, media = data
+    rows.write_text(text)
+    model = write_fake_checkpoint(tmp_path / "model")
+    assert _data_run(tmp_path, (rows, media), model) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"error: --data: data.data {str(rows)!r}: the training data file holds no rows ({what})"
+    assert not (tmp_path / "out").exists()

@@ -159,3 +159,39 @@ def test_auto_dtype_is_the_checkpoints_own(tiny_dir, tmp_path):
         resolve_auto_dtype(config)
         assert config.model.dtype == expected
         assert grpo_args(config, []).bf16 == (expected == "bfloat16")
+
+
+def test_a_finished_run_run_again_is_already_complete(data, tiny_dir, tmp_path, capsys):
+    """Issue 20 item 4: the same command on a finished run resumed from its last checkpoint, trained step 3 of 2,
+    wrote checkpoint-3 and overwrote final/ and report.json. It now says the run is complete and does nothing;
+    a raised --max-steps continues it."""
+    out = tmp_path / "run"
+    assert _train(data, tiny_dir, out, "--max-steps", "2") == 0
+    report = (out / "report.json").read_text()
+    final = {p: p.stat().st_mtime_ns for p in (out / "final").rglob("*")}
+    capsys.readouterr()
+    assert _train(data, tiny_dir, out, "--max-steps", "2") == 0
+    printed = capsys.readouterr().out
+    assert f"{out} is already complete: 2 of 2 steps" in printed
+    assert "resuming from" not in printed and "step 3/" not in printed
+    assert not (out / "checkpoint-3").exists()
+    assert (out / "report.json").read_text() == report  # untouched, wall time included
+    assert {p: p.stat().st_mtime_ns for p in (out / "final").rglob("*")} == final
+    assert _train(data, tiny_dir, out, "--max-steps", "3") == 0  # more steps asked for: it continues
+    assert f"resuming from {out / 'checkpoint-2'}" in capsys.readouterr().out
+    assert json.loads((out / "report.json").read_text())["steps"] == 3
+
+
+def test_a_run_killed_after_its_last_checkpoint_trains_no_step_more(data, tiny_dir, tmp_path, capsys):
+    """Killed after saving its last checkpoint but before its report: the rerun writes final/ and the report from
+    that checkpoint without training a step past rl.max_steps (transformers resumed at max_steps trains one more)."""
+    out = tmp_path / "run"
+    assert _train(data, tiny_dir, out, "--max-steps", "2") == 0
+    (out / "report.json").unlink()
+    capsys.readouterr()
+    assert _train(data, tiny_dir, out, "--max-steps", "2") == 0
+    printed = capsys.readouterr().out
+    assert f"resuming from {out / 'checkpoint-2'}" in printed and "step 3/" not in printed
+    assert not (out / "checkpoint-3").exists()
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 2 and report["train"]["logged_steps"] == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +82,50 @@ def test_warm_start_trains_saves_and_is_cached(setup):
     key = W.cache_key(base, world.root, W.WarmStartSettings(max_steps=9))
     assert not W.is_complete(out, key) and W.is_complete(out)
     assert json.loads((out / "warmstart.json").read_text())["key"] != key
+    settings = {k: v for k, v in kwargs.items() if k != "progress"}
+    assert W.is_built(base, world.root, out, **settings)  # what the default run's console says before calling it
+    assert not W.is_built(base, world.root, out, **{**settings, "max_steps": 9})
+
+
+def test_the_warm_start_folder_is_named_by_every_option_that_changes_it(tmp_path, monkeypatch):
+    """Issue 20 item 5: runs with 300 and 1,500 warm-start steps shared one `warmstart-<digest>` folder (the
+    second retrained into the folder the first run's model card and identity point at). Every option that
+    reaches warm_start() must change the folder; the default run's folder keeps its name."""
+    from videoktr.train import world_run
+    from videoktr.train.config import load_config
+
+    calls = []
+
+    def fake_warm_start(base, world, out, **kwargs):
+        calls.append((str(base), str(world), kwargs))
+        return out
+
+    monkeypatch.setattr(W, "warm_start", fake_warm_start)
+    small = {"model_size": "tiny", "world_train": 40, "world_eval": 4, "world_rl": 4,
+             "cache_dir": str(tmp_path / "cache")}
+    variants = [{}, {"warmstart_max_steps": 300}, {"warmstart_max_steps": 1499}, {"seed": 1},
+                {"rope_positions": "transformers"}, {"world_seed": 1}, {"world_train": 41}]
+    folders = []
+    for overrides in variants:
+        _, folder = world_run.prepare_world_and_model(load_config(overrides={**small, **overrides}))
+        folders.append(folder)
+    inputs = [json.dumps(c, sort_keys=True) for c in calls]
+    assert len(set(inputs)) == len(variants)  # each variant changes what warm_start() gets
+    assert len(set(folders)) == len(variants), [f.name for f in folders]  # ... and so the folder
+    # the default settings keep the name the cache had before max_steps entered it
+    base, _, _ = calls[0]
+    world = tmp_path / "cache" / Path(calls[0][1]).name
+    import hashlib
+
+    train_digest = hashlib.sha256((world / "train.jsonl").read_bytes()).hexdigest()
+    assert folders[0].name == f"warmstart-{world_run._digest([base, train_digest, 'qwen'])}"
+
+
+def test_warm_start_defaults_are_the_settings_defaults():
+    """is_built() reads warm_start()'s defaults from WarmStartSettings: the two must agree."""
+    import inspect
+
+    params = inspect.signature(W.warm_start).parameters
+    for f in __import__("dataclasses").fields(W.WarmStartSettings):
+        if f.name in params:
+            assert params[f.name].default == f.default, f.name

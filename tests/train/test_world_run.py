@@ -32,6 +32,9 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     assert report["model"].startswith(str(cache / "warmstart-"))
     card = (out / "final" / "README.md").read_text()  # videoktr's model card, not TRL's "fine-tuned version of [None]"
     assert f"**Base model:** `{report['model']}`" in card and "[None]" not in card
+    # the prompt it trained with, beside the model and its checkpoints: eval and explain default to it
+    for model in (out / "final", out / "checkpoint-1"):
+        assert json.loads((model / "videoktr.json").read_text())["prompt"] == "plain"
     # the result, on the console and in the card
     assert "## Results" in card and "| held-out accuracy after | " in card and "| paired gain | " in card
     printed = capsys.readouterr().out
@@ -43,6 +46,12 @@ def test_default_run_end_to_end_then_resumed(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "resuming from" in printed and json.loads((out / "report.json").read_text())["steps"] == 2
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*") if p.is_file()} == built
+    # the same command once more: the run is complete, nothing is evaluated or trained again (issue 20 item 4)
+    report = (out / "report.json").read_text()
+    assert train("--max-steps", "2") == 0
+    printed = capsys.readouterr().out
+    assert f"{out} is already complete: 2 of 2 steps" in printed and "[3/5]" not in printed
+    assert (out / "report.json").read_text() == report and not (out / "checkpoint-3").exists()
     # another method in the same directory is refused, naming the option
     assert train("--max-steps", "3", "--method", "grpo") == 2
     assert "rl.method: 'ktr' -> 'grpo'" in capsys.readouterr().err

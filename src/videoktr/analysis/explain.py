@@ -186,13 +186,11 @@ def check_inputs(model_dir, video, question: str, response: str | None, opts: Ex
 
 
 def is_synthetic_world_model(model_dir) -> bool:
-    """Whether the directory holds a model trained on the synthetic world (a warm start, or a run whose model
-    card names the world): its prompts are bare questions, not the reasoning prompt."""
-    d = Path(model_dir)
-    if (d / "warmstart.json").is_file():
-        return True
-    card = d / "README.md"
-    return card.is_file() and "videoktr.data.synthetic" in card.read_text(encoding="utf-8", errors="replace")
+    """Whether the directory holds a model trained on the synthetic world's bare questions (models.info: its
+    videoktr.json, or a warm start, or a run whose model card names the world): prompted plain, not reasoning."""
+    from ..models.info import trained_prompt
+
+    return trained_prompt(model_dir) == "plain"
 
 
 def build_item(question: str, options: dict[str, str] | None, answer_type: str | None):
@@ -208,10 +206,10 @@ def build_item(question: str, options: dict[str, str] | None, answer_type: str |
 def prompt_text(question: str, options: dict[str, str] | None, style: str, answer_kind: str) -> str:
     """The user-turn text: "reasoning" = the evaluator's reasoning prompt (`eval.prompts.reasoning_text`),
     "plain" = the question (and options) alone, as the synthetic world trains."""
-    from ..eval.prompts import format_question, reasoning_text
+    from ..eval.prompts import format_question, plain_text, reasoning_text
 
-    block = format_question(question, options)
-    return reasoning_text(block, answer_kind) if style == "reasoning" else block
+    block = format_question(question, options, ": " if answer_kind == "caption_matching" else ". ")  # as eval's
+    return reasoning_text(block, answer_kind) if style == "reasoning" else plain_text(block)
 
 
 def token_texts(tokenizer, ids: Sequence[int]) -> list[str]:
@@ -302,7 +300,9 @@ def explain(model_dir, video, question: str, response: str | None = None,
 
     style = opts.prompt
     if style == "auto":
-        style = "plain" if is_synthetic_world_model(model_dir) else "reasoning"
+        from ..models.info import default_prompt
+
+        style = default_prompt(model_dir)  # the model's videoktr.json: what `videoktr eval` defaults to as well
     item, answer_kind = build_item(question, options, opts.answer_type)
     user_text = prompt_text(question, options, style, answer_kind)
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": user_text}]}]

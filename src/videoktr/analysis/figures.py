@@ -154,14 +154,17 @@ def token_frequencies(records: Sequence[dict], signal: str = "union", top: int =
     return out
 
 
-def update_by_position(records: Sequence[dict], bins: int = 10, absolute: int = 64) -> dict:
+def update_by_position(records: Sequence[dict], bins: int = 10, absolute: int = 64,
+                       min_count: int | None = None) -> dict:
     """Share of tokens updated by position in the response (paper Fig. 12).
 
     Relative position of token t of an n-token response: t / n, in `bins` equal bins of [0, 1) (bin floor(bins*t/n));
     absolute: the first `absolute` token indices. Updated: `updated_mask` (the union of the selections). Per signal
     too. Returns {"bins", "edges", "tokens" [per bin], "updated" [per bin], "probability" [per bin],
-    "per_signal" {signal: probability per bin}, "absolute": {"tokens", "updated", "probability"},
-    "responses", "total_tokens"}; the bins' tokens add up to every token of the attributed responses."""
+    "per_signal" {signal: probability per bin}, "absolute": {"tokens", "updated", "probability", "shown"},
+    "shown", "min_count", "responses", "total_tokens"}; the bins' tokens add up to every token of the attributed
+    responses. "shown": the bins (and absolute indices) with at least `min_count` tokens, the ones the figure
+    draws (an index that one response reaches is 0 or 1; default: a tenth of the responses, between 1 and 20)."""
     tokens, updated = [0] * bins, [0] * bins
     per_signal = {s: [0] * bins for s in signals_of(records)}
     abs_tokens, abs_updated = [0] * absolute, [0] * absolute
@@ -186,9 +189,17 @@ def update_by_position(records: Sequence[dict], bins: int = 10, absolute: int = 
     def ratio(a, b):
         return [x / y if y else float("nan") for x, y in zip(a, b)]
 
+    if min_count is None:
+        min_count = max(1, min(20, responses // 10))
+
+    def shown(counts):
+        return [i for i, n in enumerate(counts) if n >= min_count]
+
     return {"bins": bins, "edges": [i / bins for i in range(bins + 1)], "tokens": tokens, "updated": updated,
             "probability": ratio(updated, tokens), "per_signal": {s: ratio(c, tokens) for s, c in per_signal.items()},
-            "absolute": {"tokens": abs_tokens, "updated": abs_updated, "probability": ratio(abs_updated, abs_tokens)},
+            "shown": shown(tokens), "min_count": min_count,
+            "absolute": {"tokens": abs_tokens, "updated": abs_updated, "probability": ratio(abs_updated, abs_tokens),
+                         "shown": shown(abs_tokens)},
             "responses": responses, "total_tokens": sum(tokens)}
 
 
@@ -350,29 +361,51 @@ def plot_word_clouds(table: dict, path) -> bool:
 
 
 def plot_positions(table: dict, path) -> None:
-    """Update probability by relative position (bars, per-signal lines) and by absolute token index."""
+    """Update probability by relative position (bars, per-signal lines) and by absolute token index, each point
+    with enough tokens behind it (table["shown"]: bins under table["min_count"] tokens are left out), and the
+    number of tokens behind each point (bar labels; the absolute panel's grey bars on a second axis)."""
     plt = _plt()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    keep = table.get("shown", range(table["bins"]))
     centres = [(a + b) / 2 for a, b in zip(table["edges"][:-1], table["edges"][1:])]
-    ax.bar(centres, table["probability"], width=1 / table["bins"] * 0.9, color="#4c72b0", alpha=0.7,
-           label="updated (union)")
+    xs = [centres[i] for i in keep]
+    bars = ax.bar(xs, [table["probability"][i] for i in keep], width=1 / table["bins"] * 0.9, color="#4c72b0",
+                  alpha=0.7, label="updated (union)")
+    ax.bar_label(bars, labels=[f"n={table['tokens'][i]}" for i in keep], fontsize=7, color="#555555")
     for s, p in table["per_signal"].items():
-        ax.plot(centres, p, marker="o", label=s)
+        ax.plot(xs, [p[i] for i in keep], marker="o", label=s)
     ax.set_xlabel("relative position in the response")
     ax.set_ylabel("update probability")
     ax.set_title(f"{table['total_tokens']} tokens of {table['responses']} responses")
-    ax.set_ylim(0, 1.02)
+    ax.set_ylim(0, 1.1)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     a = table["absolute"]
-    xs = [i for i, n in enumerate(a["tokens"]) if n]
-    ax2.plot(xs, [a["probability"][i] for i in xs], marker=".", color="#4c72b0")
+    idx = a.get("shown", [i for i, n in enumerate(a["tokens"]) if n])
+    counts = ax2.twinx()
+    counts.bar(idx, [a["tokens"][i] for i in idx], width=0.8, color="#cccccc", zorder=0)
+    counts.set_ylabel("responses reaching the index", color="#777777")
+    ax2.set_zorder(counts.get_zorder() + 1)
+    ax2.patch.set_visible(False)
+    ax2.plot(idx, [a["probability"][i] for i in idx], marker=".", color="#4c72b0")
     ax2.set_xlabel("token index in the response")
     ax2.set_ylabel("update probability")
     ax2.set_ylim(0, 1.02)
     ax2.grid(alpha=0.3)
-    ax2.set_title("by absolute position")
+    hidden = sum(1 for n in a["tokens"] if 0 < n < table.get("min_count", 1))
+    ax2.set_title("by absolute position" + (f" ({hidden} indices reached by fewer than {table['min_count']} "
+                                            "responses left out)" if hidden else ""), fontsize=10)
     _save(fig, path)
+
+
+def step_ticks(steps: Sequence[int], most: int = 12) -> list[int]:
+    """The x ticks of a per-logged-step figure: the logged steps themselves, or (more than `most`) an even
+    selection of them that keeps the first and the last."""
+    steps = list(steps)
+    if len(steps) <= most:
+        return steps
+    picks = sorted({round(i * (len(steps) - 1) / (most - 1)) for i in range(most)})
+    return [steps[i] for i in picks]
 
 
 def plot_gradients(table: dict, path) -> None:
@@ -394,11 +427,10 @@ def plot_gradients(table: dict, path) -> None:
     axes[2].plot(xs, [s["loss_variance_masked"] for s in steps], marker="o", label="with mask (Eq. 2)")
     axes[2].plot(xs, [s["loss_variance_unmasked"] for s in steps], marker="o", label="without mask (Eq. 1)")
     axes[2].set_title("loss variance across responses")
-    from matplotlib.ticker import MaxNLocator
-
+    ticks = step_ticks(xs)
     for ax in axes:
         ax.set_xlabel("logged step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     _save(fig, path)

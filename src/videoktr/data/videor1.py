@@ -197,6 +197,8 @@ def load_rows(path: str | Path, on_error: str = "raise") -> tuple[list[dict], li
             media = raw.get("path") if isinstance(raw, dict) and isinstance(raw.get("path"), str) else None
             skipped.append(SkippedSample(where, pid, media, str(exc), "invalid_row"))
             logger.warning("skipping invalid row: %s", exc)
+    if not rows and not skipped:
+        raise DataError(f"{path}: the file holds no rows (empty, or an empty JSON list)")
     return rows, skipped
 
 

@@ -59,9 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "TempCompass's prediction JSON")
     parser.add_argument("--output-dir", type=Path, required=True, metavar="DIR",
                         help="where results go: one folder per benchmark plus an overview")
-    parser.add_argument("--prompt", choices=PROMPT_STYLES, default="reasoning",
-                        help="prompt: the paper's reasoning prompt with <think>/<answer> tags (default) or the "
-                             "benchmark's own direct-answer format (our paraphrase)")
+    parser.add_argument("--prompt", choices=PROMPT_STYLES, default=None,
+                        help="prompt: reasoning = the paper's reasoning prompt with <think>/<answer> tags; "
+                             "official = the benchmark's own direct-answer format (our paraphrase); plain = the "
+                             "question (and options) alone, as the synthetic world trains. Default: the prompt "
+                             "the --model was trained with when its videoktr.json records it (plain for a model "
+                             "trained on the synthetic world, as `videoktr explain` prompts it), else reasoning")
     parser.add_argument("--frames", type=int, default=R.DEFAULT_FRAMES,
                         help="maximum frames per video (the paper reports 16, 32 and 64; default %(default)s)")
     parser.add_argument("--fps", type=float, default=R.DEFAULT_FPS,
@@ -147,7 +150,22 @@ def _settings(args, generator_info: dict) -> R.GenerationSettings:
                                 generator=generator_info)
 
 
+def resolve_prompt(args) -> str:
+    """--prompt, or (not given) the prompt --model was trained with (models.info.default_prompt), else
+    reasoning; says on stderr when the model's own record decided."""
+    from ..models.info import default_prompt, trained_prompt
+
+    if args.prompt is not None:
+        return args.prompt
+    if args.model is not None and trained_prompt(args.model) is not None:
+        style = default_prompt(args.model)
+        print(f"prompt: {style} (the prompt {args.model} was trained with; --prompt sets another)", file=sys.stderr)
+        return style
+    return "reasoning"
+
+
 def _validate(args) -> None:
+    args.prompt = resolve_prompt(args)
     if args.max_new_tokens < 1 or args.batch_size < 1:
         raise UsageError("--max-new-tokens and --batch-size must be positive")
     if args.frames < 2 or args.frames % 2:

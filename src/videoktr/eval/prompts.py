@@ -7,6 +7,10 @@ answer type (one option letter, yes/no, a caption label, a number, a short text)
 Training on Video-R1 rows uses the same instruction (`reasoning_text`; see videoktr.data.videor1), with two
 extra suffixes for its OCR (a transcription) and free-form (free text) rows.
 
+`plain`: the question (and "Options:" with one option a line) and nothing else, as the synthetic world's rows
+are trained (`videoktr.data.synthetic`); the default for a model whose videoktr.json records it
+(`videoktr.models.info`), so that eval prompts it as `videoktr explain` and its training run did.
+
 `official`: the answer format each benchmark's own evaluation asks for (direct answer, no reasoning tags; MMVU's
 asks for step-by-step reasoning ending in "the final answer is: X"). The wording here is our own paraphrase of
 each format, not the benchmarks' text, so numbers obtained with it are close to, not identical with, the
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 from .benchmarks.base import Item
 
-PROMPT_STYLES = ("reasoning", "official")
+PROMPT_STYLES = ("reasoning", "official", "plain")
 
 REASONING_INSTRUCTION = (
     "Work through this question the way a person would when thinking hard about it: talk it over with "
@@ -66,6 +70,12 @@ def reasoning_text(question_block: str, kind: str) -> str:
     return f"{question_block}\n{REASONING_INSTRUCTION}{ANSWER_SUFFIX[kind]}"
 
 
+def plain_text(question_block: str) -> str:
+    """The plain prompt around an already formatted question: the question block itself. Shared by evaluation
+    (`build_prompt(item, "plain")`) and `videoktr explain --prompt plain`."""
+    return question_block
+
+
 def reasoning_prompt(item: Item) -> str:
     return reasoning_text(question_with_options(item), item.answer_type)
 
@@ -107,9 +117,11 @@ def official_prompt(item: Item) -> str:
 
 
 def build_prompt(item: Item, style: str = "reasoning") -> str:
-    """The user-turn text for `item` in prompt `style` ("reasoning" or "official")."""
+    """The user-turn text for `item` in prompt `style` ("reasoning", "official" or "plain")."""
     if style == "reasoning":
         return reasoning_prompt(item)
     if style == "official":
         return official_prompt(item)
+    if style == "plain":
+        return plain_text(question_with_options(item))
     raise ValueError(f"unknown prompt style {style!r}; choose from {', '.join(PROMPT_STYLES)}")

@@ -5,6 +5,7 @@ what it was trained from, how and on what, and how to run it on a video. TRL's c
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from .config import TrainConfig
 
@@ -35,7 +36,11 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
             "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "vision_tower")}
     elif m.vision_tower == "frozen":
         options["model"] = {"vision_tower": "frozen"}
-    return {"base_model": base_model, "method": rl.method, "options": options, "lora": bool(m.lora_r),
+    # a directory on disk by its absolute path (a relative one means nothing beside the card); a hub id as it is
+    base = str(Path(base_model).resolve()) if base_model and Path(base_model).exists() else base_model
+    return {"base_model": base, "method": rl.method, "options": options, "lora": bool(m.lora_r),
+            # the prompt style of the training rows (models.info): Video-R1 rows get the reasoning prompt
+            "prompt": "reasoning" if config.data.data else "plain",
             "data": config.data.data or "the built-in synthetic video world (videoktr.data.synthetic)",
             "fps": config.data.fps, "max_frames": config.data.max_frames, "max_pixels": config.data.max_pixels,
             "dtype": config.model.dtype, "rope_positions": config.model.rope_positions}
@@ -92,3 +97,9 @@ print(processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special
 Without `video_metadata` the processor assumes 24 fps and the clip's temporal positions collapse.
 Evaluate on the five video benchmarks with `videoktr eval --model PATH_TO_THIS_DIRECTORY --benchmark NAME ...`.
 """
+
+
+def model_info(info: dict, steps: int | None = None) -> dict:
+    """What videoktr.json beside the trained model records (models.info), from `card_info`."""
+    return {"prompt": info.get("prompt", "reasoning"), "method": info["method"], "base_model": info["base_model"],
+            "data": info["data"], **({"steps": steps} if steps is not None else {})}

@@ -89,9 +89,19 @@ def write_json_atomic(path: str | Path, value) -> Path:
     return path
 
 
-def mark_complete(checkpoint: str | Path, identity: str, step: int) -> Path:
-    """Record that `checkpoint` is whole and which run (identity digest) wrote it."""
-    return write_json_atomic(Path(checkpoint) / COMPLETE_MARKER, {"identity": identity, "step": step})
+def mark_complete(checkpoint: str | Path, identity: str, step: int, length: dict | None = None) -> Path:
+    """Record that `checkpoint` is whole, which run (identity digest) wrote it, and (`length`) the options that
+    set the run's length with the steps they planned (`planned_steps`), so a rerun can tell a finished run."""
+    return write_json_atomic(Path(checkpoint) / COMPLETE_MARKER,
+                             {"identity": identity, "step": step, **({"length": length} if length else {})})
+
+
+def read_marker(checkpoint: str | Path) -> dict:
+    """A checkpoint's completion marker ({} when missing or unreadable)."""
+    try:
+        return json.loads((Path(checkpoint) / COMPLETE_MARKER).read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def checkpoint_status(checkpoint: str | Path, identity: str) -> str | None:

@@ -493,7 +493,8 @@ def read_yaml_sections(path: str | Path, _seen: tuple = (), sources: dict | None
     base = raw.pop("base", None)
     unknown = sorted(map(str, set(raw) - set(SECTIONS)))
     if unknown:
-        raise ConfigError(f"{p}: unknown section(s) {unknown}; sections are {sorted(SECTIONS)} (and `base`)")
+        raise ConfigError(f"{p}: unknown section(s) {unknown}{did_you_mean(unknown, SECTIONS)}; sections are "
+                          f"{sorted(SECTIONS)} (and `base`)")
     if base is not None and not isinstance(base, str):
         raise ConfigError(f"{p}: `base` must be a file name (a string), got {_given(base)}")
     merged = read_yaml_sections(p.parent / base, _seen + (p.resolve(),), sources) if base else {}
@@ -504,6 +505,15 @@ def read_yaml_sections(path: str | Path, _seen: tuple = (), sources: dict | None
         if sources is not None:
             sources.update({(name, key): str(p) for key in values or {}})
     return merged
+
+
+def did_you_mean(unknown: list[str], known) -> str:
+    """'; did you mean learning_rate?' for the closest known name of each unknown one (difflib), or ''."""
+    import difflib
+
+    close = [f"{name} -> {match[0]}" if len(unknown) > 1 else match[0] for name in unknown
+             if (match := difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6))]
+    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -518,14 +528,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         extra = sorted(map(str, set(values) - known))
         if extra:
             files = sorted({sources.get((name, key), str(path)) for key in values if str(key) in extra})
-            raise ConfigError(f"{', '.join(files)}: unknown option(s) {extra} in section '{name}'; "
+            elsewhere = [f"{key} belongs in section '{FLAG_OWNER[key]}'" for key in extra if key in FLAG_OWNER]
+            hint = f" ({'; '.join(elsewhere)})" if elsewhere else did_you_mean(extra, known)
+            raise ConfigError(f"{', '.join(files)}: unknown option(s) {extra} in section '{name}'{hint}; "
                               f"known: {sorted(known)}")
         sections[name] = cls(**values)
     config = TrainConfig(**sections)
     for key, value in (overrides or {}).items():
         section = FLAG_OWNER.get(key)
         if section is None:
-            raise ConfigError(f"unknown option {key!r}")
+            raise ConfigError(f"unknown option {key!r}{did_you_mean([key], FLAG_OWNER)}")
         setattr(getattr(config, section), key, value)
         sources[(section, key)] = flag_name(key)
     config._sources = sources

@@ -182,11 +182,53 @@ def smooth(values: list[float], weight: float = 0.9) -> list[float]:
     return out
 
 
+# training.png's panels after the rewards: (title, ((logged key, label), ...))
+HISTORY_PANELS = (
+    ("what the update reaches", (("ktr/update_ratio", "share of tokens updated (KTR mask)"),
+                                 ("frac_reward_zero_std", "share of prompt groups without gradient"))),
+    ("KL to the reference policy", (("kl", "KL to the reference policy"),)),
+    ("clip ratio", (("clip_ratio", "clip ratio"),)),
+)
+# why a series may be absent or 0 throughout, said in the figure's note
+ABSENT_HINTS = {"kl": "rl.beta 0: no KL term", "clip_ratio": "one policy update per batch (rl.num_iterations 1)"}
+
+
+def history_panels(log_history: list[dict], accuracy_key: str | None) -> tuple[list[tuple[str, list]], list[str]]:
+    """What training.png shows: the rewards panel, then each HISTORY_PANELS panel with the series the run logged
+    with a value other than 0 (a panel left with no series is not drawn), and a note per series left out
+    ("kl: not logged (rl.beta 0: no KL term)", "clip_ratio: 0 at every step (...)")."""
+    logs = [h for h in log_history if "reward" in h]
+
+    def values(key):
+        return [float(h[key]) for h in logs if h.get(key) is not None and float(h[key]) == float(h[key])]
+
+    rewards = [("reward", "mean reward")] + ([(accuracy_key, "accuracy reward")] if accuracy_key else [])
+    panels, notes = [("rewards", rewards)], []
+    for title, series in HISTORY_PANELS:
+        kept = []
+        for key, label in series:
+            found = values(key)
+            hint = f" ({ABSENT_HINTS[key]})" if key in ABSENT_HINTS else ""
+            if not found:
+                if key != "ktr/update_ratio":  # not a masking method: nothing to say
+                    notes.append(f"{key}: not logged{hint}")
+            elif all(v == 0 for v in found):
+                notes.append(f"{key}: 0 at every step{hint}")
+            else:
+                kept.append((key, label))
+        if kept:
+            panels.append((title, kept))
+    return panels, notes
+
+
 def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None,
                  heldout: tuple[float, float] | None = None) -> Path:
     """The run's curves as a PNG, each series raw (faint) under its smoothed curve: rewards (and held-out accuracy
-    before and after, when the run measured it), the share of updated tokens and of prompt groups without
-    gradient, the KL to the reference, and the clip ratio, each in its own panel."""
+    before and after, when the run measured it), then what the run logged of the share of updated tokens and of
+    prompt groups without gradient, the KL to the reference and the clip ratio (`history_panels`: series never
+    logged, or 0 throughout, are named in a note under the panels instead of drawn)."""
+    import math
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,42 +236,40 @@ def plot_history(log_history: list[dict], path: Path, accuracy_key: str | None,
 
     logs = [h for h in log_history if "reward" in h]
     steps = [h["step"] for h in logs]
-
-    def series(key):
-        return [float("nan") if h.get(key) is None else float(h[key]) for h in logs]
+    panels, notes = history_panels(log_history, accuracy_key)
 
     def draw(ax, key, label):
-        values = series(key)
+        values = [float("nan") if h.get(key) is None else float(h[key]) for h in logs]
         if all(v != v for v in values):
-            return False
+            return
         line, = ax.plot(steps, smooth(values), label=label)
         ax.plot(steps, values, color=line.get_color(), alpha=0.25, linewidth=0.8)
-        return True
 
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
-    ax = axes[0, 0]
-    draw(ax, "reward", "mean reward")
-    if accuracy_key:
-        draw(ax, accuracy_key, "accuracy reward")
-    if heldout is not None and steps:
-        ax.scatter([steps[0], steps[-1]], list(heldout), marker="D", color="black", zorder=3,
-                   label=f"held-out accuracy {heldout[0]:.3f} -> {heldout[1]:.3f}")
-    ax.set_title("rewards")
-    ax = axes[0, 1]
-    draw(ax, "ktr/update_ratio", "share of tokens updated (KTR mask)")
-    draw(ax, "frac_reward_zero_std", "share of prompt groups without gradient")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("what the update reaches")
-    for ax, key, title in ((axes[1, 0], "kl", "KL to the reference policy"), (axes[1, 1], "clip_ratio", "clip ratio")):
-        if not draw(ax, key, title):
-            ax.text(0.5, 0.5, "not logged by this run", ha="center", va="center", transform=ax.transAxes)
+    cols = min(2, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.5 * rows + (0.4 if notes else 0)), sharex=True,
+                             squeeze=False)
+    flat = list(axes.flat)
+    for ax, (title, series) in zip(flat, panels):
+        for key, label in series:
+            draw(ax, key, label)
+        if title == "rewards" and heldout is not None and steps:
+            ax.scatter([steps[0], steps[-1]], list(heldout), marker="D", color="black", zorder=3,
+                       label=f"held-out accuracy {heldout[0]:.3f} -> {heldout[1]:.3f}")
+        if title == "what the update reaches":
+            ax.set_ylim(-0.02, 1.02)
         ax.set_title(title)
-        ax.set_xlabel("optimizer step")
-    for ax in axes.flat:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.tight_layout()
+    for ax in flat[len(panels):]:
+        fig.delaxes(ax)
+    for ax in flat[:len(panels)][-cols:]:
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    if notes:
+        fig.text(0.01, 0.01, "not drawn: " + "; ".join(notes), fontsize=8, color="#555555")
+    fig.tight_layout(rect=(0, 0.04 if notes else 0, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -388,14 +428,58 @@ class RunStart(NamedTuple):
     identity: str  # digest of the run identity, recorded in every checkpoint's completion marker
 
 
+class RunComplete(Exception):
+    """The run directory holds this run finished (its last step's checkpoint, report and final model): `run`
+    says so and returns the report without doing anything."""
+
+    def __init__(self, out: Path, steps: int, report: dict):
+        super().__init__(f"{out} is already complete: {steps} of {steps} steps")
+        self.out, self.steps, self.report = out, steps, report
+
+
+def planned_steps(config: TrainConfig, checkpoint: str | Path) -> int | None:
+    """The optimizer steps this configuration trains in all: rl.max_steps, or (rl.num_train_epochs > 0) the steps
+    that the checkpoint's run planned for the same number of epochs (its completion marker); None when unknown."""
+    from .checkpoint import read_marker
+
+    if config.rl.num_train_epochs <= 0:
+        return config.rl.max_steps
+    length = read_marker(checkpoint).get("length") or {}
+    if length.get("max_steps") == -1 and length.get("num_train_epochs") == config.rl.num_train_epochs:
+        return length.get("planned_steps")
+    return None
+
+
+def finished_report(config: TrainConfig, out: Path, checkpoint: str | Path) -> RunComplete | None:
+    """RunComplete when `checkpoint` (the one to resume) is the run's last step and the run wrote its report for
+    that step (and final/, when run.save_final): re-running the same command then has nothing to do. A run killed
+    between its last checkpoint and its report is not complete (the rerun writes them without training)."""
+    from .checkpoint import read_marker
+
+    step, planned = read_marker(checkpoint).get("step"), planned_steps(config, checkpoint)
+    if step is None or planned is None or step < planned:
+        return None
+    try:
+        report = json.loads((out / REPORT_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("steps") != step or (config.run.save_final and not (out / FINAL_NAME).is_dir()):
+        return None
+    return RunComplete(out, step, report)
+
+
 def prepare_resume(config: TrainConfig, out: Path, start_model: str | Path) -> RunStart:
     """Before any expensive work: the checkpoint to resume, or a fresh start that moves an earlier run's files
     aside (`move_aside`) and records this run's identity; the resolved configuration is written either way.
-    Raises ValueError when the directory holds another run's checkpoints and --no-resume was not given."""
+    Raises ValueError when the directory holds another run's checkpoints and --no-resume was not given, and
+    RunComplete when the checkpoint to resume ends the run and its report is written (`finished_report`)."""
     from .checkpoint import write_json_atomic
 
     identity = run_identity(config, start_model)
     resume = checkpoint_to_resume(config, out, identity)
+    done = finished_report(config, out, resume) if resume else None
+    if done is not None:
+        raise done
     state = process_state()
     if state.is_main_process:
         if resume is None:
@@ -430,9 +514,11 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
         save_final(config, trainer, partial)
         state.wait_for_everyone()
         if state.is_main_process and trainer.card is not None:
-            from .card import model_card
+            from ..models.info import write_model_info
+            from .card import model_card, model_info
 
             (partial / "README.md").write_text(model_card(trainer.card, trainer.state.global_step))
+            write_model_info(partial, model_info(trainer.card, trainer.state.global_step))  # eval's default prompt
         if state.is_main_process:  # renamed into place once whole: `final/` is complete or absent
             if final.exists():
                 shutil.rmtree(final)
@@ -541,12 +627,18 @@ def run(config: TrainConfig) -> dict:
     preflight(config)  # every option checked (types, ranges, paths, model config) before any expensive work
     resolve_auto_dtype(config)
     start = time.perf_counter()
-    if config.data.data:
-        report = run_dataset(config)
-    else:
-        from .world_run import run_synthetic
+    try:
+        if config.data.data:
+            report = run_dataset(config)
+        else:
+            from .world_run import run_synthetic
 
-        report = run_synthetic(config)
+            report = run_synthetic(config)
+    except RunComplete as done:
+        if process_state().is_main_process:
+            print(f"{done}: nothing to do (report: {done.out / REPORT_NAME}). Raise --max-steps to train it "
+                  f"further, or --no-resume to start over (the earlier files are moved aside, not deleted).")
+        return done.report
     report["wall_seconds"] = time.perf_counter() - start
     state = process_state()
     report["processes"] = state.num_processes

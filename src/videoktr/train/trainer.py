@@ -246,7 +246,22 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             folder = Path(self._get_output_dir(trial=trial)) / f"{CHECKPOINT_PREFIX}{self.state.global_step}"
-            mark_complete(folder, self.run_identity, self.state.global_step)
+            if self.card is not None:  # the prompt it trains with, for `videoktr eval --model <checkpoint>`
+                from ..models.info import write_model_info
+                from .card import model_info
+
+                write_model_info(folder, model_info(self.card, self.state.global_step))
+            mark_complete(folder, self.run_identity, self.state.global_step,
+                          length={"max_steps": self.args.max_steps, "num_train_epochs": self.args.num_train_epochs,
+                                  "planned_steps": self.state.max_steps})
+
+    def _run_epoch(self, *args, **kwargs):
+        """transformers' epoch, except when resumed at the run's last step: its loop trains one step before it
+        checks the step count (a run resumed from checkpoint-60 of 60 trained step 61); here it trains none."""
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
 
     # ----------------------------------------------------------------------------------------------------------
     # vLLM rollouts with videos (colocate): each request carries its row's frames, see train/rollout.py

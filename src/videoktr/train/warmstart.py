@@ -67,6 +67,14 @@ def cache_key(base_model_dir: str | Path, world_dir: str | Path, settings: WarmS
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def is_built(base_model_dir: str | Path, world_dir: str | Path, output_dir: str | Path, **kwargs) -> bool:
+    """Whether `warm_start(base_model_dir, world_dir, output_dir, **kwargs)` would return at once (cached);
+    `kwargs` are warm_start's settings (WarmStartSettings fields, whose defaults are warm_start's)."""
+    settings = WarmStartSettings(**kwargs)
+    settings.target = tuple(settings.target)
+    return is_complete(output_dir, cache_key(base_model_dir, world_dir, settings))
+
+
 def is_complete(output_dir: str | Path, key: str | None = None) -> bool:
     """Whether `output_dir` holds a finished warm start (for `key`, when given)."""
     out = Path(output_dir)

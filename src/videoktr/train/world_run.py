@@ -15,6 +15,7 @@ from .config import TrainConfig
 
 
 HELDOUT_ITEMS_NAME = "heldout_items.json"  # per-clip 1/0 correctness before and after RL, in held-out order
+WARMSTART_DEFAULT_STEPS = 1500  # model.warmstart_max_steps's default: the folder name leaves it out
 
 
 def _digest(obj) -> str:
@@ -25,7 +26,7 @@ def prepare_world_and_model(config: TrainConfig):
     """The synthetic world and the starting model directory (both cached under run.cache_dir)."""
     from ..data import synthetic
     from ..models.factory import create_model_dir
-    from .warmstart import warm_start
+    from . import warmstart
 
     cache = Path(config.run.cache_dir)
     d = config.data
@@ -43,19 +44,29 @@ def prepare_world_and_model(config: TrainConfig):
     if not (base_dir / "config.json").is_file():
         create_model_dir(base_dir, size=config.model.model_size, corpus=synthetic.corpus(world_cfg),
                          seed=config.run.seed)
-    # named by what the warm start reads (the base model and the supervised rows), so changing the number of
-    # held-out or RL clips does not redo it
-    train_digest = hashlib.sha256(world.train.read_bytes()).hexdigest()
-    # (and by the position scheme it trains with; transformers' keeps the name it had before the option existed)
-    named = [str(base_dir), train_digest] + ([] if config.model.rope_positions == "transformers"
-                                             else [config.model.rope_positions])
-    model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{_digest(named)}")
-    print(f"[2/5] warm start (built once, then reused): {model_dir}")
     # long references need a longer greedy validation budget (the short world keeps the warm start's default)
     budget = {} if world_cfg.style == "short" else {"max_new_tokens": world_cfg.completion_tokens}
-    warm_start(base_dir, world_dir, model_dir, max_steps=config.model.warmstart_max_steps, seed=config.run.seed,
-               rope_positions=config.model.rope_positions, **budget)
+    settings = {"max_steps": config.model.warmstart_max_steps, "seed": config.run.seed,
+                "rope_positions": config.model.rope_positions, **budget}
+    model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{warmstart_digest(base_dir, world, settings)}")
+    reused = warmstart.is_built(base_dir, world_dir, model_dir, **settings)
+    print(f"[2/5] warm start ({'cached, reused' if reused else 'building; cached for later runs'}): {model_dir}")
+    warmstart.warm_start(base_dir, world_dir, model_dir, **settings)
     return world, model_dir
+
+
+def warmstart_digest(base_dir: Path, world, settings: dict) -> str:
+    """The name of a warm start's cache folder: a digest of what it reads (the base model, which names the world
+    config and seed, and the supervised rows; not the held-out or RL clips) and of every setting it trains with.
+    The position scheme enters it unless it is transformers' (the name warm starts had before the option existed)
+    and the step budget unless it is the default, so existing caches keep their names."""
+    train_digest = hashlib.sha256(world.train.read_bytes()).hexdigest()
+    named = [str(base_dir), train_digest] + ([] if settings["rope_positions"] == "transformers"
+                                             else [settings["rope_positions"]])
+    # seed and max_new_tokens are named by the base model's folder (the run's seed, the world's style)
+    if settings["max_steps"] != WARMSTART_DEFAULT_STEPS:
+        named.append({"max_steps": settings["max_steps"]})
+    return _digest(named)
 
 
 def world_trainer(config: TrainConfig):

@@ -247,3 +247,12 @@ def test_docs_speak_of_the_project_only():
         text = page.read_text(encoding="utf-8")
         found = re.findall(r"\b(agents?|sessions?|helpers?)\b", text, re.IGNORECASE)
         assert not found, f"{page.relative_to(ROOT)}: {found}"
+
+
+def test_the_readme_names_the_default_worlds_folder():
+    """The README's next commands point into the default world's cache folder by name."""
+    from videoktr.train.config import load_config
+    from videoktr.train.world_run import world_directory
+
+    named = set(re.findall(r"\.cache/videoktr/world-[0-9a-f]+", (ROOT / "README.md").read_text(encoding="utf-8")))
+    assert named == {str(world_directory(load_config()))}

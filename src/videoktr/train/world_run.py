@@ -22,6 +22,17 @@ def _digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def world_directory(config: TrainConfig) -> Path:
+    """Where the run's synthetic world is cached: named by its settings and split sizes."""
+    from ..data import synthetic
+
+    d = config.data
+    world_cfg = synthetic.world_config(d.world_style, seed=d.world_seed)
+    # to_dict: the default (short) world keeps the directory it had before world styles existed
+    digest = _digest([world_cfg.to_dict(), d.world_train, d.world_eval, d.world_rl])
+    return Path(config.run.cache_dir) / f"world-{digest}"
+
+
 def prepare_world_and_model(config: TrainConfig):
     """The synthetic world and the starting model directory (both cached under run.cache_dir)."""
     from ..data import synthetic
@@ -31,8 +42,7 @@ def prepare_world_and_model(config: TrainConfig):
     cache = Path(config.run.cache_dir)
     d = config.data
     world_cfg = synthetic.world_config(d.world_style, seed=d.world_seed)
-    # to_dict: the default (short) world keeps the directory it had before world styles existed
-    world_dir = cache / f"world-{_digest([world_cfg.to_dict(), d.world_train, d.world_eval, d.world_rl])}"
+    world_dir = world_directory(config)
     print(f"[1/5] synthetic world: {world_dir}")
     world = synthetic.generate_world(world_dir, world_cfg, n_train=d.world_train, n_eval=d.world_eval,
                                      n_rl=d.world_rl)

@@ -74,8 +74,11 @@ class DataConfig:
     world_seed: int = _f(0, "synthetic world: seed of clips and questions")
     world_style: str = _f("short", "synthetic world: reference style; short = terse reasoning (the default), "
                                    "long_cot = 100-250-token chains of thought, mostly filler and restatement, "
-                                   "walking through the clip (docs/world-long-cot.md; raises "
-                                   "rl.max_completion_length to what the world needs)", ("short", "long_cot"))
+                                   "walking through the clip (docs/world-long-cot.md); sampled_cot = the same walk "
+                                   "with every filler word drawn independently, so a policy samples its filler with "
+                                   "real entropy (docs/world-sampled-cot.md); the long styles raise "
+                                   "rl.max_completion_length to what the world needs",
+                          ("short", "long_cot", "sampled_cot"))
     fps: float = _f(2.0, "frames sampled per second of video")
     min_frames: int = _f(4, "fewest frames per clip (even)")
     max_frames: int = _f(16, "most frames per clip (even; the paper trains with 16)")

@@ -173,6 +173,12 @@ class KTRConfig:
     temporal_samples: int = _f(1, "temporal score = mean over this many permutation draws (each adds one "
                                   "temporally perturbed pass over the attributed rows; paper: 1)")
     mask_kl: bool = _f(False, "apply the key-token mask to the KL term too (official code: yes)")
+    control: str = _f("none", "a control for the masked methods (ktr, entropy): train, instead of the key-token "
+                              "union, as many tokens per response chosen otherwise; random = a uniformly random set "
+                              "(drawn with run.seed), complement = the tokens the union leaves out (capped at its "
+                              "size), entropy_matched = the highest-entropy tokens at the union's update ratio "
+                              "(matched per response); none = the union (core.controls)",
+                      ("none", "random", "complement", "entropy_matched"))
 
 
 @dataclass
@@ -419,6 +425,12 @@ class TrainConfig:
         if bad or not k.signals:
             raise ConfigError(f"{self.label('ktr', 'signals')} must be a non-empty subset of visual/temporal/entropy, "
                               f"got {k.signals}")
+        if k.control != "none" and rl.method not in ("ktr", "entropy"):
+            raise ConfigError(f"{self.label('ktr', 'control')} {k.control!r} replaces the key-token mask of the masked "
+                              f"methods (ktr, entropy); rl.method is {rl.method!r}")
+        if k.control != "none" and k.weighting != "binary":
+            raise ConfigError(f"{self.label('ktr', 'control')} {k.control!r} replaces a binary mask; ktr.weighting "
+                              f"must be 'binary', got {k.weighting!r}")
         if k.signed and k.distance != "logprob":
             raise ConfigError(f"{self.label('ktr', 'signed')}: a signed score applies only to ktr.distance 'logprob', "
                               f"got ktr.distance {k.distance!r}")

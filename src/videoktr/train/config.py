@@ -79,6 +79,10 @@ class DataConfig:
                                    "real entropy (docs/world-sampled-cot.md); the long styles raise "
                                    "rl.max_completion_length to what the world needs",
                           ("short", "long_cot", "sampled_cot"))
+    world_rl_filter: bool = _f(False, "synthetic world: before RL, keep only the RL prompts whose accuracy over "
+                                      "rl.num_generations samples of the starting model lies in [0.2, 0.8] (the "
+                                      "difficulty rule of `videoktr filter`, paper Sec. 4.1), so that most prompt "
+                                      "groups carry a learning signal; cached per starting model, and reported")
     fps: float = _f(2.0, "frames sampled per second of video")
     min_frames: int = _f(4, "fewest frames per clip (even)")
     max_frames: int = _f(16, "most frames per clip (even; the paper trains with 16)")

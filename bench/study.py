@@ -63,16 +63,23 @@ ARMS: dict[str, tuple[dict, str]] = {
                        f"step control: ktr at lr / update ratio ({BASE_LR:g} / {UPDATE_RATIO})"),
     "ktr-selected": ({"method": "ktr", "loss_normalization": "selected"},
                      "step control: official normalisation over the selected tokens"),
+    # which-token controls (ktr.control): as many tokens per response as the union, chosen otherwise
+    "ktr-random": ({"method": "ktr", "control": "random"}, "token control: a random set the size of the union"),
+    "ktr-complement": ({"method": "ktr", "control": "complement"},
+                       "token control: the tokens the union leaves out, capped at its size"),
+    "ktr-entropy-matched": ({"method": "ktr", "control": "entropy_matched"},
+                            "token control: entropy only, at the union's update ratio (per response)"),
     **{f"{m}-lr{lr:g}": ({"method": m, "learning_rate": lr}, f"step control: {m} at lr {lr:g}")
        for m in ("grpo", "ktr") for lr in (3e-5, 3e-4)},
 }
 # arms every world runs; the others (ratio, strategies, distances, weights) run on the main world only
 CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
-        "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003"]
+        "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-random",
+        "ktr-complement", "ktr-entropy-matched"]
 MAIN_WORLD = "short"
 
 # world name -> overrides of the world (data.world_style when the config has it)
-WORLDS = {"short": {}, "long_cot": {"world_style": "long_cot"}}
+WORLDS = {"short": {}, "long_cot": {"world_style": "long_cot"}, "sampled_cot": {"world_style": "sampled_cot"}}
 
 FULL = {"seeds": [0, 1, 2], "steps": 500, "log_rollouts_every": 10, "save_steps": 20, "overrides": {}}
 QUICK = {"seeds": [0, 1], "steps": 3, "log_rollouts_every": 1, "save_steps": 2, "arms": ["grpo", "ktr"],
@@ -262,7 +269,8 @@ def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dic
     with respect to the token's logits has norm between |A| (1 - p) and sqrt(2) |A| (1 - p), so sum |A| (1 - p)
     over a response's tokens is the proxy: `unselected_share` = the part of that sum on tokens the mask does not
     select (what masking removes from GRPO's update), and `unselected_confident` = the share of unselected tokens
-    with p > 0.99. Over attributed responses (non-zero advantage) of methods with a selection; empty otherwise."""
+    with p > 0.99. Over attributed responses (non-zero advantage) of methods with a selection; empty otherwise.
+    The mask is the one the loss trained: the union, or for a control arm (settings' control) its weights."""
     records = logged_rollouts(run_dir) if records is None else records
     if records is None:
         return {}
@@ -271,6 +279,8 @@ def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dic
     n_rest = confident = 0
     for r in records:
         union, logp = r["selected"].get("union"), (r.get("logp") or {}).get("full")
+        if (r.get("settings") or {}).get("control", "none") != "none" and r.get("weights") is not None:
+            union = [w > 0 for w in r["weights"]]
         if union is None or logp is None:
             continue
         for picked, lp in zip(union, logp):

@@ -77,13 +77,17 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identi
                             peft_config=peft_config(model, lora) if lora is not None else None)
 
 
-def reference_key_token_weights(trainer, batch, generator_state, model_dir, ties: float | None = None):
+def reference_key_token_weights(trainer, batch, generator_state, model_dir, ties: float | None = None,
+                                control_state=None):
     """The reference path for a generated batch: a fresh fp32 copy of the trainer's weights in eval mode, no
     gradient checkpointing, no autocast, every row evaluated on its own unshared sequence, the vision tower
     run on the rows' pixels (videos and images), the same attributed rows, perturbation draws and selection as
     the trainer. Returns weights [B, C]; with `ties`, (weights, near_tie [B, C] bool): the tokens that some
     signal selects (or not) over another token of its row whose score is within `ties` of its own, i.e. whose
-    selection a difference in the last float digits may swap (a random model's entropies differ by 1e-6)."""
+    selection a difference in the last float digits may swap (a random model's entropies differ by 1e-6).
+    A control (trainer.selection_options.control): the union is replaced by core.control_mask over the response
+    tokens, its draws from a generator in `control_state` (the trainer's _control_generator state before the
+    batch)."""
     import dataclasses
 
     from videoktr.attribution import attribute, select_key_tokens
@@ -128,7 +132,16 @@ def reference_key_token_weights(trainer, batch, generator_state, model_dir, ties
                                 batch["completion_ids"][pick], batch["completion_mask"][pick], options=options,
                                 generator=generator, **kwargs)
     groups = batch["prompt_group"][pick] if trainer.selection_options.scope in ("group", "quantile") else None
-    weights, masks, _ = select_key_tokens(attribution, trainer.selection_options, group_ids=groups)
+    control = trainer.selection_options.control
+    weights, masks, _ = select_key_tokens(attribution, dataclasses.replace(trainer.selection_options, control="none"),
+                                          group_ids=groups)
+    if control != "none":
+        from videoktr.core import control_mask
+
+        control_generator = torch.Generator()
+        control_generator.set_state(control_state)
+        weights = control_mask(control, weights.bool(), batch["completion_mask"][pick].bool(), attribution.entropy,
+                               control_generator).float()
     out[pick] = weights
     if ties is None:
         return out

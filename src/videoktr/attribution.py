@@ -23,8 +23,10 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from .core import (
+    CONTROLS,
     DISTANCES,
     WEIGHTINGS,
+    control_mask,
     global_top_ratio_mask,
     group_top_ratio_mask,
     lm_head_distribution_distance,
@@ -482,10 +484,18 @@ class SelectionOptions:
     ratio: float = 0.2  # r: share of each response's tokens kept per signal, in (0, 1]
     scope: str = "response"  # "response" (exact top-r per response), "group", "global", "quantile" (official)
     weighting: str = "binary"  # "binary" (paper) or a soft scheme in core.WEIGHTINGS
+    # "none" (train the union), or a control that trains as many tokens chosen otherwise (core.controls):
+    # "random", "complement", "entropy_matched"
+    control: str = "none"
 
     def validate(self) -> None:
         if not (0.0 < self.ratio <= 1.0):
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if self.control not in CONTROLS:
+            raise ValueError(f"control must be one of {CONTROLS}, got {self.control!r}")
+        if self.control != "none" and self.weighting != "binary":
+            raise ValueError(f"control {self.control!r} replaces a binary mask; weighting must be 'binary', "
+                             f"got {self.weighting!r}")
         if self.scope not in SELECTION_SCOPES:
             raise ValueError(f"selection scope must be one of {SELECTION_SCOPES}, got {self.scope!r}")
         if self.weighting not in WEIGHTINGS:
@@ -498,12 +508,18 @@ def select_key_tokens(
     group_ids: torch.Tensor | None = None,
     all_gather: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
     rank: int = 0,
+    response_valid: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, float]]:
     """Scores -> (token weights [B, C] float, per-signal masks, statistics).
 
     Binary weighting: the union of each signal's top-r tokens (paper Eq. 2's m_{i,t}). Soft weighting: the
     per-token maximum of each signal's soft weights (RQ4). group_ids [B] for scope "group"/"quantile";
     all_gather/rank for scope "global" (one threshold across processes).
+    With a control (options.control != "none"): the weights are the control's mask instead of the union, as many
+    tokens per response chosen otherwise (core.controls), among `response_valid` [B, C] bool (the response
+    tokens; required), random draws from `generator`; the per-signal masks and statistics stay the union's, and
+    statistics gain "control_update_ratio" (|control| / |response tokens|).
     """
     options = options or SelectionOptions()
     options.validate()
@@ -519,7 +535,15 @@ def select_key_tokens(
         else:
             masks[name] = global_top_ratio_mask(score, valid, options.ratio, all_gather=all_gather, rank=rank)
     stats = selection_stats(masks, combined_valid(attribution.valid))
-    if options.weighting == "binary":
+    if options.control != "none":
+        if response_valid is None:
+            raise ValueError(f"control {options.control!r} needs response_valid (the response tokens it chooses "
+                             "among)")
+        valid = response_valid.bool()
+        chosen = control_mask(options.control, union_masks(masks), valid, attribution.entropy, generator)
+        stats["control_update_ratio"] = float(chosen.sum()) / max(1, int(valid.sum()))
+        weights = chosen.float()
+    elif options.weighting == "binary":
         weights = union_masks(masks).float()
     else:
         soft = [soft_token_weights(attribution.scores[n], attribution.valid[n], options.weighting)

@@ -51,6 +51,17 @@ class FilterOptions:
         return "" if self.num_shards == 1 else f".shard-{self.shard}-of-{self.num_shards}"
 
 
+def difficulty_decision(scores, low: float = 0.2, high: float = 0.8) -> tuple[float, bool]:
+    """The difficulty rule (paper Sec. 4.1) for one prompt: (accuracy, kept) from the accuracy rewards of its k
+    sampled responses; kept when low <= accuracy <= high. Used by `run_filter` and by the synthetic world's RL
+    prompt filter (train/world_filter.py)."""
+    scores = [float(x) for x in scores]
+    if not scores:
+        raise ValueError("difficulty_decision needs at least one sampled response's score")
+    acc = sum(scores) / len(scores)
+    return acc, low <= acc <= high
+
+
 def _jsonl_records(out: Path, pattern: str) -> list[dict]:
     """Records of every file matching `pattern` in `out`; a line cut off by a kill is ignored (other shards'
     files are only read: their own process repairs them)."""
@@ -128,9 +139,8 @@ def run_filter(data: str | Path, data_root: str | Path | None, model: str | Path
                 n = len(mine)
                 scores = accuracy_reward(mine, solution=[row["solution"]] * n, problem_type=[row["problem_type"]] * n,
                                          options=[row.get("options")] * n)
-                acc = sum(scores) / n
-                rec = {"problem_id": row["problem_id"], "accuracy": acc, "scores": scores,
-                       "kept": options.low <= acc <= options.high}
+                acc, kept = difficulty_decision(scores, options.low, options.high)
+                rec = {"problem_id": row["problem_id"], "accuracy": acc, "scores": scores, "kept": kept}
                 sink.write(json.dumps(rec) + "\n")
                 done[str(row["problem_id"])] = rec
             sink.flush()

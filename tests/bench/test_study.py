@@ -110,6 +110,15 @@ def test_mask_gradient_share(monkeypatch, tmp_path):
     assert got["unselected_share"] == pytest.approx(rest / (chosen + rest))
     assert got["unselected_confident"] == pytest.approx(2 / 3)  # 0.995 and 0.999 of the three unselected
     assert got["responses"] == 2
+    # a control arm: the mask is the control's weights, not the union it was sized on
+    for r in records:
+        r["settings"] = {"control": "complement"}
+    records[0]["weights"], records[1]["weights"] = [0.0, 1.0, 0.0], [1.0, 0.0]
+    records[2]["weights"] = [0.0]
+    got = _module().mask_gradient_share(tmp_path)
+    chosen, rest = 2 * 0.005 + 1 * 0.001, 2 * 0.5 + 2 * 0.1
+    assert got["unselected_share"] == pytest.approx(rest / (chosen + rest))
+    assert got["unselected_confident"] == pytest.approx(0.0)
 
 
 def test_answer_token_mask():

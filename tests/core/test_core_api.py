@@ -14,6 +14,7 @@ PUBLIC = {
     "union_masks", "selection_stats", "WEIGHTINGS", "soft_token_weights",
     "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",
     "group_position_kl", "tw_grpo_weights", "group_position_divergence_source", "tw_grpo_source_weights",
+    "CONTROLS", "random_count_mask", "complement_mask", "top_count_mask", "control_mask",
 }
 
 
@@ -30,6 +31,7 @@ def test_option_tuples():
     assert core.DISTANCES == ("kl", "jsd", "l1", "l2", "cosine", "hellinger")
     assert core.WEIGHTINGS == ("binary", "softmax", "sigmoid", "linear", "exponential")
     assert core.LOSS_NORMALIZATIONS == ("sequence", "token", "selected")
+    assert core.CONTROLS == ("none", "random", "complement", "entropy_matched")
 
 
 def test_core_imports_torch_only():

@@ -76,8 +76,11 @@ def _batches(items: Sequence, batch_size: int) -> list[list]:
 
 @torch.no_grad()
 def generate_responses(model, processor, rows: Sequence[dict], world_dir, batch_size: int = 64,
-                       max_new_tokens: int = 48, clips: dict | None = None, config=None) -> list[str]:
-    """Greedy responses (decoded with skip_special_tokens=True, as TRL does), vision tokens suppressed."""
+                       max_new_tokens: int = 48, clips: dict | None = None, config=None, samples: int = 0,
+                       temperature: float = 1.0, top_p: float = 1.0) -> list[str]:
+    """Greedy responses (decoded with skip_special_tokens=True, as TRL does), vision tokens suppressed. With
+    `samples` >= 1: that many sampled responses per row (temperature, top_p; torch's global RNG), row by row
+    (rows[0]'s samples first); `batch_size` then counts rows."""
     from ..models.factory import suppressed_token_ids
 
     config = config or synthetic.load_world_config(world_dir)
@@ -91,8 +94,10 @@ def generate_responses(model, processor, rows: Sequence[dict], world_dir, batch_
     try:
         for batch in _batches(list(rows), batch_size):
             enc = synthetic.encode_rows(processor, batch, clips, padding_side="left").to(device)
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=suppress,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+            sampling = (dict(do_sample=True, num_return_sequences=samples, temperature=temperature, top_p=top_p,
+                             top_k=0) if samples else dict(do_sample=False))
+            out = model.generate(**enc, max_new_tokens=max_new_tokens, suppress_tokens=suppress,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, **sampling)
             texts += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:
         model.train(was_training)

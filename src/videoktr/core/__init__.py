@@ -18,6 +18,12 @@ Key-token selection (Sec. 3.2; exactly ceil(r * n) tokens, >= 1, ties to the ear
     quantile_threshold_mask(..., group_ids)       the official code's per-group torch.quantile threshold
     union_masks(masks)                            S = S_vis | S_temp | S_ent
     selection_stats(masks, valid)                 update ratio, per-signal ratios, Jaccard overlaps, unique shares
+Controls (same number of tokens as the union, chosen otherwise; see core.controls):
+    CONTROLS                                      ("none", "random", "complement", "entropy_matched")
+    random_count_mask(counts, valid, generator)   per response, counts[r] uniformly random valid tokens
+    complement_mask(union, valid, generator)      the tokens the union leaves out, capped at its size
+    top_count_mask(scores, valid, counts)         per response, its counts[r] highest-scoring tokens
+    control_mask(control, union, valid, entropy, generator)   the mask a control trains instead of the union
 Soft weighting (RQ4):
     WEIGHTINGS                                    ("binary", "softmax", "sigmoid", "linear", "exponential")
     soft_token_weights(scores, valid, scheme)     per-response weights in [0, 1], 1 at the top token
@@ -35,6 +41,7 @@ Objective (Eq. 1-2):
                                                   -J of Eq. 2 (+ beta * KL) and its statistics
 """
 
+from .controls import CONTROLS, complement_mask, control_mask, random_count_mask, top_count_mask
 from .baselines import group_position_divergence_source, group_position_kl, tw_grpo_source_weights, tw_grpo_weights
 from .logprobs import lm_head_logprobs, logprobs_and_entropy, selective_log_softmax, token_entropy
 from .objective import LOSS_NORMALIZATIONS, group_advantages, k3_kl, masked_clipped_loss
@@ -54,6 +61,7 @@ __all__ = [
     "logprob_shift", "DISTANCES", "distribution_distance", "lm_head_distribution_distance",
     "top_ratio_mask", "group_top_ratio_mask", "global_top_ratio_mask", "quantile_threshold_mask",
     "union_masks", "selection_stats",
+    "CONTROLS", "random_count_mask", "complement_mask", "top_count_mask", "control_mask",
     "WEIGHTINGS", "soft_token_weights",
     "group_position_divergence_source", "tw_grpo_source_weights", "group_position_kl", "tw_grpo_weights",
     "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",

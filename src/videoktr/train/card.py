@@ -27,7 +27,7 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
     if rl.method in ("ktr", "entropy"):
         options["ktr"] = {name: getattr(k, name) for name in (
             "signals", "ratio", "selection", "weighting", "distance", "visual_strategy", "temporal_strategy",
-            "temporal_samples", "mask_kl")}
+            "temporal_samples", "mask_kl", "control")}
     if rl.method == "twgrpo":
         options["rl"]["twgrpo_variant"] = rl.twgrpo_variant
     m = config.model

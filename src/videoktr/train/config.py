@@ -74,8 +74,15 @@ class DataConfig:
     world_seed: int = _f(0, "synthetic world: seed of clips and questions")
     world_style: str = _f("short", "synthetic world: reference style; short = terse reasoning (the default), "
                                    "long_cot = 100-250-token chains of thought, mostly filler and restatement, "
-                                   "walking through the clip (docs/world-long-cot.md; raises "
-                                   "rl.max_completion_length to what the world needs)", ("short", "long_cot"))
+                                   "walking through the clip (docs/world-long-cot.md); sampled_cot = the same walk "
+                                   "with every filler word drawn independently, so a policy samples its filler with "
+                                   "real entropy (docs/world-sampled-cot.md); the long styles raise "
+                                   "rl.max_completion_length to what the world needs",
+                          ("short", "long_cot", "sampled_cot"))
+    world_rl_filter: bool = _f(False, "synthetic world: before RL, keep only the RL prompts whose accuracy over "
+                                      "rl.num_generations samples of the starting model lies in [0.2, 0.8] (the "
+                                      "difficulty rule of `videoktr filter`, paper Sec. 4.1), so that most prompt "
+                                      "groups carry a learning signal; cached per starting model, and reported")
     fps: float = _f(2.0, "frames sampled per second of video")
     min_frames: int = _f(4, "fewest frames per clip (even)")
     max_frames: int = _f(16, "most frames per clip (even; the paper trains with 16)")
@@ -170,6 +177,12 @@ class KTRConfig:
     temporal_samples: int = _f(1, "temporal score = mean over this many permutation draws (each adds one "
                                   "temporally perturbed pass over the attributed rows; paper: 1)")
     mask_kl: bool = _f(False, "apply the key-token mask to the KL term too (official code: yes)")
+    control: str = _f("none", "a control for the masked methods (ktr, entropy): train, instead of the key-token "
+                              "union, as many tokens per response chosen otherwise; random = a uniformly random set "
+                              "(drawn with run.seed), complement = the tokens the union leaves out (capped at its "
+                              "size), entropy_matched = the highest-entropy tokens at the union's update ratio "
+                              "(matched per response); none = the union (core.controls)",
+                      ("none", "random", "complement", "entropy_matched"))
 
 
 @dataclass
@@ -422,6 +435,12 @@ class TrainConfig:
         if bad or not k.signals:
             raise ConfigError(f"{self.label('ktr', 'signals')} must be a non-empty subset of visual/temporal/entropy, "
                               f"got {k.signals}")
+        if k.control != "none" and rl.method not in ("ktr", "entropy"):
+            raise ConfigError(f"{self.label('ktr', 'control')} {k.control!r} replaces the key-token mask of the masked "
+                              f"methods (ktr, entropy); rl.method is {rl.method!r}")
+        if k.control != "none" and k.weighting != "binary":
+            raise ConfigError(f"{self.label('ktr', 'control')} {k.control!r} replaces a binary mask; ktr.weighting "
+                              f"must be 'binary', got {k.weighting!r}")
         if k.signed and k.distance != "logprob":
             raise ConfigError(f"{self.label('ktr', 'signed')}: a signed score applies only to ktr.distance 'logprob', "
                               f"got ktr.distance {k.distance!r}")

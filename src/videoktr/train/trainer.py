@@ -166,6 +166,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._pending: EncodedPrompts | None = None  # the batch being generated for (None: no media in it)
         self._rows: list[RowVideo | None] | None = None  # each row's video/image in the batch being generated for
         self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
+        # the draws of a control (selection.control "random"/"complement"): the run's seed, its own stream, so that
+        # a control run's attribution (temporal permutations) is drawn as the uncontrolled run's
+        self._control_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index + 7)
         self._donors: list[tuple[str, torch.Tensor]] = []  # (clip key, features) of earlier batches ("replace")
         # decoded clips of the current batches (the G copies of a prompt decode once); small, since full-resolution
         # frames of real videos take tens of MB each
@@ -341,7 +344,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     def _make_rollout_log(self, options: RolloutLogOptions) -> RolloutLog:
         """The rollout log of this process, with the run's settings in every file's metadata."""
         a, s, v = self.attribution_options, self.selection_options, self.video_options
-        settings = {"signals": list(a.signals), "selection": s.scope, "weighting": s.weighting,
+        settings = {"signals": list(a.signals), "selection": s.scope, "weighting": s.weighting, "control": s.control,
                     "distance": a.distance, "signed": a.signed, "visual_strategy": a.visual_strategy,
                     "temporal_strategy": a.temporal_strategy, "temperature": self.temperature,
                     "num_generations": self.num_generations, "epsilon_low": self.epsilon_low,
@@ -615,7 +618,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         group_ids = batch["prompt_group"][pick] if self.selection_options.scope in ("group", "quantile") else None
         all_gather = all_gather_1d if self.selection_options.scope == "global" else None
         sub_weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
-                                                      all_gather=all_gather, rank=self.accelerator.process_index)
+                                                      all_gather=all_gather, rank=self.accelerator.process_index,
+                                                      response_valid=completion_mask[pick].bool(),
+                                                      generator=self._control_generator)
         if stand_in:
             return weights
         if self._rollout_capture is not None:  # a logged step: keep what the rollout log records (no copy)

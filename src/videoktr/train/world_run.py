@@ -94,6 +94,29 @@ def world_trainer(config: TrainConfig):
     return trainer, world, model_dir
 
 
+def filter_rl_prompts(config: TrainConfig, model, processor, model_dir, world, rl_rows: list[dict]):
+    """data.world_rl_filter: the RL prompts the starting model solves sometimes but not always (train/world_filter.py),
+    and the filter's summary. One process samples (the result is cached); the others read its cache."""
+    from ..models.lora import base_model
+    from .run import process_state
+    from .world_filter import filter_world_prompts
+
+    rl = config.rl
+    with process_state().main_process_first():
+        kept, summary = filter_world_prompts(
+            base_model(model), processor, model_dir, rl_rows, world.root, world.rl, config.run.cache_dir,
+            samples=rl.num_generations, temperature=rl.temperature, top_p=rl.top_p,
+            max_new_tokens=rl.max_completion_length, seed=config.data.world_seed)
+    print(f"RL prompt filter (accuracy over {summary['samples']} samples in [{summary['low']}, {summary['high']}]): "
+          f"kept {summary['kept']} of {summary['rows']} ({summary['too_easy']} too easy, {summary['too_hard']} too "
+          f"hard); prompts with an accuracy signal {summary['signal_share_before']:.2f} -> "
+          f"{summary['signal_share_after']:.2f}")
+    if not kept:
+        raise ValueError(f"data.world_rl_filter kept no RL prompt of {summary['rows']} (too easy "
+                         f"{summary['too_easy']}, too hard {summary['too_hard']}); turn the filter off")
+    return kept, summary
+
+
 def run_synthetic(config: TrainConfig) -> dict:
     if config.rl.length_bonus > 0:
         # the world's answers are a few tokens long (responses of at most rl.max_completion_length, 64 by default):
@@ -123,6 +146,9 @@ def run_synthetic(config: TrainConfig) -> dict:
 
     model = load_training_model(config, model_dir)
     processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
+    rl_filter = None
+    if config.data.world_rl_filter:
+        rl_rows, rl_filter = filter_rl_prompts(config, model, processor, model_dir, world, rl_rows)
 
     # 3. before RL: held-out accuracy and attribution quality of the starting model
     print(f"[3/5] held-out accuracy and attribution on {len(eval_rows)} clips")
@@ -165,6 +191,7 @@ def run_synthetic(config: TrainConfig) -> dict:
         "accuracy_gain": gain,  # paired over the same held-out clips: gain, ci95, McNemar p_value
         "attribution": attribution,  # auc, precision (each strategy's), label shares, ...
         "attribution_strategies": {"visual": config.ktr.visual_strategy, "temporal": config.ktr.temporal_strategy},
+        "rl_filter": rl_filter,
         "train": train,
         "plot": str(out / PLOT_NAME),
     }

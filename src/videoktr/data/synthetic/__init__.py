@@ -65,8 +65,10 @@ uniform guess over the kind's answer set), response (the warm-start target: proc
 """
 
 from .config import (FAMILIES, GENERATOR_VERSION, KINDS, LONG_COT_COMPLETION_TOKENS, LONG_COT_FAMILY_MIX,
-                     LONG_COT_KINDS, PALETTE, SHAPES, STYLES, Layout, WorldConfig, long_cot_config, world_config)
-from .labels import (LabelIndex, all_layouts, all_sequences, label_index, label_rows, order_counterfactuals,
+                     LONG_COT_KINDS, PALETTE, SAMPLED_COT_COMPLETION_TOKENS, SHAPES, STYLES, Layout, WorldConfig,
+                     long_cot_config, sampled_cot_config, world_config)
+from .labels import (LabelIndex, all_layouts, all_sequences, branch_counterfactuals, label_index, label_rows,
+                     order_counterfactuals,
                      prefix_labels, question_key, single_edits, token_labels, unconditional_labels,
                      vision_counterfactuals)
 from .long_cot import PHRASINGS
@@ -79,8 +81,9 @@ from .world import (WorldPaths, chat_prompt, corpus, encode_rows, generate_world
 
 __all__ = [
     "FAMILIES", "GENERATOR_VERSION", "KINDS", "LONG_COT_COMPLETION_TOKENS", "LONG_COT_FAMILY_MIX", "LONG_COT_KINDS",
-    "PALETTE", "SHAPES", "STYLES", "Layout", "WorldConfig", "long_cot_config", "world_config",
-    "LabelIndex", "all_layouts", "all_sequences", "label_index", "label_rows", "order_counterfactuals",
+    "PALETTE", "SAMPLED_COT_COMPLETION_TOKENS", "SHAPES", "STYLES", "Layout", "WorldConfig", "long_cot_config",
+    "sampled_cot_config", "world_config",
+    "LabelIndex", "all_layouts", "all_sequences", "branch_counterfactuals", "label_index", "label_rows", "order_counterfactuals",
     "prefix_labels", "question_key", "single_edits", "token_labels", "unconditional_labels", "vision_counterfactuals",
     "PHRASINGS",
     "chance_of", "events_of", "family_of", "format_response", "question_text", "reference", "reference_response",

@@ -25,9 +25,12 @@ GENERATOR_VERSION = 5  # bump when clips, questions or responses change: part of
 # bump when only the long_cot world's questions or references change (part of its cache key only, so the short
 # world keeps its digest): 1 the first version, 2 count_shape's balanced draw (docs/world-long-cot.md)
 LONG_COT_REVISION = 2
+# bump when only the sampled_cot world's questions or references change (part of its cache key only)
+SAMPLED_COT_REVISION = 1
 
-STYLES = ("short", "long_cot")
+STYLES = ("short", "long_cot", "sampled_cot")
 LONG_COT_COMPLETION_TOKENS = 320  # sampling budget of the long_cot world (its references are at most 250 tokens)
+SAMPLED_COT_COMPLETION_TOKENS = 192  # sampling budget of the sampled_cot world (docs/world-sampled-cot.md)
 _LATER_FIELDS = {"style": "short"}  # fields added after version 5, with the default that leaves them out of to_dict
 
 Layout = tuple  # tuple[tuple[str, str] | None, ...]: one entry per temporal group
@@ -63,9 +66,11 @@ class WorldConfig:
     counterfactual_samples: int = _f(48, "random content counterfactuals per row for the vision labels "
                                          "(on top of all single edits and all order permutations)")
     seed: int = _f(0, "seed of clips, questions and counterfactual samples")
-    style: str = _f("short", "reference style: short (terse reasoning) or long_cot (100-250-token chains of thought "
+    style: str = _f("short", "reference style: short (terse reasoning), long_cot (100-250-token chains of thought "
                              "that walk through the clip with filler and restatement; `long_cot_config` is its "
-                             "fixed preset, docs/world-long-cot.md)")
+                             "fixed preset, docs/world-long-cot.md) or sampled_cot (the same walk with every "
+                             "filler word drawn independently per row and slot; `sampled_cot_config`, "
+                             "docs/world-sampled-cot.md)")
 
     @property
     def groups(self) -> int:
@@ -104,7 +109,7 @@ class WorldConfig:
     @property
     def completion_tokens(self) -> int:
         """Longest reference response in tokens the world expects a policy to need (sampling/greedy budget)."""
-        return LONG_COT_COMPLETION_TOKENS if self.style == "long_cot" else 48
+        return {"long_cot": LONG_COT_COMPLETION_TOKENS, "sampled_cot": SAMPLED_COT_COMPLETION_TOKENS}.get(self.style, 48)
 
     def to_dict(self) -> dict:
         """The config as JSON types. Fields added after generator version 5 (`style`) are left out at their
@@ -124,7 +129,8 @@ class WorldConfig:
         return cls(**{k: tup(v) for k, v in d.items() if k in names})
 
     def digest(self) -> str:
-        versions = [GENERATOR_VERSION] + ([LONG_COT_REVISION] if self.style == "long_cot" else [])
+        versions = [GENERATOR_VERSION] + {"long_cot": [LONG_COT_REVISION],
+                                          "sampled_cot": [SAMPLED_COT_REVISION]}.get(self.style, [])
         payload = json.dumps([self.to_dict(), *versions], sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -141,10 +147,18 @@ def long_cot_config(**overrides) -> WorldConfig:
                           **overrides})
 
 
+def sampled_cot_config(**overrides) -> WorldConfig:
+    """The sampled_cot world: the long_cot world's clips, families and kinds, with sampled filler (overridable)."""
+    return WorldConfig(**{"style": "sampled_cot", "family_mix": LONG_COT_FAMILY_MIX, "kinds": LONG_COT_KINDS,
+                          **overrides})
+
+
 def world_config(style: str = "short", **overrides) -> WorldConfig:
-    """The world of a style: `WorldConfig(**overrides)` for short (today's default), `long_cot_config` else."""
+    """The world of a style: `WorldConfig(**overrides)` for short (today's default), else the style's preset."""
     if style == "short":
         return WorldConfig(**overrides)
     if style == "long_cot":
         return long_cot_config(**overrides)
+    if style == "sampled_cot":
+        return sampled_cot_config(**overrides)
     raise ValueError(f"unknown world style {style!r}; choose from {STYLES}")

@@ -113,8 +113,48 @@ def vision_counterfactuals(layout: Layout, question: dict, config: WorldConfig, 
 
 
 def question_key(question: dict) -> str:
-    """A question's identity for the label index: its text, plus the hidden phrasing of long references."""
-    return question_text(question) + (f"|phrasing={question['phrasing']}" if "phrasing" in question else "")
+    """A question's identity for the label index: its text, plus the hidden phrasing of long references (or the
+    filler seed of sampled ones)."""
+    return (question_text(question) + (f"|phrasing={question['phrasing']}" if "phrasing" in question else "")
+            + (f"|filler={question['filler']}" if "filler" in question else ""))
+
+
+_WELL_POSED: dict[tuple, list] = {}
+
+
+def _well_posed_sequences(question: dict, config: WorldConfig) -> list[tuple]:
+    """Every event sequence of the world for which the question is well-posed (cached per question text)."""
+    key = (config.digest(), question_text(question))
+    if key not in _WELL_POSED:
+        if len(_WELL_POSED) >= 64:
+            _WELL_POSED.pop(next(iter(_WELL_POSED)))
+        _WELL_POSED[key] = [q for q in all_sequences(config) if well_posed(q, question)]
+    return _WELL_POSED[key]
+
+
+END_OF_EVENTS = "end"
+
+
+def branch_counterfactuals(layout: Layout, question: dict, config: WorldConfig) -> list[Layout]:
+    """Exact branch points of the narration: for every i (0..number of events) and every way a well-posed clip
+    sharing the row's first i events can go on (the end, or any other next event), ONE such clip (the first in
+    enumeration order). References whose narration first departs from the row's at the same event and in the same
+    way depart from its text at the same token, so these clips reach every token where some clip's reference
+    first departs (with the filler held fixed; `token_labels` for style sampled_cot)."""
+    ev = tuple(events_of(layout))
+    out = []
+    sequences = _well_posed_sequences(question, config)
+    for i in range(len(ev) + 1):
+        own = ev[i] if i < len(ev) else END_OF_EVENTS
+        seen = {own}
+        for q in sequences:
+            if q[:i] != ev[:i]:
+                continue
+            nxt = q[i] if i < len(q) else END_OF_EVENTS
+            if nxt not in seen:
+                seen.add(nxt)
+                out.append(_as_layout(q, config))
+    return out
 
 
 def _first_divergence(x: Sequence[int], y: Sequence[int]) -> int | None:
@@ -276,9 +316,21 @@ def token_labels(row: dict, tokenizer, config: WorldConfig | None = None, add_eo
     vision_cf = vision_counterfactuals(layout, question, config, _row_rng(row, config), exhaustive=exhaustive)
     order_texts = sorted({reference_response(c, question, style) for c in order_cf} - {text})
     vision_texts = sorted({reference_response(c, question, style) for c in vision_cf} - {text})
-    all_texts = [text] + order_texts + vision_texts
+    extra: list[str] = []
+    sampled = style == "sampled_cot"
+    if sampled:  # the filler held fixed (the row's seed): exact branch clips, and the row with one choice changed
+        from .questions import reference as _reference
+        from .sampled_cot import filler_variants
+
+        branch_texts = sorted({reference_response(c, question, style)
+                               for c in branch_counterfactuals(layout, question, config)} - {text})
+        filler_texts = sorted(set(filler_variants(events_of(layout), question, _reference(layout, question)[1]))
+                              - {text})
+        extra = branch_texts + filler_texts
+    all_texts = [text] + order_texts + vision_texts + extra
     ids = tokenizer([t + eos for t in all_texts], add_special_tokens=False)["input_ids"]
-    x, order_ids, vision_ids = ids[0], ids[1 : 1 + len(order_texts)], ids[1 + len(order_texts) :]
+    n_o, n_v = len(order_texts), len(vision_texts)
+    x, order_ids, vision_ids = ids[0], ids[1 : 1 + n_o], ids[1 + n_o : 1 + n_o + n_v]
     answer = [False] * len(x)
     open_id = tokenizer.convert_tokens_to_ids("<answer>")
     close_id = tokenizer.convert_tokens_to_ids("</answer>")
@@ -290,13 +342,21 @@ def token_labels(row: dict, tokenizer, config: WorldConfig | None = None, add_eo
         if tid == open_id:
             inside = True
     as_bool = lambda v: torch.tensor(v, dtype=torch.bool)  # noqa: E731
+    out = {}
+    if sampled:
+        branch_ids = ids[1 + n_o + n_v : 1 + n_o + n_v + len(branch_texts)]
+        vision = prefix_labels(x, branch_ids)
+        out["sampled"] = as_bool(prefix_labels(x, ids[1 + n_o + n_v + len(branch_texts) :]))
+    else:
+        vision = index.vision_labels(x, question)
     return {
         "input_ids": torch.tensor(x, dtype=torch.long),
-        "vision": as_bool(index.vision_labels(x, question)),
+        "vision": as_bool(vision),
         "order": as_bool(prefix_labels(x, order_ids)),
         "vision_uncond": as_bool(unconditional_labels(x, vision_ids)),
         "order_uncond": as_bool(unconditional_labels(x, order_ids)),
         "answer": as_bool(answer),
+        **out,
     }
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from .config import KINDS, Layout, WorldConfig
 from .long_cot import PHRASINGS, long_think
+from .sampled_cot import sampled_response, split_response
 
 
 def events_of(layout: Layout) -> list[tuple[str, str]]:
@@ -60,6 +61,9 @@ def reference(layout: Layout, question: dict, style: str = "short") -> tuple[str
     if style == "long_cot":
         _, answer = reference(layout, question)
         return long_think(events_of(layout), question, question_text(question), answer), answer
+    if style == "sampled_cot":
+        _, answer = reference(layout, question)
+        return split_response(sampled_response(events_of(layout), question, answer))
     if style != "short":
         raise ValueError(f"unknown reference style {style!r}")
     ev = events_of(layout)
@@ -134,12 +138,14 @@ def sample_question(rng: np.random.Generator, family: str, layout: Layout, confi
     if not kinds:
         raise ValueError(f"family {family!r} has no enabled kind (config.kinds={config.kinds})")
     kind = kinds[int(rng.integers(len(kinds)))]
-    if kind == "count_shape" and config.style == "long_cot":
+    if kind == "count_shape" and config.style in ("long_cot", "sampled_cot"):
         question = {"kind": kind, "shape": _balanced_count_shape(rng, ev, config)}
     else:
         question = _question_params(rng, kind, colours, unique, config)
     if config.style == "long_cot":  # the hidden phrasing of the long reference (not in the prompt)
         question["phrasing"] = int(rng.integers(PHRASINGS))
+    if config.style == "sampled_cot":  # the seed of every filler choice of the reference (not in the prompt)
+        question["filler"] = int(rng.integers(2**31))
     return question
 
 

@@ -16,6 +16,7 @@ from ..video import Clip, read_video, write_video
 from .config import GENERATOR_VERSION, Layout, WorldConfig
 from .labels import vision_counterfactuals
 from .long_cot import corpus_texts as long_cot_corpus
+from .sampled_cot import corpus_texts as sampled_cot_corpus
 from .questions import (
     chance_of,
     family_of,
@@ -225,4 +226,6 @@ def corpus(config: WorldConfig | None = None, repeats: int = 20) -> list[str]:
     texts += [format_response("counting the shapes.", n) for n in counts]
     if config.style == "long_cot":
         texts += long_cot_corpus(colours, shapes, config.max_events)
+    if config.style == "sampled_cot":
+        texts += sampled_cot_corpus(colours, shapes, config.max_events)
     return texts * repeats

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from videoktr.train.config import load_config
@@ -77,3 +78,30 @@ def test_context_restores_on_error():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.slow
+def test_warm_start_is_the_same_model_on_any_thread_count(tmp_path):
+    """Issue 20 item 6b: builds of one warm start under 1 and 2 torch threads were different models (a sum split over
+    two threads rounds differently; on this tiny world after 6 steps too), so one cache name held different
+    warm starts on different machines. Now every build trains with one thread: the same bytes."""
+    import hashlib
+
+    from videoktr.data import synthetic
+    from videoktr.models.factory import create_model_dir
+    from videoktr.train.warmstart import warm_start
+
+    cfg = synthetic.world_config("short")
+    world = synthetic.generate_world(tmp_path / "world", cfg, n_train=200, n_eval=8, n_rl=8)
+    create_model_dir(tmp_path / "base", size="tiny", corpus=synthetic.corpus(cfg), seed=0)
+    digests = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = warm_start(tmp_path / "base", world.root, tmp_path / f"ws-{threads}", max_steps=6, eval_every=1000,
+                             val_per_family=2, progress=False)
+            digests.append(hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest())
+    finally:
+        torch.set_num_threads(before)
+    assert digests[0] == digests[1]

@@ -35,8 +35,6 @@ def test_a_run_sets_its_threads(tmp_path, monkeypatch):
 
 
 def test_cpu_threads_is_resumable_and_validated():
-    import pytest
-
     from videoktr.train.config import ConfigError
     from videoktr.train.run import run_identity
 

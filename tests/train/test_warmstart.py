@@ -81,3 +81,18 @@ def test_warm_start_trains_saves_and_is_cached(setup):
     key = W.cache_key(base, world.root, W.WarmStartSettings(max_steps=9))
     assert not W.is_complete(out, key) and W.is_complete(out)
     assert json.loads((out / "warmstart.json").read_text())["key"] != key
+
+
+def test_a_warm_start_records_the_position_scheme_it_trained_under(setup):
+    """The warm-started directory records its 3D position scheme where load_model reads it (config.json), so a
+    later load without a scheme computes the one it was trained under."""
+    from videoktr.models.factory import load_model
+    from videoktr.models.positions import recorded_scheme, scheme_of
+
+    root, world, base = setup
+    kwargs = dict(max_steps=2, batch_size=4, eval_every=2, val_per_family=2, max_new_tokens=4, warmup_steps=1,
+                  progress=False)
+    for scheme in ("transformers", "qwen"):
+        out = W.warm_start(base, world.root, root / f"ws-{scheme}", rope_positions=scheme, **kwargs)
+        assert recorded_scheme(out) == scheme and W.read_info(out)["settings"]["rope_positions"] == scheme
+        assert scheme_of(load_model(out, dtype="float32")) == scheme

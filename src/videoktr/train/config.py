@@ -439,6 +439,12 @@ class TrainConfig:
             lora_options(self.model).validate(label=lambda name: self.label("model", name))
         except LoraError as exc:
             raise ConfigError(str(exc)) from None
+        if rl.use_vllm and self.model.rope_positions != "qwen":
+            raise ConfigError(f"{self.label('model', 'rope_positions')} {self.model.rope_positions!r} cannot be used "
+                              f"with vLLM rollouts (rl.use_vllm): vLLM computes Qwen's 3D positions, so on clips "
+                              f"longer than the grid side the responses would be sampled under one scheme and "
+                              f"trained under the other (biased importance ratios). Use model.rope_positions: "
+                              f"qwen, or sample with transformers (rl.use_vllm: false)")
         if rl.length_bonus_min_tokens > rl.length_bonus_max_tokens:
             raise ConfigError(f"{self.label('rl', 'length_bonus_min_tokens')} ({rl.length_bonus_min_tokens}) must be "
                               f"<= rl.length_bonus_max_tokens ({rl.length_bonus_max_tokens})")

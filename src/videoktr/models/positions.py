@@ -6,8 +6,9 @@ gets (s + floor(g * interval), s + i, s + j), where interval = tokens_per_second
 or 1 (Qwen2-VL, and images). Where the text AFTER a vision segment starts is the point of this module:
 
 * Qwen's scheme (the released models' code, vLLM, and transformers up to 5.2): at the segment's highest position
-  + 1, i.e. s + max((t - 1) * interval, h - 1, w - 1) + 1.
-* transformers 5.3 to 5.23: at s + max(h, w), whatever the temporal span.
+  + 1, i.e. s + max((t - 1) * interval, h - 1, w - 1) + 1. (transformers up to 5.2 truncates the seconds per
+  temporal group to an integer before computing the interval, so it matches only for whole seconds per group.)
+* transformers 5.3 to 5.25: at s + max(h, w), whatever the temporal span (tools/upstream/transformers_rope_index.py).
 
 The two agree for images and for clips whose temporal span stays within the larger spatial side; for longer
 clips (Qwen2.5-VL-7B at 2 fps and 448x224 frames: more than 16 frames) transformers puts the text after the

@@ -38,8 +38,9 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves GPU memory; the "
                                              "official 7B script uses it)")
     rope_positions: str = _f("qwen", "Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen = past the "
-                                     "video's highest position (the released models' scheme, vLLM's, transformers "
-                                     "<= 5.2's); transformers = transformers 5.23's (video start + larger grid side), "
+                                     "video's highest position (the released models' scheme, vLLM's; transformers "
+                                     "<= 5.2's for whole seconds per temporal group only); transformers = "
+                                     "transformers 5.23's (video start + larger grid side), "
                                      "which differs for clips longer than the grid side (7B, 448x224: > 16 frames)",
                              ("qwen", "transformers"))
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "

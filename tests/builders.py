@@ -169,3 +169,60 @@ def clip_rows(root, first_seed: int, n: int = 4) -> list[dict]:
             {"type": "video", "video": str(path)}, {"type": "text", "text": "Which colour appeared first?"}]}],
             "solution": "red"})
     return rows
+
+
+# Directories of one model "trained" under each 3D position scheme, as videoktr writes them now (a record in
+# config.json) and as an earlier videoktr or another tool left them (no record): name -> the scheme it was
+# trained under. The weights are the same in all of them; only what the directory says differs. They are the tiny
+# model's with the language model's query and key projections scaled x10: sharp attention, as a trained model's,
+# so that the position scheme changes its greedy outputs after a long clip (the random model's barely move).
+SCHEME_DIRS = {"records_qwen": "qwen", "records_transformers": "transformers",
+               "old_videoktr_card": "transformers", "old_videoktr_warmstart": "transformers",
+               "old_videoktr_run": "transformers", "foreign": "qwen"}
+
+OLD_CARD = """---
+library_name: transformers
+tags: [videoktr, video, reinforcement-learning, grpo]
+---
+
+# Trained with videoktr
+
+- **Base model:** `base`
+"""
+
+
+def scheme_dirs(tiny_dir, root) -> dict[str, Path]:
+    """Write the SCHEME_DIRS under `root`; returns name -> model directory."""
+    import json
+    import shutil
+
+    from videoktr.models.factory import load_model
+    from videoktr.models.positions import RECORD_KEY
+
+    root = Path(root)
+    out = {}
+    for name, scheme in SCHEME_DIRS.items():
+        path = root / name / "final" if name == "old_videoktr_run" else root / name
+        model = load_model(tiny_dir, dtype="float32", rope_positions=scheme)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "language_model" in n and n.rsplit(".", 2)[-2] in ("q_proj", "k_proj"):
+                    p.mul_(10.0)
+        model.save_pretrained(path)
+        for f in Path(tiny_dir).iterdir():  # processor and tokenizer files
+            if f.name not in ("config.json", "model.safetensors", "videoktr_model.json", "generation_config.json"):
+                shutil.copy(f, path / f.name)
+        config = json.loads((path / "config.json").read_text())
+        assert config[RECORD_KEY] == scheme  # install() records it; save_pretrained writes it
+        if not name.startswith("records_"):
+            del config[RECORD_KEY]
+            (path / "config.json").write_text(json.dumps(config))
+        if name == "old_videoktr_card":
+            (path / "README.md").write_text(OLD_CARD)
+        elif name == "old_videoktr_warmstart":
+            (path / "warmstart.json").write_text(json.dumps({"key": "0123", "complete": True,
+                                                             "settings": {"max_steps": 10}}))
+        elif name == "old_videoktr_run":
+            (path.parent / "config.json").write_text(json.dumps({"model": {"model": ""}, "rl": {"method": "grpo"}}))
+        out[name] = path
+    return out

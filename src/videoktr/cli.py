@@ -81,7 +81,8 @@ def _merge_lora(args: argparse.Namespace) -> int:
     from .models.lora import LoraError, merge_adapter
 
     try:
-        out = merge_adapter(args.adapter, args.output, base=args.base or None, dtype=args.dtype)
+        out = merge_adapter(args.adapter, args.output, base=args.base or None, dtype=args.dtype,
+                            rope_positions=args.rope_positions)
     except LoraError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -97,7 +98,7 @@ def _analyze(args: argparse.Namespace) -> int:
         result = analyze(args.run_dir, out_dir=args.output_dir, step=args.step, gradients=args.gradients,
                          checkpoint=args.checkpoint, compare=args.compare, cost_benchmark=args.cost_benchmark,
                          device=args.device, max_gradient_steps=args.max_gradient_steps,
-                         spacy_model=args.spacy_model)
+                         spacy_model=args.spacy_model, rope_positions=args.rope_positions)
     except (NoRollouts, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -178,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default="", help="base model directory (default: the one the adapter records)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                    help="dtype the merge runs and is saved in (float32 keeps updates below bf16's resolution)")
+    p.add_argument("--rope-positions", choices=("qwen", "transformers"), default=None,
+                   help="3D position scheme the merged model records (default: the one the adapter was trained "
+                        "under, as its checkpoint records it)")
     p.set_defaults(func=_merge_lora)
 
     from .analysis import explain as explain_cli
@@ -207,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-gradient-steps", type=int, default=8,
                    help="logged steps the gradient decomposition covers, evenly spread (0 = all)")
     p.add_argument("--device", default=None, help="device for the gradients (default: cuda when present, else cpu)")
+    p.add_argument("--rope-positions", choices=("qwen", "transformers"), default=None,
+                   help="Qwen2-VL/2.5-VL 3D position scheme for the gradients' model (default: the one the model "
+                        "directory records, else the run's model.rope_positions)")
     p.add_argument("--compare", action="append", default=[], metavar="RUN_DIR",
                    help="another run whose cost goes into the cost table beside this one (repeatable)")
     p.add_argument("--cost-benchmark", default=None, help="JSON results of a cost benchmark to add to the cost table")

@@ -132,25 +132,40 @@ def test_a_run_without_rollouts_is_a_clear_error(tmp_path, capsys):
     assert str(tmp_path / "empty") in err and "--log-rollouts-every" in err
 
 
-@pytest.mark.parametrize("recorded,expected",
-                         [("qwen", "qwen"), ("transformers", "transformers"), (None, "transformers")])
-def test_gradients_load_the_model_with_the_runs_position_scheme(run, tmp_path, monkeypatch, recorded, expected):
-    """The gradient figure re-runs the trained model: with the 3D positions it trained with (config.json's
-    model.rope_positions; a run from before the option trained with transformers')."""
+@pytest.mark.parametrize("record,run_key,flag,expected", [
+    ("qwen", "transformers", None, "qwen"),  # the model directory's record wins over the run's config
+    (None, "transformers", None, "transformers"),  # no record: the run's model.rope_positions
+    (None, None, None, "transformers"),  # neither: a run from before the option trained with transformers'
+    ("transformers", "qwen", "qwen", "qwen"),  # --rope-positions overrides both
+])
+def test_gradients_load_the_model_with_the_scheme_it_was_trained_with(run, tmp_path, monkeypatch, record, run_key,
+                                                                      flag, expected):
+    """The gradient figure re-runs the trained model with the 3D positions it trained with: the record in its
+    directory's config.json (written by the run), else the run's config.json model.rope_positions, else
+    transformers' (a run from before the option); --rope-positions overrides."""
     import shutil
 
     import videoktr.models.factory as factory
+    from videoktr.models.positions import RECORD_KEY, recorded_scheme
 
+    assert recorded_scheme(run / "final") == "qwen"  # what the run wrote
     copy = tmp_path / "run"
     shutil.copytree(run, copy, ignore=shutil.ignore_patterns("analysis"))
     config = json.loads((copy / "config.json").read_text())
     assert config["model"]["rope_positions"] == "qwen"  # what the run recorded
-    if recorded is None:
+    if run_key is None:
         del config["model"]["rope_positions"]
     else:
-        config["model"]["rope_positions"] = recorded
+        config["model"]["rope_positions"] = run_key
     (copy / "config.json").write_text(json.dumps(config))
+    model_config = json.loads((copy / "final" / "config.json").read_text())
+    if record is None:
+        del model_config[RECORD_KEY]
+    else:
+        model_config[RECORD_KEY] = record
+    (copy / "final" / "config.json").write_text(json.dumps(model_config))
     seen, real = [], factory.load_model
     monkeypatch.setattr(factory, "load_model", lambda *a, **k: seen.append(k.get("rope_positions")) or real(*a, **k))
-    assert main(["analyze", str(copy), "--step", "3", "--output-dir", str(tmp_path / "a")]) == 0
+    flags = ["--rope-positions", flag] if flag else []
+    assert main(["analyze", str(copy), "--step", "3", "--output-dir", str(tmp_path / "a"), *flags]) == 0
     assert seen == [expected]

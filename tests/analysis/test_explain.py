@@ -355,3 +355,23 @@ def test_rope_positions_reach_the_loaded_model(tiny_dir, clip_path, monkeypatch,
                               "--rope-positions", scheme, "--max-new-tokens", "2", "--device", "cpu"])
     record = E.explain(tiny_dir, clip_path, QUESTION, opts=E.options_from_args(args))
     assert seen == [scheme] and record["settings"]["rope_positions"] == scheme
+
+
+@pytest.mark.parametrize("name", ["records_transformers", "old_videoktr_run", "foreign"])
+def test_without_the_flag_the_scheme_the_model_was_trained_with(tiny_dir, clip_path, tmp_path, capsys, name):
+    """No --rope-positions: explain computes the scheme the model directory records, or (no record) the one an
+    earlier videoktr trained it under, or qwen for another tool's, and the record names what was used."""
+    import argparse
+
+    from builders import SCHEME_DIRS, scheme_dirs
+
+    model_dir = scheme_dirs(tiny_dir, tmp_path)[name]
+    parser = argparse.ArgumentParser()
+    E.add_arguments(parser)
+    args = parser.parse_args(["--model", str(model_dir), "--video", str(clip_path), "--question", QUESTION,
+                              "--max-new-tokens", "2", "--device", "cpu"])
+    assert args.rope_positions is None
+    capsys.readouterr()
+    record = E.explain(model_dir, clip_path, QUESTION, opts=E.options_from_args(args))
+    assert record["settings"]["rope_positions"] == SCHEME_DIRS[name]
+    assert ("records no 3D position scheme" in capsys.readouterr().err) == (name != "records_transformers")

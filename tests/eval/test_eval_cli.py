@@ -337,7 +337,7 @@ def test_rope_positions_reach_the_model_and_the_recorded_settings(tiny_dir, holm
             str(holmes_one_bad), "--model", "fake", "--no-progress"]
     assert _run(*argv, "--output-dir", str(tmp_path / "a")) == 0
     assert _run(*argv, "--output-dir", str(tmp_path / "b"), "--rope-positions", "transformers") == 0
-    assert seen == ["qwen", "transformers"]
+    assert seen == [None, "transformers"]  # no flag: the model directory's record decides (next test)
 
 
 def test_a_world_trained_model_is_evaluated_with_the_prompt_it_trained_with(tmp_path, monkeypatch, capsys):
@@ -377,3 +377,70 @@ def test_a_world_trained_model_is_evaluated_with_the_prompt_it_trained_with(tmp_
     (model / "videoktr.json").unlink()
     assert _run(*argv, "--output-dir", str(tmp_path / "plain-less")) == 0
     assert all("<think>" in p for p in seen)
+
+
+@pytest.fixture
+def long_clips(tmp_path):
+    """Three 24-frame clips (12 temporal groups at 2 fps against a 2x2 merged grid: the two position schemes put
+    the text after them on different positions) and a Video-R1-format question per clip."""
+    from builders import random_frames
+
+    from videoktr.data.video import write_video
+
+    root = tmp_path / "data"
+    rows = []
+    for i in range(3):
+        write_video(root / "videos" / f"long{i}.mp4", random_frames(10 + i, n=24), fps=2.0)
+        rows.append({"problem_id": i, "problem": "What happens first?", "data_type": "video",
+                     "problem_type": "free-form", "solution": "<answer>?</answer>", "path": f"./videos/long{i}.mp4"})
+    return root, rows
+
+
+@pytest.mark.slow
+def test_a_checkpoint_is_evaluated_under_the_scheme_it_was_trained_with_without_flags(tiny_dir, long_clips,
+                                                                                      tmp_path, capsys):
+    """Issue 22: a model directory written under either 3D position scheme (recorded now, or left by an earlier
+    videoktr, or another tool's) is evaluated without --rope-positions exactly as with the flag of the scheme it
+    was trained with: the same outputs and accuracy; the other scheme gives other outputs on these long clips
+    (so the test would fail if the default ignored the record, as it did before)."""
+    from builders import SCHEME_DIRS, scheme_dirs
+
+    root, rows = long_clips
+    dirs = scheme_dirs(tiny_dir, tmp_path / "models")
+    qfile = tmp_path / "eval_long.json"
+    common = ["--benchmark", "videor1", "--data-root", str(root), "--prompt", "official", "--max-new-tokens", "8",
+              "--temperature", "0", "--frames", "24", "--max-pixels", str(56 * 56), "--min-pixels", str(56 * 56),
+              "--batch-size", "3", "--device", "cpu", "--no-progress", "--questions", str(qfile)]
+
+    def evaluate(model, out, *flags):
+        assert _run(*common, "--model", str(model), "--output-dir", str(tmp_path / out), *flags) == 0
+        scored = [json.loads(x) for x in (tmp_path / out / "videor1" / "scored.jsonl").read_text().splitlines()]
+        return [r["output"] for r in scored], _summary(tmp_path / out / "videor1")
+
+    # the answers are what the model says under Qwen's scheme: 100% there, less under transformers'
+    qfile.write_text(json.dumps(rows))
+    outputs, _ = evaluate(dirs["records_qwen"], "probe", "--rope-positions", "qwen")
+    from videoktr.eval.benchmarks import get_benchmark
+    from videoktr.eval.extract import extract
+
+    items = get_benchmark("videor1").load(root, qfile, None)
+    qfile.write_text(json.dumps([{**r, "solution": f"<answer>{extract(o, it).value}</answer>"}
+                                 for r, o, it in zip(rows, outputs, items)]))
+    under = {s: evaluate(dirs["records_qwen"], f"flag-{s}", "--rope-positions", s) for s in ("qwen", "transformers")}
+    assert under["qwen"][0] != under["transformers"][0]  # the schemes differ after these clips
+    assert under["qwen"][1]["accuracy"] == 100.0 > under["transformers"][1]["accuracy"]
+    capsys.readouterr()
+    for name, trained in SCHEME_DIRS.items():
+        got_outputs, got = evaluate(dirs[name], f"noflag-{name}")
+        assert got_outputs == under[trained][0], name
+        assert got["accuracy"] == under[trained][1]["accuracy"], name
+        assert got["settings"]["rope_positions"] == trained, name
+        err = capsys.readouterr().err
+        if name.startswith("records_"):
+            assert "3D position scheme" not in err  # a record is used silently
+        else:  # no record: it says which it chose
+            assert f"records no 3D position scheme; using {trained!r}" in err, (name, err)
+    # a flag overrides the record, with one warning
+    got_outputs, _ = evaluate(dirs["records_transformers"], "override", "--rope-positions", "qwen")
+    assert got_outputs == under["qwen"][0]
+    assert "records 3D position scheme 'transformers'; using 'qwen' as asked" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def test_model_args_are_typed_and_checked():
         settings(prompt="cot")
     with pytest.raises(plug.PluginError, match="pretrained=DIR"):
         plug.PluginSettings.from_model_args(device="cpu")
-    assert settings().rope_positions == "qwen"
+    assert settings().rope_positions is None  # the model directory's record decides
     assert settings(rope_positions="transformers").rope_positions == "transformers"
     with pytest.raises(plug.PluginError, match="rope_positions must be one of qwen, transformers, got 'vllm'"):
         settings(rope_positions="vllm")
@@ -399,3 +399,22 @@ def test_backend_loads_the_model_with_the_position_scheme(tiny_dir, scheme):
 
     backend = plug.Backend(settings(str(tiny_dir), rope_positions=scheme))
     assert scheme_of(backend.model) == scheme
+
+
+def test_backend_uses_the_scheme_the_model_was_trained_with_unless_told(tiny_dir, tmp_path, capsys):
+    """Without rope_positions= the plugin computes the scheme the directory records (or an earlier videoktr
+    trained it under, or qwen for another tool's), saying which when there is no record; the argument
+    overrides it with one warning."""
+    from builders import SCHEME_DIRS, scheme_dirs
+
+    from videoktr.models.positions import scheme_of
+
+    dirs = scheme_dirs(tiny_dir, tmp_path)
+    capsys.readouterr()
+    for name, trained in SCHEME_DIRS.items():
+        assert scheme_of(plug.Backend(settings(str(dirs[name]))).model) == trained, name
+        err = capsys.readouterr().err
+        assert ("records no 3D position scheme" in err) == (not name.startswith("records_")), (name, err)
+    other = plug.Backend(settings(str(dirs["old_videoktr_card"]), rope_positions="qwen"))
+    assert scheme_of(other.model) == "qwen"
+    assert "was trained under 3D position scheme 'transformers'; using 'qwen' as asked" in capsys.readouterr().err

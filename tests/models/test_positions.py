@@ -217,3 +217,95 @@ def test_images_and_videos_in_one_sequence(fam):
                                        vision.spatial_merge_size)
         assert positions[:, b, keep].T.tolist() == [list(p) for p in expected]
         assert int(deltas[b]) == max(map(max, expected)) + 1 - len(expected)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The record: a model directory says which scheme it was trained under (issue 22)
+
+
+def _model_dir(path, **config):
+    import json
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model_type": "qwen2_5_vl", **config}))
+    return path
+
+
+def test_resolve_scheme_reads_the_record_and_what_an_earlier_videoktr_left(tmp_path, capsys):
+    """Without a requested scheme: the config.json record, else the adapter record, else (no record) what an
+    earlier videoktr left beside the model, else qwen; a choice without a record is said once."""
+    import json
+
+    from videoktr.models import positions as P
+
+    def resolve(path):
+        scheme = P.resolve_scheme(path)
+        return scheme, capsys.readouterr().err
+
+    assert resolve(_model_dir(tmp_path / "rec", videoktr_rope_positions="transformers")) == ("transformers", "")
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    P.record_scheme(adapter, "transformers")
+    assert P.recorded_scheme(adapter) == "transformers" and resolve(adapter) == ("transformers", "")
+    cases = {}
+    cases["card_new"] = _model_dir(tmp_path / "card_new")
+    (cases["card_new"] / "README.md").write_text('# Trained with videoktr\n\ninstall(model, "qwen")  # its 3D')
+    cases["card_old"] = _model_dir(tmp_path / "card_old")
+    (cases["card_old"] / "README.md").write_text("# Trained with videoktr\n\n- **Base model:** `x`\n")
+    cases["warm_old"] = _model_dir(tmp_path / "warm_old")
+    (cases["warm_old"] / "warmstart.json").write_text(json.dumps({"key": "k", "settings": {"max_steps": 3}}))
+    cases["warm_new"] = _model_dir(tmp_path / "warm_new")
+    (cases["warm_new"] / "warmstart.json").write_text(json.dumps({"key": "k", "settings": {"rope_positions": "qwen"}}))
+    run = tmp_path / "run"
+    cases["run_final"] = _model_dir(run / "final")
+    cases["run_adapter"] = run / "final" / "adapter"
+    cases["run_adapter"].mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"model": "m"}, "rl": {"method": "ktr"}}))
+    cases["marker_only"] = _model_dir(tmp_path / "marker_only")
+    (cases["marker_only"] / "videoktr_complete.json").write_text("{}")
+    cases["init_model"] = _model_dir(tmp_path / "init_model")
+    (cases["init_model"] / "videoktr_model.json").write_text("{}")
+    cases["foreign"] = _model_dir(tmp_path / "foreign")
+    (cases["foreign"] / "README.md").write_text("# Qwen2.5-VL-7B-Instruct\n")
+    expected = {"card_new": "qwen", "card_old": "transformers", "warm_old": "transformers", "warm_new": "qwen",
+                "run_final": "transformers", "run_adapter": "transformers", "marker_only": "transformers",
+                "init_model": "qwen", "foreign": "qwen"}
+    for name, path in cases.items():
+        scheme, err = resolve(path)
+        assert scheme == expected[name], name
+        assert f"{path} records no 3D position scheme; using {expected[name]!r}" in err, (name, err)
+        assert resolve(path) == (expected[name], "")  # said once
+    # a run config that names the scheme
+    (run / "config.json").write_text(json.dumps({"model": {"rope_positions": "qwen"}, "rl": {}}))
+    assert resolve(cases["run_final"])[0] == "qwen"
+
+
+def test_a_requested_scheme_wins_and_a_mismatch_warns_once(tmp_path, capsys):
+    from videoktr.models import positions as P
+
+    rec = _model_dir(tmp_path / "rec", videoktr_rope_positions="qwen")
+    assert P.resolve_scheme(rec, "transformers") == "transformers"
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and "records 3D position scheme 'qwen'; using 'transformers' as asked" in err
+    assert P.resolve_scheme(rec, "transformers") == "transformers" and capsys.readouterr().err == ""
+    assert P.resolve_scheme(rec, "qwen") == "qwen" and capsys.readouterr().err == ""  # agrees: silent
+    old = _model_dir(tmp_path / "old")
+    (old / "README.md").write_text("# Trained with videoktr\n")
+    assert P.resolve_scheme(old, "qwen") == "qwen"
+    assert "was trained under 3D position scheme 'transformers'" in capsys.readouterr().err
+    foreign = _model_dir(tmp_path / "foreign")
+    assert P.resolve_scheme(foreign, "transformers") == "transformers" and capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="unknown position scheme 'vllm'"):
+        P.resolve_scheme(foreign, "vllm")
+
+
+def test_install_records_the_scheme_that_save_pretrained_writes(tiny_dir, tmp_path):
+    import json
+
+    from videoktr.models.positions import RECORD_KEY
+
+    for scheme in ("transformers", "qwen"):
+        model = load_model(tiny_dir, dtype="float32", rope_positions=scheme)
+        model.save_pretrained(tmp_path / scheme)
+        assert json.loads((tmp_path / scheme / "config.json").read_text())[RECORD_KEY] == scheme
+        assert scheme_of(load_model(tmp_path / scheme, dtype="float32")) == scheme

@@ -106,7 +106,7 @@ def lora_train(fx, tiny_dir, out, *extra):
     return main(["train", "--data", str(fx.data_file), "--data-root", str(fx.root), "--model", str(tiny_dir),
                  "--prompts-per-step", "2", "--num-generations", "4", "--max-completion-length", "8",
                  "--output-dir", str(out), "--save-steps", "1", "--lora-r", "4", "--vision-tower", "lora",
-                 "--learning-rate", "0.05", "--gradient-checkpointing", *extra])
+                 "--learning-rate", "0.05", "--gradient-checkpointing", "--rope-positions", "transformers", *extra])
 
 
 def adapter_state(path):
@@ -131,6 +131,11 @@ def test_checkpoints_resume_and_final_is_a_merged_model(tiny_dir, tmp_path, caps
     ckpt = whole / "checkpoint-1"
     assert (ckpt / "adapter_model.safetensors").is_file() and not (ckpt / "model.safetensors").exists()
     assert (ckpt / "videoktr_complete.json").is_file()
+    # every directory records the 3D position scheme the run trained under (adapters: videoktr_positions.json)
+    from videoktr.models.positions import ADAPTER_RECORD, recorded_scheme, scheme_of
+
+    assert (ckpt / ADAPTER_RECORD).is_file() and recorded_scheme(ckpt) == "transformers"
+    assert recorded_scheme(whole / "final" / "adapter") == recorded_scheme(whole / "final") == "transformers"
     # a run interrupted after step 1 and resumed ends with the same adapter as the uninterrupted run
     assert lora_train(fx, tiny_dir, split, "--max-steps", "1") == 0
     assert lora_train(fx, tiny_dir, split, "--max-steps", "2") == 0
@@ -142,6 +147,7 @@ def test_checkpoints_resume_and_final_is_a_merged_model(tiny_dir, tmp_path, caps
     final = whole / "final"
     assert (final / "adapter" / "adapter_config.json").is_file() and not (final / "adapter_config.json").exists()
     merged = load_model(final, dtype="float32").eval()
+    assert scheme_of(merged) == "transformers"
     adapted = PeftModel.from_pretrained(load_model(tiny_dir, dtype="float32"), str(final / "adapter")).eval()
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     with torch.no_grad():
@@ -151,7 +157,11 @@ def test_checkpoints_resume_and_final_is_a_merged_model(tiny_dir, tmp_path, caps
     assert report["train"]["final_model"] == str(final)
     # a checkpoint merges from the command line
     assert main(["merge-lora", "--adapter", str(ckpt), "--output", str(tmp_path / "m1")]) == 0
-    assert load_model(tmp_path / "m1", dtype="float32") is not None
+    assert recorded_scheme(tmp_path / "m1") == "transformers"  # the adapter's scheme, not the base's default
+    assert scheme_of(load_model(tmp_path / "m1", dtype="float32")) == "transformers"
+    assert main(["merge-lora", "--adapter", str(ckpt), "--output", str(tmp_path / "m2"), "--rope-positions",
+                 "qwen"]) == 0
+    assert recorded_scheme(tmp_path / "m2") == "qwen"
 
 
 def test_lora_options_are_checked_before_any_work(tmp_path, capsys):

@@ -157,3 +157,18 @@ def test_an_empty_data_file_is_named_before_any_work(tmp_path, capsys, no_expens
     err = capsys.readouterr().err
     assert err.strip() == f"error: --data: data.data {str(rows)!r}: the training data file holds no rows ({what})"
     assert not (tmp_path / "out").exists()
+
+
+def test_vllm_rollouts_with_transformers_positions_are_refused(tmp_path, capsys, no_expensive_work):
+    """vLLM computes Qwen's 3D positions: rollouts sampled there and trained under transformers' scheme would
+    disagree on every long clip (issue 22). Refused at start, exit 2, naming the option, nothing loaded."""
+    assert _train(tmp_path, "--use-vllm", "--rope-positions", "transformers") == 2
+    err = capsys.readouterr().err
+    assert "--rope-positions: model.rope_positions 'transformers' cannot be used with vLLM rollouts" in err, err
+    assert "Traceback" not in err
+    yaml = tmp_path / "x.yaml"
+    yaml.write_text("model:\n  rope_positions: transformers\nrl:\n  use_vllm: true\n")
+    assert _train(tmp_path, "--config", str(yaml)) == 2
+    assert f"{yaml}: model.rope_positions 'transformers' cannot be used with vLLM" in capsys.readouterr().err
+    config = load_config(overrides={"use_vllm": True})
+    config.validate()  # Qwen's scheme with vLLM is fine

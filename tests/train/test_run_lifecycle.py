@@ -37,6 +37,10 @@ def test_fresh_start_moves_the_earlier_run_aside_and_never_resumes_it(data, tiny
     """Case 1: --no-resume left the old run's checkpoints, and a later resume continued the old experiment."""
     out = tmp_path / "run"
     assert _train(data, tiny_dir, out, "--max-steps", "2") == 0  # ratio 0.2: checkpoint-1, checkpoint-2, final
+    from videoktr.models.positions import recorded_scheme
+
+    # each model directory records the 3D position scheme it was trained under, where load_model reads it
+    assert [recorded_scheme(out / d) for d in ("checkpoint-1", "checkpoint-2", "final")] == ["qwen"] * 3
     assert _train(data, tiny_dir, out, "--max-steps", "1", "--ratio", "0.3", "--no-resume") == 0
     assert "were moved to" in capsys.readouterr().out
     [moved] = out.glob("superseded-*")

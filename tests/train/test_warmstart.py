@@ -129,3 +129,18 @@ def test_warm_start_defaults_are_the_settings_defaults():
     for f in __import__("dataclasses").fields(W.WarmStartSettings):
         if f.name in params:
             assert params[f.name].default == f.default, f.name
+
+
+def test_a_warm_start_records_the_position_scheme_it_trained_under(setup):
+    """The warm-started directory records its 3D position scheme where load_model reads it (config.json), so a
+    later load without a scheme computes the one it was trained under."""
+    from videoktr.models.factory import load_model
+    from videoktr.models.positions import recorded_scheme, scheme_of
+
+    root, world, base = setup
+    kwargs = dict(max_steps=2, batch_size=4, eval_every=2, val_per_family=2, max_new_tokens=4, warmup_steps=1,
+                  progress=False)
+    for scheme in ("transformers", "qwen"):
+        out = W.warm_start(base, world.root, root / f"ws-{scheme}", rope_positions=scheme, **kwargs)
+        assert recorded_scheme(out) == scheme and W.read_info(out)["settings"]["rope_positions"] == scheme
+        assert scheme_of(load_model(out, dtype="float32")) == scheme

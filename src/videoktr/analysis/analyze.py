@@ -102,9 +102,11 @@ class _Writer:
 def analyze(run_dir: str | Path, out_dir: str | Path | None = None, step: int | None = None,
             gradients: bool = True, checkpoint: str | Path | None = None, compare: Sequence[str | Path] = (),
             cost_benchmark: str | Path | None = None, device: str | None = None, max_gradient_steps: int | None = 8,
-            spacy_model: str = "en_core_web_sm", top: int = 20) -> dict:
+            spacy_model: str = "en_core_web_sm", top: int = 20, rope_positions: str | None = None) -> dict:
     """Write every figure of FIGURES for a run (see the module docstring); returns {name: {"png", "json",
-    "summary"}} plus "index". Raises analysis.rollouts.NoRollouts when the run has no rollout log."""
+    "summary"}} plus "index". Raises analysis.rollouts.NoRollouts when the run has no rollout log.
+    rope_positions: the 3D position scheme of the gradients' model (None: the one its directory records, else
+    the run's model.rope_positions; models.positions)."""
     run_dir = Path(run_dir)
     records = load_rollouts(run_dir, step)
     out = Path(out_dir) if out_dir else run_dir / "analysis"
@@ -180,7 +182,7 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, step: int | 
         w.message("gradients", no_selection)
     else:
         try:
-            table = _gradients(run_dir, records, checkpoint, device, max_gradient_steps)
+            table = _gradients(run_dir, records, checkpoint, device, max_gradient_steps, rope_positions)
         except FileNotFoundError as exc:
             w.message("gradients", str(exc))
         else:
@@ -211,7 +213,7 @@ def analyze(run_dir: str | Path, out_dir: str | Path | None = None, step: int | 
     return result
 
 
-def _gradients(run_dir: Path, records, checkpoint, device, max_steps) -> dict:
+def _gradients(run_dir: Path, records, checkpoint, device, max_steps, rope_positions=None) -> dict:
     import torch
 
     from ..models.factory import load_model, load_processor
@@ -224,8 +226,13 @@ def _gradients(run_dir: Path, records, checkpoint, device, max_steps) -> dict:
     proc_dir = model_dir if (model_dir / "preprocessor_config.json").is_file() or \
         (model_dir / "processor_config.json").is_file() else Path(records[0]["settings"].get("model") or model_dir)
     processor = load_processor(proc_dir, min_pixels=data.get("min_pixels"), max_pixels=data.get("max_pixels"))
-    # the 3D position scheme the run trained with (runs from before the option: transformers')
-    scheme = (config.get("model") or {}).get("rope_positions", "transformers" if config else "qwen")
+    # the 3D position scheme the model trained with: the flag, else its directory's record, else the run's
+    # model.rope_positions (a run from before the option trained with transformers'), else load_model's choice
+    from ..models.positions import recorded_scheme
+
+    scheme = rope_positions or recorded_scheme(model_dir)
+    if scheme is None and config:
+        scheme = (config.get("model") or {}).get("rope_positions", "transformers")
     model = load_model(model_dir, dtype="float32", rope_positions=scheme).to(device)
     table = gradient_decomposition(model, processor, records, device=device, max_steps=max_steps)
     table["model"] = str(model_dir)

@@ -86,7 +86,8 @@ class ExplainOptions:
     device: str | None = None  # cuda if available, else cpu
     dtype: str | None = None  # float32 | bfloat16 | float16 | None (the checkpoint's own)
     frame_side: int = 320  # longest side of the frames embedded in the record, in pixels
-    rope_positions: str = "qwen"  # 3D position scheme (models.positions): qwen | transformers
+    rope_positions: str | None = None  # 3D position scheme (models.positions): qwen | transformers | None (the
+    # one the model directory records, else the one an earlier videoktr trained it under, else qwen)
 
     def attribution_options(self):
         from ..attribution import AttributionOptions
@@ -284,6 +285,7 @@ def explain(model_dir, video, question: str, response: str | None = None,
     from ..attribution import attribute, select_key_tokens
     from ..eval.extract import extract
     from ..models.factory import load_model, load_processor, suppressed_token_ids
+    from ..models.positions import loaded_scheme
 
     opts = opts or ExplainOptions()
     start = time.perf_counter()
@@ -353,6 +355,7 @@ def explain(model_dir, video, question: str, response: str | None = None,
         "model": str(Path(model_dir).resolve()) if model_dir is not None else None,
         "video": str(Path(video).resolve()) if video is not None else clip.path,
         **{k: v for k, v in asdict(opts).items() if k not in ("device", "dtype", "prompt")},
+        "rope_positions": loaded_scheme(model, opts.rope_positions),  # what the model computed
     }
     settings.update({
         "signals": list(aopts.signals), "selection_scope": "response", "weighting": "binary",
@@ -480,8 +483,8 @@ def add_arguments(parser) -> None:
                         help="weights' dtype (default: the checkpoint's own)")
     parser.add_argument("--rope-positions", choices=("qwen", "transformers"), default=d.rope_positions,
                         help="Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen (the released models' "
-                             "scheme; default) or transformers (5.23's; for a model trained with "
-                             "model.rope_positions: transformers)")
+                             "scheme) or transformers (5.23's). Default: the scheme the model directory records, "
+                             "else the one an earlier videoktr trained it under, else qwen; the choice is printed")
 
 
 def options_from_args(args) -> ExplainOptions:

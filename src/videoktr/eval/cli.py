@@ -87,10 +87,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                         help="model weights dtype (default: the checkpoint's own)")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling (default %(default)s)")
-    parser.add_argument("--rope-positions", choices=("qwen", "transformers"), default="qwen",
+    parser.add_argument("--rope-positions", choices=("qwen", "transformers"), default=None,
                         help="Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen (the released models' "
-                             "scheme, vLLM's; default) or transformers (5.23's; use it for a model trained with "
-                             "model.rope_positions: transformers). They differ for clips longer than the grid side")
+                             "scheme, vLLM's) or transformers (5.23's). Default: the scheme the model directory "
+                             "records (videoktr writes it into config.json), else the one an earlier videoktr "
+                             "trained it under, else qwen; the choice is printed. They differ for clips longer "
+                             "than the grid side")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate only the first N items of each benchmark (smoke tests)")
     parser.add_argument("--on-media-error", choices=R.MEDIA_ERROR_MODES, default="skip",

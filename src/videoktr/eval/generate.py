@@ -32,10 +32,11 @@ class HFGenerator:
     def __init__(self, model_path: str | Path, *, frames: int = DEFAULT_FRAMES, fps: float = DEFAULT_FPS,
                  min_frames: int = 4, max_pixels: int | None = DEFAULT_MAX_PIXELS, min_pixels: int | None = None,
                  device: str | None = None, dtype: str | None = None, seed: int = 0, video_backend: str = "pyav",
-                 rope_positions: str = "qwen"):
+                 rope_positions: str | None = None):
         import torch
 
         from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
+        from videoktr.models.positions import loaded_scheme
 
         if frames < 2 or frames % 2:
             raise ValueError(f"frames must be an even number >= 2 (got {frames})")
@@ -46,8 +47,9 @@ class HFGenerator:
         self.dtype = dtype
         self.seed = seed
         self.video_backend = video_backend
-        self.rope_positions = rope_positions
         self.model = load_model(model_path, dtype=dtype, device=self.device, rope_positions=rope_positions).eval()
+        # the scheme the model computes: the flag, else what its directory records (models.positions)
+        self.rope_positions = loaded_scheme(self.model, rope_positions)
         self.processor = load_processor(model_path, min_pixels=min_pixels, max_pixels=max_pixels)
         self.suppress = suppressed_token_ids(self.processor.tokenizer)
         torch.manual_seed(seed)

@@ -112,11 +112,12 @@ class PluginSettings:
     video_backend: str = "pyav"
     seed: int = 0
     raw_output_file: str | None = None
-    rope_positions: str = "qwen"
+    rope_positions: str | None = None
 
     def __post_init__(self):
         _check_choice("prompt", self.prompt, PROMPT_MODES)
-        _check_choice("rope_positions", self.rope_positions, ("qwen", "transformers"))
+        if self.rope_positions is not None:
+            _check_choice("rope_positions", self.rope_positions, ("qwen", "transformers"))
         _check_choice("answer", self.answer, ANSWER_MODES)
         _check_choice("answer_type", self.answer_type, ANSWER_TYPE_CHOICES)
         _check_choice("video_backend", self.video_backend, ("pyav", "decord"))

@@ -390,12 +390,15 @@ def load_processor(path: str | Path, min_pixels: int | None = None, max_pixels: 
 
 
 def load_model(path: str | Path, dtype: str | None = None, device: str | None = None, attn_implementation=None,
-               rope_positions: str = "qwen"):
+               rope_positions: str | None = None):
     """Load a vision-language model from a local directory with `from_pretrained` (never the Hub).
 
     dtype: "float32", "bfloat16", "float16" or None/"auto" (the checkpoint's own dtype).
     rope_positions: where Qwen2-VL/Qwen2.5-VL put the text after a video in their 3D positions ("qwen", the
-    released models' and vLLM's scheme, or "transformers", transformers 5.23's; `models.positions`).
+    released models' and vLLM's scheme, or "transformers", transformers 5.23's; `models.positions`). None: the
+    scheme the directory records (config.json `videoktr_rope_positions`), else the one an earlier videoktr
+    trained it under, else "qwen" (`positions.resolve_scheme`, which says which it chose). A given scheme that
+    differs from the record is used, with one warning.
     """
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -405,14 +408,20 @@ def load_model(path: str | Path, dtype: str | None = None, device: str | None = 
     from .adapters import adapter_for_config
 
     adapter_for_config(config)  # clear error for an unsupported architecture, before loading weights
+    from .positions import FAMILIES_WITH_SCHEMES, install, resolve_scheme
+
+    scheme = None
+    if getattr(config, "model_type", "") in FAMILIES_WITH_SCHEMES:
+        scheme = resolve_scheme(path, rope_positions)
+    elif rope_positions is not None:
+        install(None, rope_positions)  # still refuses an unknown name
     torch_dtype = "auto" if dtype in (None, "auto") else getattr(torch, dtype)
     kwargs = {"dtype": torch_dtype, "local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(str(path), **kwargs)
-    from .positions import install
-
-    install(model, rope_positions)
+    if scheme is not None:
+        install(model, scheme)
     if device:
         model.to(device)
     return model

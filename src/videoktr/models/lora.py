@@ -146,12 +146,14 @@ def trainable_parameters(model) -> tuple[int, int]:
 
 
 def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | Path | None = None,
-                  dtype: str = "float32", save_dtype: str | None = None) -> Path:
+                  dtype: str = "float32", save_dtype: str | None = None, rope_positions: str | None = None) -> Path:
     """Merge a trained adapter into its base model and write a plain model directory (weights, config, the
     processor) that `load_model` and `videoktr eval` load like any checkpoint. `base`: the base model directory
     (default: the one recorded in the adapter's config). The merge runs in `dtype` (float32 by default: a
     low-rank update added in bf16 rounds away wherever it is smaller than bf16's resolution of the weight);
-    `save_dtype` (default: `dtype`) is the dtype written."""
+    `save_dtype` (default: `dtype`) is the dtype written. The merged directory records the 3D position scheme
+    the adapter was trained under (`rope_positions`, else the adapter's record, else what an earlier videoktr
+    left beside it, else the base model's; models.positions)."""
     import json
 
     from peft import PeftModel
@@ -166,7 +168,11 @@ def merge_adapter(adapter_dir: str | Path, output_dir: str | Path, base: str | P
     if not (base / "config.json").is_file():
         raise LoraError(f"{adapter_dir}: base model {str(base)!r} is not a model directory; pass the base "
                         "model's directory")
-    model = load_model(base, dtype=dtype)
+    from .positions import legacy_scheme, recorded_scheme
+
+    legacy = legacy_scheme(adapter_dir)
+    scheme = rope_positions or recorded_scheme(adapter_dir) or (legacy[0] if legacy else None)
+    model = load_model(base, dtype=dtype, rope_positions=scheme)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     if save_dtype and save_dtype != dtype:
         import torch

@@ -38,8 +38,9 @@ class ModelConfig:
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (saves GPU memory; the "
                                              "official 7B script uses it)")
     rope_positions: str = _f("qwen", "Qwen2-VL/2.5-VL 3D positions of the text after a video: qwen = past the "
-                                     "video's highest position (the released models' scheme, vLLM's, transformers "
-                                     "<= 5.2's); transformers = transformers 5.23's (video start + larger grid side), "
+                                     "video's highest position (the released models' scheme, vLLM's; transformers "
+                                     "<= 5.2's for whole seconds per temporal group only); transformers = "
+                                     "transformers 5.23's (video start + larger grid side), "
                                      "which differs for clips longer than the grid side (7B, 448x224: > 16 frames)",
                              ("qwen", "transformers"))
     warmstart_max_steps: int = _f(1500, "upper bound on supervised warm-up steps (stops earlier once held-out "
@@ -464,6 +465,12 @@ class TrainConfig:
             lora_options(self.model).validate(label=lambda name: self.label("model", name))
         except LoraError as exc:
             raise ConfigError(str(exc)) from None
+        if rl.use_vllm and self.model.rope_positions != "qwen":
+            raise ConfigError(f"{self.label('model', 'rope_positions')} {self.model.rope_positions!r} cannot be used "
+                              f"with vLLM rollouts (rl.use_vllm): vLLM computes Qwen's 3D positions, so on clips "
+                              f"longer than the grid side the responses would be sampled under one scheme and "
+                              f"trained under the other (biased importance ratios). Use model.rope_positions: "
+                              f"qwen, or sample with transformers (rl.use_vllm: false)")
         if rl.length_bonus_min_tokens > rl.length_bonus_max_tokens:
             raise ConfigError(f"{self.label('rl', 'length_bonus_min_tokens')} ({rl.length_bonus_min_tokens}) must be "
                               f"<= rl.length_bonus_max_tokens ({rl.length_bonus_max_tokens})")

@@ -158,18 +158,25 @@ def save_final(config: TrainConfig, trainer, partial: Path) -> None:
     the dtype the run trained its parameters in (merged in float32 first)."""
     from ..models.lora import base_model, merge_adapter
 
+    from ..models.positions import record_scheme
+
     core = base_model(trainer.accelerator.unwrap_model(trainer.model))
+    state = process_state()
+    scheme = config.model.rope_positions
     if core is trainer.accelerator.unwrap_model(trainer.model):
         trainer.save_model(str(partial))
+        if state.is_main_process:
+            record_scheme(partial, scheme)
         return
     adapter = partial / "adapter"
     trainer.save_model(str(adapter))
-    state = process_state()
     state.wait_for_everyone()
+    if state.is_main_process:
+        record_scheme(adapter, scheme)
     if config.model.merge_lora and state.is_main_process:
         print(f"      merging the LoRA adapter into {core.name_or_path} (float32) -> final/")
         merge_adapter(adapter, partial, base=core.name_or_path,
-                      save_dtype=parameter_dtype(config.model.dtype, state.distributed_type))
+                      save_dtype=parameter_dtype(config.model.dtype, state.distributed_type), rope_positions=scheme)
 
 
 def smooth(values: list[float], weight: float = 0.9) -> list[float]:

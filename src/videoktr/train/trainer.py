@@ -36,7 +36,7 @@ from ..data.video import read_video
 from ..models.adapters import adapter_for, encode_each_item_once
 from ..models.lora import base_model
 from ..models.positions import install as install_positions
-from ..models.positions import scheme_of
+from ..models.positions import record_scheme, scheme_of
 from .checkpoint import CHECKPOINT_PREFIX, load_checkpoint_weights, mark_complete, weight_files
 from .compat import check_trl_options
 from .distributed import all_gather_1d, any_process, full_parameters, gathered_parameters
@@ -254,6 +254,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                 from .card import model_info
 
                 write_model_info(folder, model_info(self.card, self.state.global_step))
+            record_scheme(folder, scheme_of(self._core()))  # the 3D positions it trained under (adapters: a file)
             mark_complete(folder, self.run_identity, self.state.global_step,
                           length={"max_steps": self.args.max_steps, "num_train_epochs": self.args.num_train_epochs,
                                   "planned_steps": self.state.max_steps})

@@ -84,7 +84,8 @@ def world_trainer(config: TrainConfig):
     return trainer, world, model_dir
 
 
-def run_synthetic(config: TrainConfig) -> dict:
+def run_synthetic(config: TrainConfig, clock=None) -> dict:
+    """The default experiment; `clock` (run.WallClock) records the invocation's wall time as it trains."""
     if config.rl.length_bonus > 0:
         # the world's answers are a few tokens long (responses of at most rl.max_completion_length, 64 by default):
         # a bonus for 320-512-token reasoning has nothing to reward there, and its rewards are the world's own
@@ -128,7 +129,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
     trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
                             [synthetic.accuracy_reward, synthetic.format_reward], identity=start.identity,
-                            base_model=str(model_dir))
+                            base_model=str(model_dir), clock=clock)
     train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean", start=start)
 
     # 5. after RL

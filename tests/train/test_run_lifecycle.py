@@ -146,6 +146,10 @@ def test_epochs_decide_the_length_when_given(data, tiny_dir, tmp_path):
     assert _train(data, tiny_dir, out, "--num-train-epochs", "0.1", "--max-steps", "50") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2  # ceil(0.1 x 18 prompts), not 50
+    # the same command again: complete (the checkpoint's marker records the steps its epochs planned)
+    assert _train(data, tiny_dir, out, "--num-train-epochs", "0.1", "--max-steps", "50") == 0
+    assert not (out / "checkpoint-3").exists()
+    assert json.loads((out / "report.json").read_text())["wall_seconds"] == report["wall_seconds"]
 
 
 def test_auto_dtype_is_the_checkpoints_own(tiny_dir, tmp_path):

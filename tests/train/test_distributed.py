@@ -102,6 +102,18 @@ def test_accelerate_launch_two_cpu_processes(tiny_dir, tmp_path):
     assert report["skipped_samples"] == 2 and report["rows"] == 18
     assert report["media_check"] == {"files": 19, "from_cache": 0, "probed_here": 10, "processes": 2}
     assert len((out / "media_check.jsonl").read_text().splitlines()) == 18  # every file that exists
+    # issue 20 item 4 under two processes: killed between its last checkpoint and its report, the rerun trains
+    # no step past max_steps (every process skips the loop) and writes the report; once more: already complete
+    (out / "report.json").unlink()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step 3/" not in proc.stdout + proc.stderr and not (out / "checkpoint-3").exists()
+    assert json.loads((out / "report.json").read_text())["steps"] == 2
+    report = (out / "report.json").read_text()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count(f"{out} is already complete: 2 of 2 steps") == 1  # said once, by the main process
+    assert (out / "report.json").read_text() == report
 
 
 class _FakeZero3:

@@ -82,6 +82,11 @@ def test_kill_during_a_checkpoint_save_then_resume(data, tiny_dir, tmp_path):
     complete = [p.name for p in out.glob("checkpoint-*") if (p / COMPLETE_MARKER).is_file()]
     rerun = subprocess.run(cmd[:-1] + ["3"], capture_output=True, text=True, env=env, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # the killed invocation's time counts (issue 20 item 12: the total left it out; it was written only at the end)
+    report = json.loads((out / "report.json").read_text())
+    invocations = json.loads((out / "wall_time.json").read_text())["invocations"]
+    assert len(invocations) == 2 and invocations[0]["seconds"] > 0
+    assert report["wall_seconds_total"] == pytest.approx(report["wall_seconds"] + invocations[0]["seconds"])
     newest = max(complete, key=lambda n: int(n.split("-")[1]))
     assert f"resuming from {out / newest}" in rerun.stdout
     if "checkpoint-2" not in complete:  # the kill landed inside the save: the partial one is named and skipped
@@ -145,6 +150,10 @@ def test_epochs_decide_the_length_when_given(data, tiny_dir, tmp_path):
     assert _train(data, tiny_dir, out, "--num-train-epochs", "0.1", "--max-steps", "50") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2  # ceil(0.1 x 18 prompts), not 50
+    # the same command again: complete (the checkpoint's marker records the steps its epochs planned)
+    assert _train(data, tiny_dir, out, "--num-train-epochs", "0.1", "--max-steps", "50") == 0
+    assert not (out / "checkpoint-3").exists()
+    assert json.loads((out / "report.json").read_text())["wall_seconds"] == report["wall_seconds"]
 
 
 def test_auto_dtype_is_the_checkpoints_own(tiny_dir, tmp_path):
@@ -199,3 +208,18 @@ def test_a_run_killed_after_its_last_checkpoint_trains_no_step_more(data, tiny_d
     assert not (out / "checkpoint-3").exists()
     report = json.loads((out / "report.json").read_text())
     assert report["steps"] == 2 and report["train"]["logged_steps"] == 2
+
+
+def test_train_log_has_each_step_once_after_a_resume(data, tiny_dir, tmp_path):
+    """Issue 20 item 12: train_log.jsonl repeated the steps a resumed run redid (those after its checkpoint)."""
+    out = tmp_path / "run"
+    assert _train(data, tiny_dir, out, "--max-steps", "3") == 0
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-3")  # as if killed after logging step 3, before its checkpoint
+    (out / "report.json").unlink()
+    assert _train(data, tiny_dir, out, "--max-steps", "3") == 0  # resumes from checkpoint-2, redoes step 3
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "reward" in x] == [1, 2, 3]
+    history = json.loads((out / "log_history.json").read_text())
+    assert [h["step"] for h in history if "reward" in h] == [1, 2, 3]

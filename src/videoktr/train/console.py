@@ -27,6 +27,14 @@ def compact_line(logs: dict, step: int, max_steps: int) -> str:
     return " | ".join(parts)
 
 
+def _logged_step(line: str) -> float:
+    """The step of one train_log.jsonl line (an unreadable line: infinity, dropped with the redone steps)."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class CompactProgress(ProgressCallback):
     """transformers' progress bar, with each logging step written as `compact_line` instead of the whole dict,
     and every logged dict appended to `<output_dir>/train_log.jsonl` (main process only)."""
@@ -34,6 +42,15 @@ class CompactProgress(ProgressCallback):
     def __init__(self, output_dir: str | Path):
         super().__init__()
         self.log_path = Path(output_dir) / LOG_NAME
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """A resumed run redoes the steps after its checkpoint: their lines from the invocation that was stopped
+        are dropped (the log then has each step once, as log_history.json)."""
+        super().on_train_begin(args, state, control, **kwargs)
+        if state.is_world_process_zero and self.log_path.is_file():
+            kept = [line for line in self.log_path.read_text().splitlines(keepends=True)
+                    if _logged_step(line) <= state.global_step]
+            self.log_path.write_text("".join(kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:

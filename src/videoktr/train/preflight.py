@@ -125,9 +125,11 @@ def check_data(config: TrainConfig) -> None:
         what = "is a directory, not a file" if data.is_dir() else "not found"
         raise ConfigError(f"{config.label('data', 'data')} {d.data!r}: training data file {what}"
                           f"{_relative_hint(data)}")
-    if data.stat().st_size < 4096 and data.read_text(encoding="utf-8", errors="replace").strip() in ("", "[]"):
+    # a file without rows (an empty list or an empty file is small): said here, not as "no trainable rows left"
+    head = data.read_text(encoding="utf-8", errors="replace").strip() if data.stat().st_size < 4096 else None
+    if head in ("", "[]"):
         raise ConfigError(f"{config.label('data', 'data')} {d.data!r}: the training data file holds no rows "
-                          f"({'an empty JSON list' if data.read_text(errors='replace').strip() else 'it is empty'})")
+                          f"({'an empty JSON list' if head else 'it is empty'})")
     if d.data_root and not Path(d.data_root).is_dir():
         root = Path(d.data_root)
         what = "is a file, not a directory" if root.exists() else "not found"

@@ -96,8 +96,9 @@ def grpo_args(config: TrainConfig, suppress_tokens: list[int]):
 
 
 def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict], reward_funcs: list,
-                  identity: str = "", base_model: str = ""):
-    """The run's VideoGRPOTrainer; `identity` (RunStart.identity) goes into every checkpoint's completion marker."""
+                  identity: str = "", base_model: str = "", clock: "WallClock | None" = None):
+    """The run's VideoGRPOTrainer; `identity` (RunStart.identity) goes into every checkpoint's completion marker,
+    and `clock` (run's WallClock) records the invocation's wall time as it trains."""
     from datasets import Dataset
 
     from ..attribution import AttributionOptions, SelectionOptions
@@ -132,7 +133,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         run_identity=identity,
         card=card_info(config, base_model or config.model.model),
         rollout_log=RolloutLogOptions(every=config.run.log_rollouts_every, max_responses=config.run.log_rollouts_max),
-        callbacks=[learning_signal_callback()],
+        callbacks=[learning_signal_callback()] + ([clock.callback()] if clock is not None else []),
     )
     use_compact_progress(trainer, config.run.output_dir)
     return trainer
@@ -611,19 +612,56 @@ def write_report(output_dir: Path, report: dict) -> Path:
     return write_json_atomic(output_dir / REPORT_NAME, report)
 
 
-def record_wall_time(out: Path, seconds: float) -> float:
-    """Add this invocation's seconds to the run's `wall_time.json` and return the total over all invocations
-    (a resumed run's report counts the time of the invocations before it)."""
-    from .checkpoint import write_json_atomic
+class WallClock:
+    """This invocation's seconds in the run's `wall_time.json` (one entry per invocation), written as it goes:
+    when training starts, at each checkpoint, at most every `every` seconds between them, and at the end, so
+    that an invocation killed half-way still counts in the total that a later invocation's report gives."""
 
-    path = out / WALL_TIME_NAME
-    try:
-        invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
-    except (OSError, ValueError, KeyError):
-        invocations = []
-    invocations.append(seconds)
-    write_json_atomic(path, {"invocations": invocations})
-    return sum(invocations)
+    def __init__(self, out: Path, started: float, every: float = 10.0):
+        import os
+
+        self.out, self.started, self.every = Path(out), started, every
+        self.id = f"{os.getpid()}-{time.time_ns()}"
+        self.written_at: float | None = None
+
+    def record(self, seconds: float | None = None) -> float:
+        """Write this invocation's seconds so far (or `seconds`); return the total over every invocation."""
+        from .checkpoint import write_json_atomic
+
+        path = self.out / WALL_TIME_NAME
+        try:
+            invocations = json.loads(path.read_text())["invocations"] if path.is_file() else []
+        except (OSError, ValueError, KeyError, TypeError):
+            invocations = []
+        # entries of older videoktr versions are bare numbers
+        mine = {"id": self.id, "seconds": time.perf_counter() - self.started if seconds is None else seconds}
+        invocations = [e for e in invocations if not (isinstance(e, dict) and e.get("id") == self.id)] + [mine]
+        if self.out.is_dir():
+            write_json_atomic(path, {"invocations": invocations})
+        self.written_at = time.perf_counter()
+        return sum(e["seconds"] if isinstance(e, dict) else float(e) for e in invocations)
+
+    def callback(self):
+        """A TrainerCallback that records on the main process as training goes."""
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class WallTime(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    clock.record()
+
+            def on_save(self, args, state, control, **kwargs):
+                if state.is_world_process_zero:
+                    clock.record()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.is_world_process_zero and (clock.written_at is None
+                                                    or time.perf_counter() - clock.written_at >= clock.every):
+                    clock.record()
+
+        return WallTime()
 
 
 def run(config: TrainConfig) -> dict:
@@ -634,13 +672,14 @@ def run(config: TrainConfig) -> dict:
     preflight(config)  # every option checked (types, ranges, paths, model config) before any expensive work
     resolve_auto_dtype(config)
     start = time.perf_counter()
+    clock = WallClock(Path(config.run.output_dir), start)
     try:
         if config.data.data:
-            report = run_dataset(config)
+            report = run_dataset(config, clock)
         else:
             from .world_run import run_synthetic
 
-            report = run_synthetic(config)
+            report = run_synthetic(config, clock)
     except RunComplete as done:
         if process_state().is_main_process:
             print(f"{done}: nothing to do (report: {done.out / REPORT_NAME}). Raise --max-steps to train it "
@@ -651,7 +690,7 @@ def run(config: TrainConfig) -> dict:
     report["processes"] = state.num_processes
     if state.is_main_process:  # one report per run, whatever the number of processes
         out = Path(config.run.output_dir)
-        report["wall_seconds_total"] = record_wall_time(out, report["wall_seconds"])
+        report["wall_seconds_total"] = clock.record(report["wall_seconds"])  # with every earlier invocation's
         signal = (report.get("train") or {}).get("learning_signal") or {}
         if signal.get("share_steps_without_gradient") and signal["share_steps_without_gradient"] >= 0.5:
             print(f"warning: {signal['steps_without_gradient']} of {report['train']['logged_steps']} logged steps had "
@@ -697,7 +736,7 @@ def dataset_rewards(config: TrainConfig) -> dict:
     return rewards
 
 
-def run_dataset(config: TrainConfig) -> dict:
+def run_dataset(config: TrainConfig, clock: WallClock | None = None) -> dict:
     """Train on Video-R1-format rows: validated rows, media probed once, bad samples skipped and recorded
     (never substituted), rewards by problem_type."""
     from ..data.videor1 import build_prompt, load_videor1, without_row_ref, write_skipped
@@ -724,7 +763,7 @@ def run_dataset(config: TrainConfig) -> dict:
     processor = load_processor(config.model.model, min_pixels=d.min_pixels, max_pixels=d.max_pixels)
     reward_funcs, _ = build_rewards(dataset_rewards(config))
     trainer = build_trainer(config, model, processor, trl_rows(rows, Path(d.data_root or "."), build_prompt),
-                            reward_funcs, identity=start.identity)
+                            reward_funcs, identity=start.identity, clock=clock)
     train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy/mean", start=start)
     return {
         "method": config.rl.method,

@@ -15,7 +15,6 @@ from .config import TrainConfig
 
 
 HELDOUT_ITEMS_NAME = "heldout_items.json"  # per-clip 1/0 correctness before and after RL, in held-out order
-WARMSTART_DEFAULT_STEPS = 1500  # model.warmstart_max_steps's default: the folder name leaves it out
 
 
 def _digest(obj) -> str:
@@ -65,17 +64,25 @@ def prepare_world_and_model(config: TrainConfig):
     return world, model_dir
 
 
+# warm_start() settings the folder name carries through other parts: the base model's folder names the run's seed
+# and the world (whose style sets max_new_tokens); the position scheme has its own rule below
+NAMED_ELSEWHERE = ("seed", "max_new_tokens", "rope_positions")
+
+
 def warmstart_digest(base_dir: Path, world, settings: dict) -> str:
-    """The name of a warm start's cache folder: a digest of what it reads (the base model, which names the world
-    config and seed, and the supervised rows; not the held-out or RL clips) and of every setting it trains with.
-    The position scheme enters it unless it is transformers' (the name warm starts had before the option existed)
-    and the step budget unless it is the default, so existing caches keep their names."""
+    """The name of a warm start's cache folder: a digest of what it reads (the base model and the supervised rows;
+    not the held-out or RL clips) and of every setting passed to warm_start(). The position scheme enters it
+    unless it is transformers' (the name warm starts had before the option existed), and every other setting
+    when it differs from warm_start()'s default (WarmStartSettings), so existing caches keep their names."""
+    from .warmstart import WarmStartSettings
+
     train_digest = hashlib.sha256(world.train.read_bytes()).hexdigest()
     named = [str(base_dir), train_digest] + ([] if settings["rope_positions"] == "transformers"
                                              else [settings["rope_positions"]])
-    # seed and max_new_tokens are named by the base model's folder (the run's seed, the world's style)
-    if settings["max_steps"] != WARMSTART_DEFAULT_STEPS:
-        named.append({"max_steps": settings["max_steps"]})
+    changed = {k: v for k, v in settings.items()
+               if k not in NAMED_ELSEWHERE and v != getattr(WarmStartSettings, k, object())}
+    if changed:
+        named.append(changed)
     return _digest(named)
 
 
@@ -117,7 +124,8 @@ def filter_rl_prompts(config: TrainConfig, model, processor, model_dir, world, r
     return kept, summary
 
 
-def run_synthetic(config: TrainConfig) -> dict:
+def run_synthetic(config: TrainConfig, clock=None) -> dict:
+    """The default experiment; `clock` (run.WallClock) records the invocation's wall time as it trains."""
     if config.rl.length_bonus > 0:
         # the world's answers are a few tokens long (responses of at most rl.max_completion_length, 64 by default):
         # a bonus for 320-512-token reasoning has nothing to reward there, and its rewards are the world's own
@@ -164,7 +172,7 @@ def run_synthetic(config: TrainConfig) -> dict:
     print(f"[4/5] {config.rl.method} for {config.rl.max_steps} steps")
     trainer = build_trainer(config, model, processor, trl_rows(rl_rows, world_dir, synthetic.prompt_text),
                             [synthetic.accuracy_reward, synthetic.format_reward], identity=start.identity,
-                            base_model=str(model_dir))
+                            base_model=str(model_dir), clock=clock)
     train = train_and_record(config, trainer, out, accuracy_key="rewards/accuracy_reward/mean", start=start)
 
     # 5. after RL

@@ -1,7 +1,9 @@
-"""Cost of each training method on the same model, prompts and rollouts (issue 12): median step time, peak
-memory, vision-encoder work per step and the share of step time spent in attribution, as ratios to `grpo`.
+"""Cost of each training method on the same model, prompts and rollouts (issues 12 and 21): step time (CPU and
+wall), the step without sampling, peak memory, vision-encoder work per step and the attribution's seconds, as
+per-step ratios to `grpo`.
 
-  .venv/bin/python bench/cost.py                 # default + paper shapes (16 frames), under 10 min on 2 cores
+  .venv/bin/python bench/cost.py                 # default + paper shapes (16 frames), 3 rounds x 3 steps per mode
+  .venv/bin/python bench/cost.py --shapes paper-16 --modes grpo ktr --rounds 4 --steps 3
   .venv/bin/python bench/cost.py --frames 16 32 64   # the paper shape at 16, 32 and 64 frames
   .venv/bin/python bench/cost.py --quick         # tiny sizes, seconds per process (the test's configuration)
 
@@ -12,30 +14,40 @@ perturbed inputs, and the policy pass), the full-vocabulary logits of every posi
 attribution passes together, each response's prompt evaluated on its own (no shared prefix). It computes the same
 scores as `ktr` (checked on one rollout: `equivalence` in the JSON).
 
-Every mode runs in a FRESH process (peak memory is per process: VmHWM on CPU, torch.cuda.max_memory_allocated on
-a GPU) on one random model of the `small` size's width, the same clips and prompts (one distinct clip per prompt
-and step, TRL's sampler seeded alike) and, in the `fixed` rollout configurations, the same responses: TRL's
-sampling is replaced by precomputed completion ids of the shape's lengths, identical across modes (T-GRPO's extra
-G/2 shuffled responses per prompt are fixed texts too), so the differences are attribution, weights and loss;
-video decoding and the processor are included for every mode. The `generate` configuration samples for real
-(short responses) to count the vision tower's work during generation.
+How the ratios are made to hold on a machine shared with other jobs:
+- Same rollouts. In the `fixed` rollout configurations every mode samples the SAME responses: HF generation runs
+  for real (prefill, one decoding step per token until every row has emitted <|im_end|>, the full-vocabulary head
+  each step) with a logits processor that leaves only the precomputed token possible at each position, so the
+  sampling cost is real and the samples are identical in every mode (T-GRPO's extra G/2 shuffled responses per
+  prompt are forced alike). The responses of step i are a function of (shape, i) only. The child checks that
+  generate returned exactly the forced responses, and the parent FAILS the bench (exit 1) unless every mode, in
+  every round, sampled the same number of tokens in the same decoding steps and trained on the same prompts,
+  clips and responses (a digest per step) as grpo.
+- Rounds. Every mode runs once per round, each time in a FRESH process (peak memory is per process: VmHWM on
+  CPU, torch.cuda.max_memory_allocated on a GPU), in an order rotated each round, so that drift in the machine's
+  load hits every mode alike; each process trains `--warmup` steps (left out) then `--steps` measured steps.
+- Per-step ratios. Step i of a mode is divided by step i of grpo in the same round (the same rollouts, close in
+  time); the ratios are summarised by their median and quartiles. Process CPU time (`time.process_time`) is
+  reported beside wall time: another job on the machine slows wall time, much less CPU time.
 
 Shapes (per optimizer step, one process):
   default: today's default run: 4 prompts x G=8, 8 frames of 56x56 (16 video tokens), responses of 32-64 tokens;
   paper-F: 1 prompt x G=8, F frames at 128*28*28 pixels (448x224: 128 video tokens per 2 frames, 1024 at F=16),
            responses of 256-768 tokens (the official script's settings per GPU);
-  generate: the default shape with real sampling (16 new tokens).
+  generate: the default shape with real sampling (16 new tokens), to count the vision tower's work in sampling.
 
 Vision-encoder work is counted with a forward hook on the vision tower (`model.model.visual`): calls per step and
-videos encoded per step (rows of its grid_thw), generation apart. Step time is TRL's `step_time` (first step
-excluded); the attribution share is the trainer's `ktr/attribution_seconds` over the step time.
-Writes bench/results/cost.json; the last line is `step_time_ratio=X peak_memory_ratio=Y` (ktr over grpo at the
-paper shape, 16 frames).
+videos encoded per step (rows of its grid_thw), sampling apart. "Weights" is the time of the trainer's token
+weights per rollout (`_rollout_weights`: the attribution pass and the selection for ktr/entropy/official, the
+TW-GRPO pass). Writes bench/results/cost.json and .md; the last line is `step_time_ratio=X peak_memory_ratio=Y
+training_time_ratio=Z spread=S` (ktr over grpo at the paper shape, 16 frames: medians of the per-step CPU-time
+ratios with and without sampling, of the per-round peak-memory ratios, and the quartile spread of the first).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -63,14 +75,16 @@ class Shape:
     width: int
     min_tokens: int  # response lengths, uniform in [min_tokens, max_tokens]
     max_tokens: int
-    rollouts: str = "fixed"  # "fixed" (precomputed completion ids) or "generate" (real sampling)
+    rollouts: str = "fixed"  # "fixed" (the same responses forced in every mode) or "generate" (real sampling)
     max_pixels: int = PAPER_PIXELS
+    model: str = "small"  # the model size (models.factory.SIZES)
+    optional: bool = False  # run only when named by --shapes
 
 
 def shapes(frames: list[int], quick: bool) -> dict[str, Shape]:
     if quick:
-        return {"quick": Shape("quick", 2, 2, 4, 56, 56, 4, 8),
-                "quick-generate": Shape("quick-generate", 2, 2, 4, 56, 56, 4, 4, rollouts="generate")}
+        return {"quick": Shape("quick", 2, 2, 4, 56, 56, 4, 8, model="tiny"),
+                "quick-generate": Shape("quick-generate", 2, 2, 4, 56, 56, 4, 4, rollouts="generate", model="tiny")}
     out = {"default": Shape("default", 4, 8, 8, 56, 56, 32, 64)}
     for f in frames:
         out[f"paper-{f}"] = Shape(f"paper-{f}", 1, 8, f, 224, 448, 256, 768)
@@ -288,6 +302,112 @@ class EncoderCounter:
         self.videos[self.phase] += 0 if grid is None else int(grid.shape[0])
 
 
+class Clock:
+    """Wall and process CPU seconds per (part, step), summed over the part's calls in that step."""
+
+    def __init__(self):
+        self.seconds: dict[tuple[str, int], list[float]] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str, step: int):
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            acc = self.seconds.setdefault((name, step), [0.0, 0.0])
+            acc[0] += time.perf_counter() - wall
+            acc[1] += time.process_time() - cpu
+
+    def get(self, name: str, step: int) -> tuple[float, float]:
+        wall, cpu = self.seconds.get((name, step), (0.0, 0.0))
+        return wall, cpu
+
+
+def forced_tokens_processor(targets: list[list[int]], prompt_length: int, filler: int):
+    """A logits processor that leaves only row b's token t of `targets` possible at new position t: HF
+    generation then samples exactly those responses, paying real sampling's cost (prefill, one decoding step per
+    token until every row has emitted its <|im_end|>, the full-vocabulary head at each step)."""
+    import torch
+    from transformers import LogitsProcessor
+
+    longest = max(map(len, targets))
+    table = torch.full((len(targets), longest), filler, dtype=torch.long)
+    for b, t in enumerate(targets):
+        table[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+
+    class ForcedTokens(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            t = input_ids.shape[1] - prompt_length
+            if t >= longest:
+                return scores
+            out = torch.full_like(scores, float("-inf"))
+            return out.scatter_(1, table[:, t : t + 1].to(scores.device), 0.0)
+
+    return ForcedTokens()
+
+
+class ForcedSampling:
+    """Wraps the model's `generate`: while `targets(ids)` is active, the next generate call samples exactly `ids`
+    (one list per row, each ending with <|im_end|>); every call's new tokens are counted (up to each row's first
+    stop token) and, when forced, checked against the targets."""
+
+    def __init__(self, model, stop_ids: list[int]):
+        self.original = model.generate
+        self.stop = set(stop_ids)
+        self.pending: list[list[int]] | None = None
+        self.calls: list[dict] = []  # per generate call: rows, decoding steps, tokens sampled, forced or not
+        model.generate = self._generate
+
+    @contextlib.contextmanager
+    def targets(self, ids: list[list[int]]):
+        self.pending = ids
+        try:
+            yield
+            if self.pending is not None:
+                raise RuntimeError("the trainer sampled without calling the model's generate: the forced responses "
+                                   "were not used (the bench's sampling patch no longer reaches TRL's HF path)")
+        finally:
+            self.pending = None
+
+    def _generate(self, *args, **kwargs):
+        from transformers import LogitsProcessorList
+
+        prompt_length = kwargs["input_ids"].shape[1]
+        targets, self.pending = self.pending, None
+        if targets is not None:
+            if len(targets) != kwargs["input_ids"].shape[0]:
+                raise RuntimeError(f"{len(targets)} forced responses for {kwargs['input_ids'].shape[0]} rows")
+            kwargs["logits_processor"] = LogitsProcessorList(
+                [forced_tokens_processor(targets, prompt_length, next(iter(self.stop)))])
+        out = self.original(*args, **kwargs)
+        new = out[:, prompt_length:].tolist()
+        sampled = []
+        for row in new:
+            end = next((i + 1 for i, t in enumerate(row) if t in self.stop), len(row))
+            sampled.append(row[:end])
+        if targets is not None and sampled != targets:
+            bad = next(b for b, (s, t) in enumerate(zip(sampled, targets)) if s != t)
+            raise RuntimeError(f"generate did not sample the forced response of row {bad}: {len(sampled[bad])} "
+                               f"tokens for {len(targets[bad])}")
+        self.calls.append({"rows": len(new), "decoding_steps": len(new[0]) if new else 0,
+                           "tokens": sum(map(len, sampled)), "forced": targets is not None})
+        return out
+
+
+def digest(*parts) -> str:
+    """A short hash of tensors and strings: what the trainer trained on at one step."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in parts:
+        if hasattr(p, "detach"):
+            h.update(str(tuple(p.shape)).encode())
+            h.update(p.detach().to("cpu").contiguous().numpy().tobytes())
+        else:
+            h.update(repr(p).encode())
+    return h.hexdigest()[:16]
+
+
 def make_trainer(mode: str, shape: Shape, model_dir: Path, rows: list[dict], steps: int, output_dir: str):
     import torch
     from datasets import Dataset
@@ -312,81 +432,105 @@ def make_trainer(mode: str, shape: Shape, model_dir: Path, rows: list[dict], ste
                video=VideoOptions(fps=2.0, min_frames=4, max_frames=max(16, shape.frames)))
 
 
-def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int) -> dict:
+def bench_threads() -> int:
+    return int(os.environ.get("VIDEOKTR_BENCH_THREADS") or os.environ.get("OMP_NUM_THREADS") or 2)
+
+
+def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int, warmup: int) -> dict:
+    """Train `warmup + steps` steps of `mode`; per step: wall and CPU seconds of the step, of its sampling and of
+    its token weights (attribution), the tokens sampled and what was trained on (a digest of the prompts, clips
+    and responses). The first `warmup` steps are recorded but left out of the times."""
     import torch
 
     from videoktr.models.lora import base_model
 
-    torch.set_num_threads(int(os.environ.get("VIDEOKTR_BENCH_THREADS", "2")))
     torch.set_flush_denormal(True)  # CPU: denormal floats of a random model's drifting weights take slow paths
-    trainer = make_trainer(mode, shape, model_dir, clip_rows(clips), steps, tempfile.mkdtemp(prefix=f"cost-{mode}-"))
+    torch.set_num_threads(bench_threads())
+    trainer = make_trainer(mode, shape, model_dir, clip_rows(clips), warmup + steps,
+                           tempfile.mkdtemp(prefix=f"cost-{mode}-"))
     core = base_model(trainer.accelerator.unwrap_model(trainer.model))
     counter = EncoderCounter(core.model.visual)
     tokenizer = trainer.processing_class.tokenizer
-    generated = {"calls": 0}
-    generation_seconds: dict[int, float] = {}  # per step: sampling (T-GRPO's extra responses included)
+    sampling = ForcedSampling(core, trainer.eos_token_ids)
+    clock = Clock()
+    trained: dict[int, dict] = {}  # per step: digest and token counts of the rollouts trained on
+    extra: dict[int, list[str]] = {}  # T-GRPO: the texts of its shuffled responses per step
+
+    def step_now() -> int:
+        return trainer.state.global_step
+
+    @contextlib.contextmanager
+    def sampling_phase(kind: str):
+        counter.phase = "generation"
+        calls = len(sampling.calls)
+        try:
+            with clock.part("sampling", step_now()):
+                yield
+        finally:
+            counter.phase = "train"
+            for c in sampling.calls[calls:]:
+                acc = trained.setdefault(step_now(), {}).setdefault(kind, [0, 0])
+                acc[0] += c["tokens"]
+                acc[1] += c["decoding_steps"] * c["rows"]
 
     original = trainer._generate_single_turn
 
     def generate(prompt_ids, *args, **kwargs):
-        counter.phase = "generation"
-        start = time.perf_counter()
-        try:
+        with sampling_phase("sampled"):
             if shape.rollouts == "generate":
                 return original(prompt_ids, *args, **kwargs)
-            generated["calls"] += 1
-            fixed = fixed_completions(tokenizer, shape, generated["calls"], len(prompt_ids))
-            # the sampling cost paid as real sampling pays it: HF generation of the batch until its longest
-            # response ends (the fixed length), the video encoded as TRL passes it; the samples are discarded
-            config = trainer.generation_config
-            saved = config.min_new_tokens, config.max_new_tokens
-            config.min_new_tokens = config.max_new_tokens = max(map(len, fixed))
-            try:
-                original(prompt_ids, *args, **kwargs)
-            finally:
-                config.min_new_tokens, config.max_new_tokens = saved
-            return fixed, None
-        finally:
-            counter.phase = "train"
-            step = trainer.state.global_step
-            generation_seconds[step] = generation_seconds.get(step, 0.0) + time.perf_counter() - start
+            fixed = fixed_completions(tokenizer, shape, step_now(), len(prompt_ids))
+            with sampling.targets(fixed):
+                ids, logprobs = original(prompt_ids, *args, **kwargs)
+            if [list(x) for x in ids] != fixed:
+                raise RuntimeError(f"step {step_now()}: TRL's completion ids differ from the forced responses")
+            return ids, logprobs
 
     trainer._generate_single_turn = generate
     original_shuffled = trainer._sample_shuffled_hf
 
-    def sample_shuffled(groups, shuffled, per):  # T-GRPO's extra responses: sampling like the main rollouts
-        counter.phase = "generation"
-        start = time.perf_counter()
-        try:
+    def sample_shuffled(groups, shuffled, per):  # T-GRPO's extra responses on shuffled frames, forced alike
+        with sampling_phase("sampled_extra"):
             if shape.rollouts == "generate":
                 return original_shuffled(groups, shuffled, per)
-            ids = fixed_completions(tokenizer, shape, 10_000 + trainer.state.global_step, len(groups) * per)
-            config = trainer.generation_config
-            saved = config.min_new_tokens, config.max_new_tokens
-            config.min_new_tokens = config.max_new_tokens = max(map(len, ids))
-            try:
-                original_shuffled(groups, shuffled, per)  # its cost, as in `generate`; the samples are discarded
-            finally:
-                config.min_new_tokens, config.max_new_tokens = saved
-            return tokenizer.batch_decode(ids, skip_special_tokens=True)
-        finally:
-            counter.phase = "train"
-            step = trainer.state.global_step
-            generation_seconds[step] = generation_seconds.get(step, 0.0) + time.perf_counter() - start
+            ids = fixed_completions(tokenizer, shape, 10_000 + step_now(), len(groups) * per)
+            with sampling.targets(ids):
+                texts = original_shuffled(groups, shuffled, per)
+            if texts != tokenizer.batch_decode(ids, skip_special_tokens=True):
+                raise RuntimeError(f"step {step_now()}: T-GRPO's shuffled responses differ from the forced ones")
+            extra[step_now()] = texts
+            return texts
 
     trainer._sample_shuffled_hf = sample_shuffled
+    original_rollouts = trainer._generate_and_score_completions
+
+    def rollouts(inputs):
+        out = original_rollouts(inputs)
+        mask = out["completion_mask"]
+        keys = [None if r is None else Path(r.key).name for r in out["videos"]]
+        entry = trained.setdefault(step_now(), {})
+        entry.update(digest=digest(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask, keys),
+                     responses=int(mask.shape[0]), tokens_trained=int(mask.sum()))
+        return out
+
+    trainer._generate_and_score_completions = rollouts
+    original_weights = trainer._rollout_weights
+
+    def weights(batch):
+        with clock.part("weights", step_now()):
+            return original_weights(batch)
+
+    trainer._rollout_weights = weights
     from transformers import TrainerCallback
 
-    cpu_seconds: list[float] = []  # process CPU time per step: far less sensitive than wall time to other load
-
-    class CpuClock(TrainerCallback):
+    class StepClock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.start = time.process_time()
+            self.step, self.wall, self.cpu = state.global_step, time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
-            cpu_seconds.append(time.process_time() - self.start)
+            clock.seconds[("step", self.step)] = [time.perf_counter() - self.wall, time.process_time() - self.cpu]
 
-    trainer.add_callback(CpuClock())
+    trainer.add_callback(StepClock())
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.synchronize()
@@ -395,30 +539,32 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: training only (model already loaded)
     base_kib = vm_kib("VmRSS")
     trainer.train()
-    logs = [h for h in trainer.state.log_history if "step_time" in h]
-    times = [h["step_time"] for h in logs][1:]
-    gen = [generation_seconds.get(step, 0.0) for step in range(len(logs))][1:]
-    training = [t - g for t, g in zip(times, gen)]  # the step without sampling
-    attribution = [h.get("ktr/attribution_seconds", 0.0) for h in logs][1:]
-    n = max(1, len(logs))
+    total = warmup + steps
+    per_step = []
+    for step in range(total):
+        wall, cpu = clock.get("step", step)
+        s_wall, s_cpu = clock.get("sampling", step)
+        w_wall, w_cpu = clock.get("weights", step)
+        t = trained.get(step, {})
+        per_step.append({"step": step, "warmup": step < warmup, "wall_s": wall, "cpu_s": cpu,
+                         "sampling_wall_s": s_wall, "sampling_cpu_s": s_cpu,
+                         "training_wall_s": wall - s_wall, "training_cpu_s": cpu - s_cpu,
+                         "weights_wall_s": w_wall, "weights_cpu_s": w_cpu,
+                         "tokens_sampled": t.get("sampled", [0, 0])[0],
+                         "decoding_row_steps": t.get("sampled", [0, 0])[1], "digest": t.get("digest"),
+                         "responses": t.get("responses"), "tokens_trained": t.get("tokens_trained"),
+                         "extra_responses": len(extra.get(step, [])),
+                         "extra_tokens_sampled": t.get("sampled_extra", [0, 0])[0]})
     if cuda:
         peak, baseline, kind = torch.cuda.max_memory_allocated(), 0, "cuda_max_allocated"
     else:
         peak, baseline, kind = vm_kib("VmHWM") * 1024, base_kib * 1024, "VmHWM"
-    lengths = [h.get("completions/mean_length") for h in logs]
-    return {"mode": mode, "shape": shape.name, "steps": len(logs), "median_step_s": statistics.median(times),
-            "step_times": times, "median_step_cpu_s": statistics.median(cpu_seconds[1:]),
-            "step_cpu_seconds": cpu_seconds[1:], "median_generation_s": statistics.median(gen),
-            "median_training_s": statistics.median(training), "attribution_s": statistics.median(attribution),
-            "attribution_share": statistics.median(a / t for a, t in zip(attribution, times)),
-            "attribution_share_of_training": statistics.median(a / t for a, t in zip(attribution, training)),
-            "peak_bytes": peak, "baseline_bytes": baseline, "peak_kind": kind,
-            "encoder_calls_per_step": counter.calls["train"] / n,
-            "videos_encoded_per_step": counter.videos["train"] / n,
-            "generation_encoder_calls_per_step": counter.calls["generation"] / n,
-            "generation_videos_encoded_per_step": counter.videos["generation"] / n,
+    return {"mode": mode, "shape": shape.name, "steps": per_step, "peak_bytes": peak, "baseline_bytes": baseline,
+            "peak_kind": kind, "encoder_calls_per_step": counter.calls["train"] / total,
+            "videos_encoded_per_step": counter.videos["train"] / total,
+            "generation_encoder_calls_per_step": counter.calls["generation"] / total,
+            "generation_videos_encoded_per_step": counter.videos["generation"] / total,
             "unique_videos_per_step": shape.prompts, "responses_per_step": shape.prompts * shape.generations,
-            "mean_completion_tokens": statistics.mean(x for x in lengths if x is not None) if any(lengths) else None,
             "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads()}
 
 
@@ -479,15 +625,95 @@ def equivalence(shape: Shape, model_dir: Path, clips: list[Path]) -> dict:
     return out
 
 
+
+
 # ----------------------------------------------------------------------------------------------------------------
-# Parent: one fresh process per (shape, mode); ratios; JSON and Markdown
+# Parent: rounds of fresh processes, the same-tokens check, per-step ratios; JSON and Markdown
 
 
-def run_child(args, task: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)], capture_output=True, text=True)
+def run_child(task: dict, threads: int) -> dict:
+    env = {**os.environ, "VIDEOKTR_BENCH_THREADS": str(threads)}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)], capture_output=True, text=True,
+                          env=env)
     if proc.returncode != 0:
-        sys.exit(f"{task} failed:\n{proc.stderr[-4000:]}")
+        sys.exit(f"{task['mode']} at {task['shape']['name']} failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def same_tokens_problems(runs: dict[str, list[dict]]) -> list[str]:
+    """Every mode, in every round, must have sampled and trained on the same tokens as grpo's first round at each
+    step (same prompts, clips, responses; the same number of tokens sampled). T-GRPO's extra responses on
+    shuffled frames are its own, and are counted apart. Returns what differs (empty: all alike)."""
+    problems = []
+    reference = runs["grpo"][0]["steps"]
+    for mode, rounds in runs.items():
+        for r, run in enumerate(rounds):
+            for ref, s in zip(reference, run["steps"]):
+                where = f"{mode} round {r} step {s['step']}"
+                if s["digest"] is None or s["digest"] != ref["digest"]:
+                    problems.append(f"{where}: trained on other rollouts than grpo (digest {s['digest']} vs "
+                                    f"{ref['digest']})")
+                if s["tokens_sampled"] != ref["tokens_sampled"] or s["decoding_row_steps"] != ref["decoding_row_steps"]:
+                    problems.append(f"{where}: sampled {s['tokens_sampled']} tokens in {s['decoding_row_steps']} "
+                                    f"row-steps of decoding, grpo {ref['tokens_sampled']} in "
+                                    f"{ref['decoding_row_steps']}")
+                if mode == "tgrpo" and s["extra_tokens_sampled"] != rounds[0]["steps"][s["step"]]["extra_tokens_sampled"]:
+                    problems.append(f"{where}: {s['extra_tokens_sampled']} tokens in T-GRPO's shuffled responses, "
+                                    f"round 0 {rounds[0]['steps'][s['step']]['extra_tokens_sampled']}")
+                if s["tokens_trained"] != ref["tokens_trained"]:
+                    problems.append(f"{where}: trained on {s['tokens_trained']} tokens, grpo {ref['tokens_trained']}")
+            if len(run["steps"]) != len(reference):
+                problems.append(f"{mode} round {r}: {len(run['steps'])} steps, grpo {len(reference)}")
+    return problems
+
+
+def spread(values: list[float]) -> dict:
+    """Median and spread of a list: quartiles (inclusive method), min, max, n."""
+    v = sorted(values)
+    if not v:
+        return {"median": float("nan"), "q1": float("nan"), "q3": float("nan"), "min": float("nan"),
+                "max": float("nan"), "n": 0}
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0]] * 3
+    return {"median": statistics.median(v), "q1": q[0], "q3": q[2], "min": v[0], "max": v[-1], "n": len(v)}
+
+
+TIMES = ("cpu_s", "wall_s", "training_cpu_s", "training_wall_s", "sampling_cpu_s", "weights_cpu_s",
+         "weights_wall_s")
+
+
+def summarise(runs: dict[str, list[dict]]) -> tuple[dict, dict]:
+    """Per mode: the median and spread of each time over the measured steps of every round, and of the per-step
+    ratios to grpo (step i of round r over step i of round r of grpo: the same rollouts), peak memory per round."""
+    modes, ratios = {}, {}
+    grpo = runs["grpo"]
+    for mode, rounds in runs.items():
+        measured = [s for run in rounds for s in run["steps"] if not s["warmup"]]
+        entry = {k: spread([s[k] for s in measured]) for k in TIMES}
+        for k in ("tokens_sampled", "extra_tokens_sampled", "tokens_trained", "responses", "decoding_row_steps"):
+            entry[k] = statistics.mean(s[k] or 0 for s in measured) if measured else 0
+        entry["weights_share_of_training"] = spread([s["weights_cpu_s"] / s["training_cpu_s"] for s in measured
+                                                     if s["training_cpu_s"] > 0])
+        entry["peak_bytes"] = spread([run["peak_bytes"] for run in rounds])
+        entry["peak_increment_bytes"] = spread([run["peak_bytes"] - run["baseline_bytes"] for run in rounds])
+        for k in ("encoder_calls_per_step", "videos_encoded_per_step", "generation_encoder_calls_per_step",
+                  "generation_videos_encoded_per_step", "unique_videos_per_step", "responses_per_step"):
+            entry[k] = rounds[0][k]
+        entry["rounds"] = len(rounds)
+        modes[mode] = entry
+        pairs = [(s, g) for run, ref in zip(rounds, grpo) for s, g in zip(run["steps"], ref["steps"])
+                 if not s["warmup"]]
+        ratios[mode] = {k: spread([s[k] / g[k] for s, g in pairs if g[k] > 0])
+                        for k in ("cpu_s", "wall_s", "training_cpu_s", "training_wall_s")}
+        ratios[mode]["peak_memory"] = spread([run["peak_bytes"] / ref["peak_bytes"] for run, ref in zip(rounds, grpo)])
+        ratios[mode]["peak_increment"] = spread(
+            [(run["peak_bytes"] - run["baseline_bytes"]) / max(1, ref["peak_bytes"] - ref["baseline_bytes"])
+             for run, ref in zip(rounds, grpo)])
+    return modes, ratios
+
+
+def fmt(s: dict, digits: int = 3) -> str:
+    """median [q1-q3]"""
+    return f"{s['median']:.{digits}f} [{s['q1']:.{digits}f}-{s['q3']:.{digits}f}]"
 
 
 def markdown(results: dict) -> str:
@@ -496,20 +722,31 @@ def markdown(results: dict) -> str:
         s = entry["shape"]
         lines.append(f"\n### {name}: {s['prompts']} prompt(s) x G={s['generations']}, {s['frames']} frames of "
                      f"{s['width']}x{s['height']}, responses {s['min_tokens']}-{s['max_tokens']} tokens, "
-                     f"{s['rollouts']} rollouts\n")
-        lines.append("| mode | step CPU s | x grpo | step s | x grpo | without sampling s | x grpo | peak MiB | x grpo | peak - start MiB | "
-                     "x grpo | encoder calls/step (videos), training passes | in sampling | attribution share of "
-                     "step (of step without sampling) |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                     f"{s['rollouts']} rollouts, model `{s['model']}`; {entry['rounds']} rounds x "
+                     f"{entry['steps']} steps (after {entry['warmup']} warm-up) per mode\n")
+        lines.append("Times are medians over the measured steps of every round; `x grpo` is the median [quartiles] "
+                     "of the per-step ratios (step i of the mode over step i of grpo, same round, same rollouts).\n")
+        lines.append("| mode | step CPU s | x grpo | step wall s | x grpo | without sampling CPU s | x grpo | "
+                     "without sampling wall s | x grpo | peak MiB | x grpo | peak - start MiB | x grpo | "
+                     "weights CPU s (share of step without sampling) | tokens sampled (+ T-GRPO's shuffled) / trained per step | "
+                     "encoder calls/step (videos): training, sampling |")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for mode, r in entry["modes"].items():
-            ratio = entry["ratios"][mode]
+            q = entry["ratios"][mode]
             lines.append(
-                f"| {mode} | {r['median_step_cpu_s']:.3f} | {ratio['step_cpu_time']:.3f} | {r['median_step_s']:.3f} | {ratio['step_time']:.3f} | {r['median_training_s']:.3f} | "
-                f"{ratio['training_time']:.3f} | {r['peak_bytes'] / 2**20:.0f} | {ratio['peak_memory']:.3f} | "
-                f"{(r['peak_bytes'] - r['baseline_bytes']) / 2**20:.0f} | {ratio['peak_increment']:.3f} | "
-                f"{r['encoder_calls_per_step']:g} ({r['videos_encoded_per_step']:g}) | "
-                f"{r['generation_encoder_calls_per_step']:g} ({r['generation_videos_encoded_per_step']:g}) | "
-                f"{r['attribution_share']:.1%} ({r['attribution_share_of_training']:.1%}) |")
+                f"| {mode} | {r['cpu_s']['median']:.3f} | {fmt(q['cpu_s'])} | {r['wall_s']['median']:.3f} | "
+                f"{fmt(q['wall_s'])} | {r['training_cpu_s']['median']:.3f} | {fmt(q['training_cpu_s'])} | "
+                f"{r['training_wall_s']['median']:.3f} | {fmt(q['training_wall_s'])} | "
+                f"{r['peak_bytes']['median'] / 2**20:.0f} | {q['peak_memory']['median']:.3f} | "
+                f"{r['peak_increment_bytes']['median'] / 2**20:.0f} | {q['peak_increment']['median']:.3f} | "
+                f"{r['weights_cpu_s']['median']:.3f} ({r['weights_share_of_training']['median']:.1%}) | "
+                f"{r['tokens_sampled']:.0f}{'' if not r['extra_tokens_sampled'] else ' + %.0f' % r['extra_tokens_sampled']}"
+                f" / {r['tokens_trained']:.0f} | "
+                f"{r['encoder_calls_per_step']:g} ({r['videos_encoded_per_step']:g}), "
+                f"{r['generation_encoder_calls_per_step']:g} ({r['generation_videos_encoded_per_step']:g}) |")
+        if entry.get("same_tokens") is not None:
+            lines.append(f"\nSame tokens in every mode and round: "
+                         f"{'yes' if not entry['same_tokens'] else 'NO: ' + '; '.join(entry['same_tokens'][:5])}")
     return "\n".join(lines) + "\n"
 
 
@@ -517,8 +754,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, nargs="+", default=[16], help="frames of the paper shape (16 32 64)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--shapes", nargs="+", default=None, help="shape names to run (default: all)")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per process (the first is excluded)")
+    parser.add_argument("--shapes", nargs="+", default=None, help="shape names to run (default: all but 7b-prop)")
+    parser.add_argument("--steps", type=int, default=3, help="measured optimizer steps per process and round")
+    parser.add_argument("--warmup", type=int, default=1, help="steps per process before the measured ones")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds: every mode once per round, order rotated")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per process (default: $OMP_NUM_THREADS, else 2)")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (the test's configuration)")
     parser.add_argument("--work-dir", default="", help="where the model and clips are written (default: a temp dir)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "cost.json"))
@@ -531,8 +772,13 @@ def main() -> None:
         if task["mode"] == "equivalence":
             print(json.dumps(equivalence(shape, Path(task["model"]), clips)))
         else:
-            print(json.dumps(child(task["mode"], shape, Path(task["model"]), clips, task["steps"])))
+            print(json.dumps(child(task["mode"], shape, Path(task["model"]), clips, task["steps"], task["warmup"])))
         return
+    for option in ("steps", "rounds"):
+        if getattr(args, option) < 1:
+            parser.error(f"--{option} must be >= 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be >= 0")
 
     start = time.time()
     chosen = shapes(args.frames, args.quick)
@@ -541,36 +787,46 @@ def main() -> None:
         if unknown:
             parser.error(f"--shapes: unknown {unknown}; with these --frames the shapes are {sorted(chosen)}")
         chosen = {k: v for k, v in chosen.items() if k in args.shapes}
+    else:
+        chosen = {k: v for k, v in chosen.items() if not v.optional}
+    threads = args.threads or bench_threads()
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="videoktr-cost-"))
-    model_dir = build_model(root, "tiny" if args.quick else "small")
     modes = ["grpo"] + [m for m in args.modes if m != "grpo"]
-    results = {"model": json.loads((model_dir / "videoktr_model.json").read_text()), "steps": args.steps,
-               "modes": modes, "shapes": {}}
+    results = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": threads,
+               "modes": modes, "models": {}, "shapes": {}}
+    failed = []
     for name, shape in chosen.items():
-        clips = write_clips(root, shape, shape.prompts * args.steps)
+        model_dir = build_model(root, shape.model)
+        results["models"][shape.model] = json.loads((model_dir / "videoktr_model.json").read_text())
+        clips = write_clips(root, shape, shape.prompts * (args.steps + args.warmup))
         base = {"shape": dataclasses.asdict(shape), "model": str(model_dir), "clips": [str(c) for c in clips],
-                "steps": args.steps}
-        entry = {"shape": dataclasses.asdict(shape), "modes": {}}
-        for mode in modes:
-            r = run_child(args, {**base, "mode": mode})
-            entry["modes"][mode] = r
-            print(f"[{time.time() - start:6.0f}s] {name:>10} {mode:>8}: step {r['median_step_s']:.3f} s "
-                  f"(CPU {r['median_step_cpu_s']:.3f} s) "
-                  f"({r['median_training_s']:.3f} s without sampling), peak "
-                  f"{r['peak_bytes'] / 2**20:.0f} MiB (+{(r['peak_bytes'] - r['baseline_bytes']) / 2**20:.0f}), "
-                  f"encoder {r['encoder_calls_per_step']:g} calls / {r['videos_encoded_per_step']:g} videos per step "
-                  f"(+{r['generation_videos_encoded_per_step']:g} videos in generation), attribution "
-                  f"{r['attribution_share']:.1%}", flush=True)
-        g = entry["modes"]["grpo"]
-        entry["ratios"] = {m: {"step_time": r["median_step_s"] / g["median_step_s"],
-                               "training_time": r["median_training_s"] / g["median_training_s"],
-                               "step_cpu_time": r["median_step_cpu_s"] / g["median_step_cpu_s"],
-                               "peak_memory": r["peak_bytes"] / g["peak_bytes"],
-                               "peak_increment": (r["peak_bytes"] - r["baseline_bytes"])
-                               / max(1, g["peak_bytes"] - g["baseline_bytes"])}
-                           for m, r in entry["modes"].items()}
+                "steps": args.steps, "warmup": args.warmup}
+        runs: dict[str, list[dict]] = {m: [] for m in modes}
+        for r in range(args.rounds):
+            order = modes[r % len(modes):] + modes[: r % len(modes)]  # rotated: no mode always first or last
+            for mode in order:
+                out = run_child({**base, "mode": mode}, threads)
+                runs[mode].append(out)
+                measured = [s for s in out["steps"] if not s["warmup"]]
+                print(f"[{time.time() - start:6.0f}s] {name:>10} round {r} {mode:>8}: step CPU "
+                      + " ".join(f"{s['cpu_s']:.2f}" for s in measured) + " s (wall "
+                      + " ".join(f"{s['wall_s']:.2f}" for s in measured) + "), without sampling CPU "
+                      + " ".join(f"{s['training_cpu_s']:.2f}" for s in measured)
+                      + f" s, peak {out['peak_bytes'] / 2**20:.0f} MiB, tokens sampled "
+                      + " ".join(str(s["tokens_sampled"] + s["extra_tokens_sampled"]) for s in out["steps"]), flush=True)
+        entry = {"shape": dataclasses.asdict(shape), "rounds": args.rounds, "steps": args.steps,
+                 "warmup": args.warmup, "runs": runs}
+        entry["modes"], entry["ratios"] = summarise(runs)
+        if shape.rollouts == "fixed":
+            entry["same_tokens"] = same_tokens_problems(runs)
+            if entry["same_tokens"]:
+                failed.append(name)
+                print(f"{name}: the modes did not sample and train on the same tokens:\n  "
+                      + "\n  ".join(entry["same_tokens"][:20]), flush=True)
+        else:
+            entry["same_tokens"] = None  # real sampling: each mode samples from its own policy
         if "official" in modes and shape.rollouts == "fixed":
-            entry["equivalence"] = run_child(args, {**base, "mode": "equivalence"})
+            entry["equivalence"] = run_child({**base, "mode": "equivalence"}, threads)
             print(f"           official vs ktr on one rollout: {entry['equivalence']}", flush=True)
         results["shapes"][name] = entry
     results["seconds"] = time.time() - start
@@ -581,12 +837,17 @@ def main() -> None:
     out.with_suffix(".md").write_text(table)
     print(table)
     print(f"wrote {out} ({results['seconds']:.0f} s)")
+    if failed:
+        sys.exit(f"FAILED: at {failed} the modes did not sample and train on the same tokens (see above); "
+                 "their ratios compare different work")
     headline = next((results["shapes"][k] for k in ("paper-16", "quick") if k in results["shapes"]), None)
     if headline is None:
         headline = next(iter(results["shapes"].values()))
     if "ktr" in headline["ratios"]:
         r = headline["ratios"]["ktr"]
-        print(f"step_time_ratio={r['step_time']:.3f} peak_memory_ratio={r['peak_memory']:.3f}")
+        print(f"step_time_ratio={r['cpu_s']['median']:.3f} peak_memory_ratio={r['peak_memory']['median']:.3f} "
+              f"training_time_ratio={r['training_cpu_s']['median']:.3f} "
+              f"spread={r['cpu_s']['q3'] - r['cpu_s']['q1']:.3f}")
 
 
 if __name__ == "__main__":

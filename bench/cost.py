@@ -303,17 +303,21 @@ class EncoderCounter:
 
 
 class Clock:
-    """Wall and process CPU seconds per (part, step), summed over the part's calls in that step."""
+    """Wall and process CPU seconds per (part, step), summed over the part's calls in that step. `sync` (e.g.
+    torch.cuda.synchronize) runs at both ends of every measurement so that queued GPU work is counted."""
 
-    def __init__(self):
+    def __init__(self, sync=None):
         self.seconds: dict[tuple[str, int], list[float]] = {}
+        self.sync = sync or (lambda: None)
 
     @contextlib.contextmanager
     def part(self, name: str, step: int):
+        self.sync()
         wall, cpu = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
+            self.sync()
             acc = self.seconds.setdefault((name, step), [0.0, 0.0])
             acc[0] += time.perf_counter() - wall
             acc[1] += time.process_time() - cpu
@@ -436,102 +440,141 @@ def bench_threads() -> int:
     return int(os.environ.get("VIDEOKTR_BENCH_THREADS") or os.environ.get("OMP_NUM_THREADS") or 2)
 
 
-def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int, warmup: int) -> dict:
-    """Train `warmup + steps` steps of `mode`; per step: wall and CPU seconds of the step, of its sampling and of
-    its token weights (attribution), the tokens sampled and what was trained on (a digest of the prompts, clips
-    and responses). The first `warmup` steps are recorded but left out of the times."""
-    import torch
+class Instrumented:
+    """A trainer measured as the bench measures it: its sampling forced to the shape's fixed responses (checked),
+    and per step the wall and CPU seconds of the step, of its sampling and of its token weights
+    (`_rollout_weights`: attribution and selection), the tokens sampled (T-GRPO's shuffled ones apart) and what
+    was trained on (a digest of prompts, clips and responses). Vision-tower calls are counted, sampling apart."""
 
-    from videoktr.models.lora import base_model
+    def __init__(self, trainer, shape: Shape, sync=None):
+        from transformers import TrainerCallback
+
+        from videoktr.models.lora import base_model
+
+        self.trainer = trainer
+        core = base_model(trainer.accelerator.unwrap_model(trainer.model))
+        self.counter = EncoderCounter(core.model.visual)
+        self.sampling = ForcedSampling(core, trainer.eos_token_ids)
+        self.clock = Clock(sync)
+        self.trained: dict[int, dict] = {}  # per step: digest and token counts of the rollouts trained on
+        self.extra: dict[int, list[str]] = {}  # T-GRPO: the texts of its shuffled responses per step
+        self.batches: list[dict] = []  # the rollouts whose token weights were computed (kept: `keep_batches`)
+        self.keep_batches = 0
+        tokenizer = trainer.processing_class.tokenizer
+        counter, sampling, clock, trained, extra = self.counter, self.sampling, self.clock, self.trained, self.extra
+
+        def step_now() -> int:
+            return trainer.state.global_step
+
+        @contextlib.contextmanager
+        def sampling_phase(kind: str):
+            counter.phase = "generation"
+            calls = len(sampling.calls)
+            try:
+                with clock.part("sampling", step_now()):
+                    yield
+            finally:
+                counter.phase = "train"
+                for c in sampling.calls[calls:]:
+                    acc = trained.setdefault(step_now(), {}).setdefault(kind, [0, 0])
+                    acc[0] += c["tokens"]
+                    acc[1] += c["decoding_steps"] * c["rows"]
+
+        original = trainer._generate_single_turn
+
+        def generate(prompt_ids, *args, **kwargs):
+            with sampling_phase("sampled"):
+                if shape.rollouts == "generate":
+                    return original(prompt_ids, *args, **kwargs)
+                fixed = fixed_completions(tokenizer, shape, step_now(), len(prompt_ids))
+                with sampling.targets(fixed):
+                    ids, logprobs = original(prompt_ids, *args, **kwargs)
+                if [list(x) for x in ids] != fixed:
+                    raise RuntimeError(f"step {step_now()}: TRL's completion ids differ from the forced responses")
+                return ids, logprobs
+
+        trainer._generate_single_turn = generate
+        original_shuffled = trainer._sample_shuffled_hf
+
+        def sample_shuffled(groups, shuffled, per):  # T-GRPO's extra responses on shuffled frames, forced alike
+            with sampling_phase("sampled_extra"):
+                if shape.rollouts == "generate":
+                    return original_shuffled(groups, shuffled, per)
+                ids = fixed_completions(tokenizer, shape, 10_000 + step_now(), len(groups) * per)
+                with sampling.targets(ids):
+                    texts = original_shuffled(groups, shuffled, per)
+                if texts != tokenizer.batch_decode(ids, skip_special_tokens=True):
+                    raise RuntimeError(f"step {step_now()}: T-GRPO's shuffled responses differ from the forced ones")
+                extra[step_now()] = texts
+                return texts
+
+        trainer._sample_shuffled_hf = sample_shuffled
+        original_rollouts = trainer._generate_and_score_completions
+
+        def rollouts(inputs):
+            out = original_rollouts(inputs)
+            mask = out["completion_mask"]
+            keys = [None if r is None else Path(r.key).name for r in out["videos"]]
+            entry = trained.setdefault(step_now(), {})
+            entry.update(digest=digest(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask, keys),
+                         responses=int(mask.shape[0]), tokens_trained=int(mask.sum()))
+            return out
+
+        trainer._generate_and_score_completions = rollouts
+        original_weights = trainer._rollout_weights
+
+        def weights(batch):
+            if len(self.batches) < self.keep_batches:
+                self.batches.append(batch)
+            with clock.part("weights", step_now()):
+                return original_weights(batch)
+
+        trainer._rollout_weights = weights
+
+        class StepClock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock.sync()
+                self.step, self.wall, self.cpu = state.global_step, time.perf_counter(), time.process_time()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.sync()
+                clock.seconds[("step", self.step)] = [time.perf_counter() - self.wall,
+                                                      time.process_time() - self.cpu]
+
+        trainer.add_callback(StepClock())
+
+    def steps(self, total: int, warmup: int) -> list[dict]:
+        """Per step (0-based) of a finished run of `total` steps, the first `warmup` marked."""
+        out = []
+        for step in range(total):
+            wall, cpu = self.clock.get("step", step)
+            s_wall, s_cpu = self.clock.get("sampling", step)
+            w_wall, w_cpu = self.clock.get("weights", step)
+            t = self.trained.get(step, {})
+            out.append({"step": step, "warmup": step < warmup, "wall_s": wall, "cpu_s": cpu,
+                        "sampling_wall_s": s_wall, "sampling_cpu_s": s_cpu,
+                        "training_wall_s": wall - s_wall, "training_cpu_s": cpu - s_cpu,
+                        "weights_wall_s": w_wall, "weights_cpu_s": w_cpu,
+                        "tokens_sampled": t.get("sampled", [0, 0])[0],
+                        "decoding_row_steps": t.get("sampled", [0, 0])[1], "digest": t.get("digest"),
+                        "responses": t.get("responses"), "tokens_trained": t.get("tokens_trained"),
+                        "extra_responses": len(self.extra.get(step, [])),
+                        "extra_tokens_sampled": t.get("sampled_extra", [0, 0])[0]})
+        return out
+
+
+def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int, warmup: int) -> dict:
+    """Train `warmup + steps` steps of `mode` in this process, measured by `Instrumented`; the first `warmup`
+    steps are recorded but left out of the times."""
+    import torch
 
     torch.set_flush_denormal(True)  # CPU: denormal floats of a random model's drifting weights take slow paths
     torch.set_num_threads(bench_threads())
     trainer = make_trainer(mode, shape, model_dir, clip_rows(clips), warmup + steps,
                            tempfile.mkdtemp(prefix=f"cost-{mode}-"))
-    core = base_model(trainer.accelerator.unwrap_model(trainer.model))
-    counter = EncoderCounter(core.model.visual)
-    tokenizer = trainer.processing_class.tokenizer
-    sampling = ForcedSampling(core, trainer.eos_token_ids)
-    clock = Clock()
-    trained: dict[int, dict] = {}  # per step: digest and token counts of the rollouts trained on
-    extra: dict[int, list[str]] = {}  # T-GRPO: the texts of its shuffled responses per step
-
-    def step_now() -> int:
-        return trainer.state.global_step
-
-    @contextlib.contextmanager
-    def sampling_phase(kind: str):
-        counter.phase = "generation"
-        calls = len(sampling.calls)
-        try:
-            with clock.part("sampling", step_now()):
-                yield
-        finally:
-            counter.phase = "train"
-            for c in sampling.calls[calls:]:
-                acc = trained.setdefault(step_now(), {}).setdefault(kind, [0, 0])
-                acc[0] += c["tokens"]
-                acc[1] += c["decoding_steps"] * c["rows"]
-
-    original = trainer._generate_single_turn
-
-    def generate(prompt_ids, *args, **kwargs):
-        with sampling_phase("sampled"):
-            if shape.rollouts == "generate":
-                return original(prompt_ids, *args, **kwargs)
-            fixed = fixed_completions(tokenizer, shape, step_now(), len(prompt_ids))
-            with sampling.targets(fixed):
-                ids, logprobs = original(prompt_ids, *args, **kwargs)
-            if [list(x) for x in ids] != fixed:
-                raise RuntimeError(f"step {step_now()}: TRL's completion ids differ from the forced responses")
-            return ids, logprobs
-
-    trainer._generate_single_turn = generate
-    original_shuffled = trainer._sample_shuffled_hf
-
-    def sample_shuffled(groups, shuffled, per):  # T-GRPO's extra responses on shuffled frames, forced alike
-        with sampling_phase("sampled_extra"):
-            if shape.rollouts == "generate":
-                return original_shuffled(groups, shuffled, per)
-            ids = fixed_completions(tokenizer, shape, 10_000 + step_now(), len(groups) * per)
-            with sampling.targets(ids):
-                texts = original_shuffled(groups, shuffled, per)
-            if texts != tokenizer.batch_decode(ids, skip_special_tokens=True):
-                raise RuntimeError(f"step {step_now()}: T-GRPO's shuffled responses differ from the forced ones")
-            extra[step_now()] = texts
-            return texts
-
-    trainer._sample_shuffled_hf = sample_shuffled
-    original_rollouts = trainer._generate_and_score_completions
-
-    def rollouts(inputs):
-        out = original_rollouts(inputs)
-        mask = out["completion_mask"]
-        keys = [None if r is None else Path(r.key).name for r in out["videos"]]
-        entry = trained.setdefault(step_now(), {})
-        entry.update(digest=digest(out["prompt_ids"], out["prompt_mask"], out["completion_ids"], mask, keys),
-                     responses=int(mask.shape[0]), tokens_trained=int(mask.sum()))
-        return out
-
-    trainer._generate_and_score_completions = rollouts
-    original_weights = trainer._rollout_weights
-
-    def weights(batch):
-        with clock.part("weights", step_now()):
-            return original_weights(batch)
-
-    trainer._rollout_weights = weights
-    from transformers import TrainerCallback
-
-    class StepClock(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):
-            self.step, self.wall, self.cpu = state.global_step, time.perf_counter(), time.process_time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            clock.seconds[("step", self.step)] = [time.perf_counter() - self.wall, time.process_time() - self.cpu]
-
-    trainer.add_callback(StepClock())
     cuda = torch.cuda.is_available()
+    measured = Instrumented(trainer, shape, sync=torch.cuda.synchronize if cuda else None)
+    counter = measured.counter
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -540,21 +583,7 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
     base_kib = vm_kib("VmRSS")
     trainer.train()
     total = warmup + steps
-    per_step = []
-    for step in range(total):
-        wall, cpu = clock.get("step", step)
-        s_wall, s_cpu = clock.get("sampling", step)
-        w_wall, w_cpu = clock.get("weights", step)
-        t = trained.get(step, {})
-        per_step.append({"step": step, "warmup": step < warmup, "wall_s": wall, "cpu_s": cpu,
-                         "sampling_wall_s": s_wall, "sampling_cpu_s": s_cpu,
-                         "training_wall_s": wall - s_wall, "training_cpu_s": cpu - s_cpu,
-                         "weights_wall_s": w_wall, "weights_cpu_s": w_cpu,
-                         "tokens_sampled": t.get("sampled", [0, 0])[0],
-                         "decoding_row_steps": t.get("sampled", [0, 0])[1], "digest": t.get("digest"),
-                         "responses": t.get("responses"), "tokens_trained": t.get("tokens_trained"),
-                         "extra_responses": len(extra.get(step, [])),
-                         "extra_tokens_sampled": t.get("sampled_extra", [0, 0])[0]})
+    per_step = measured.steps(total, warmup)
     if cuda:
         peak, baseline, kind = torch.cuda.max_memory_allocated(), 0, "cuda_max_allocated"
     else:

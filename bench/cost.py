@@ -77,8 +77,9 @@ class Shape:
     max_tokens: int
     rollouts: str = "fixed"  # "fixed" (the same responses forced in every mode) or "generate" (real sampling)
     max_pixels: int = PAPER_PIXELS
-    model: str = "small"  # the model size (models.factory.SIZES)
+    model: str = "small"  # the model size (models.factory.SIZES, or "7b-prop": `proportional_model_dir`)
     optional: bool = False  # run only when named by --shapes
+    lora_r: int = 0  # LoRA rank on the LM (0: full training)
 
 
 def shapes(frames: list[int], quick: bool) -> dict[str, Shape]:
@@ -89,6 +90,10 @@ def shapes(frames: list[int], quick: bool) -> dict[str, Shape]:
     for f in frames:
         out[f"paper-{f}"] = Shape(f"paper-{f}", 1, 8, f, 224, 448, 256, 768)
     out["generate"] = Shape("generate", 4, 8, 8, 56, 56, 16, 16, rollouts="generate")
+    # Qwen2.5-VL-7B's widths, heads and vocabulary with 2 LM layers and 2 vision blocks, LoRA r=64 (full training
+    # of its 1.1B-parameter embedding and head would need 17 GB of AdamW state), short sequences: 4 frames of
+    # 112x112 (32 video tokens), G=4, responses of 16-32 tokens
+    out["7b-prop"] = Shape("7b-prop", 1, 4, 4, 112, 112, 16, 32, model="7b-prop", optional=True, lora_r=64)
     return out
 
 
@@ -101,7 +106,62 @@ def build_model(root: Path, size: str) -> Path:
 
     path = root / f"model-{size}"
     if not (path / "config.json").is_file():
-        create_model_dir(path, size=size, seed=0)
+        if size == "7b-prop":
+            proportional_model_dir(path, layers=2, vision_depth=2)
+        else:
+            create_model_dir(path, size=size, seed=0)
+    return path
+
+
+# Qwen2.5-VL-7B-Instruct's published dimensions (its config.json)
+QWEN25_VL_7B = {"hidden_size": 3584, "num_layers": 28, "num_heads": 28, "num_kv_heads": 4,
+                "intermediate_size": 18944, "vocab_size": 152064, "vision_depth": 32, "vision_hidden": 1280,
+                "vision_heads": 16, "vision_intermediate": 3420, "fullatt_block_indexes": (7, 15, 23, 31)}
+
+
+def model_config(tokenizer, dims: dict, layers: int | None = None, vision_depth: int | None = None):
+    """A Qwen2.5-VL config with `dims` (optionally fewer LM layers / vision blocks), token ids from `tokenizer`;
+    the vocabulary is dims["vocab_size"] (beyond the tokenizer's own tokens: never sampled, but in every LM-head
+    pass, as the real model's)."""
+    from videoktr.models.factory import ModelSize, build_config
+
+    layers = layers or dims["num_layers"]
+    vision_depth = vision_depth or dims["vision_depth"]
+    size = ModelSize(vocab_size=dims["vocab_size"], hidden_size=dims["hidden_size"], num_layers=layers,
+                     num_heads=dims["num_heads"], num_kv_heads=dims["num_kv_heads"],
+                     intermediate_size=dims["intermediate_size"], vision_depth=vision_depth,
+                     vision_hidden=dims["vision_hidden"], vision_heads=dims["vision_heads"],
+                     vision_intermediate=dims["vision_intermediate"], max_pixels=PAPER_PIXELS, min_pixels=56 * 56)
+    config = build_config(size, tokenizer)
+    if dims["vocab_size"] < len(tokenizer):
+        raise ValueError(f"vocabulary {dims['vocab_size']} is smaller than the tokenizer's {len(tokenizer)}")
+    config.text_config.vocab_size = dims["vocab_size"]
+    config.vision_config.fullatt_block_indexes = ([i for i in dims["fullatt_block_indexes"] if i < vision_depth]
+                                                  or [vision_depth - 1])
+    return config
+
+
+def proportional_model_dir(path: Path, layers: int, vision_depth: int, dims: dict = QWEN25_VL_7B) -> Path:
+    """A random-weight model directory with `dims`' widths, heads and vocabulary and `layers` LM layers, `vision_depth`
+    vision blocks (the built-in tokenizer and processor), loadable with models.factory.load_model."""
+    import torch
+    import transformers
+
+    from videoktr.models.factory import DEFAULT_CORPUS, build_processor, train_tokenizer
+
+    tokenizer = train_tokenizer(DEFAULT_CORPUS, 1024)
+    processor = build_processor(tokenizer, 56 * 56, PAPER_PIXELS)
+    config = model_config(tokenizer, dims, layers, vision_depth)
+    torch.manual_seed(0)
+    model = transformers.Qwen2_5_VLForConditionalGeneration(config)
+    model.generation_config.pad_token_id = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    (path / "videoktr_model.json").write_text(json.dumps({
+        "family": "qwen2_5_vl", "size": "7b-prop", "layers": layers, "vision_depth": vision_depth, "dims": dims,
+        "parameters": sum(p.numel() for p in model.parameters())}, indent=2))
     return path
 
 
@@ -312,10 +372,13 @@ class Clock:
 
     @contextlib.contextmanager
     def part(self, name: str, step: int):
+        from torch.autograd.profiler import record_function
+
         self.sync()
         wall, cpu = time.perf_counter(), time.process_time()
         try:
-            yield
+            with record_function(f"bench::{name}"):  # a range in a profile (`lm_head_shares`)
+                yield
         finally:
             self.sync()
             acc = self.seconds.setdefault((name, step), [0.0, 0.0])
@@ -431,7 +494,12 @@ def make_trainer(mode: str, shape: Shape, model_dir: Path, rows: list[dict], ste
                       temperature=1.0, generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)},
                       seed=0, disable_tqdm=True)
     cls = official_trainer_class() if mode == "official" else VideoGRPOTrainer
-    return cls(model=model, processing_class=processor, reward_funcs=[length_reward], args=args,
+    peft = None
+    if shape.lora_r:
+        from videoktr.models.lora import LoraOptions, peft_config
+
+        peft = peft_config(model, LoraOptions(r=shape.lora_r))
+    return cls(model=model, peft_config=peft, processing_class=processor, reward_funcs=[length_reward], args=args,
                train_dataset=Dataset.from_list(rows), method="ktr" if mode == "official" else mode,
                video=VideoOptions(fps=2.0, min_frames=4, max_frames=max(16, shape.frames)))
 
@@ -563,9 +631,11 @@ class Instrumented:
         return out
 
 
-def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int, warmup: int) -> dict:
+def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int, warmup: int,
+          profile: bool = False) -> dict:
     """Train `warmup + steps` steps of `mode` in this process, measured by `Instrumented`; the first `warmup`
-    steps are recorded but left out of the times."""
+    steps are recorded but left out of the times. `profile`: under torch's profiler, and the LM head's share of
+    each pass (`lm_head_shares`) in the result."""
     import torch
 
     torch.set_flush_denormal(True)  # CPU: denormal floats of a random model's drifting weights take slow paths
@@ -581,7 +651,17 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
     else:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM from here: training only (model already loaded)
     base_kib = vm_kib("VmRSS")
-    trainer.train()
+    shares = None
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+            trainer.train()
+        core = trainer.accelerator.unwrap_model(trainer.model)
+        shares = lm_head_shares(prof.events(), int(core.get_output_embeddings().weight.shape[0]))
+    else:
+        trainer.train()
     total = warmup + steps
     per_step = measured.steps(total, warmup)
     if cuda:
@@ -594,7 +674,56 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
             "generation_encoder_calls_per_step": counter.calls["generation"] / total,
             "generation_videos_encoded_per_step": counter.videos["generation"] / total,
             "unique_videos_per_step": shape.prompts, "responses_per_step": shape.prompts * shape.generations,
-            "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads()}
+            "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(), "lm_head_shares": shares}
+
+
+def lm_head_shares(events, vocab: int) -> dict:
+    """From a profile of training steps: per pass, the self CPU seconds of its operators and the part of them in
+    operators on vocabulary-sized tensors (the LM head's matmuls, forward and backward, and the full-vocabulary
+    softmax / log-softmax / entropy), and the floating-point operations (`flops`, with the head's part
+    `lm_head_flops`): matmuls as torch's profiler counts them, plus scaled-dot-product attention estimated from
+    its shapes (4 B H L S D forward, twice that backward), which the profiler does not count on CPU. FLOPs do not
+    depend on the machine's load: their ratios are the same in every run. Passes: `sampling` (generation),
+    `weights` (the token-weights pass: attribution), `step_rest` (the rest of the optimizer steps: the policy
+    pass forward and backward, rewards, optimizer)."""
+    def in_range(event) -> str:
+        e = event
+        while e is not None:
+            if e.name.startswith("bench::"):
+                return e.name[len("bench::"):]
+            e = e.cpu_parent
+        return "step_rest"
+
+    def shapes(event) -> list:
+        return [s for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
+
+    def touches_vocab(event) -> bool:
+        return any(vocab in shape for shape in shapes(event))
+
+    def flops(event) -> float:
+        if event.name in ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu_backward"):
+            q, k = (shapes(event) + [[], []])[:2]
+            if len(q) == 4 and len(k) == 4:  # [B, H, L, D], [B, Hk, S, D]
+                forward = 4 * q[0] * q[1] * q[2] * k[2] * q[3]
+                return forward * (2 if "backward" in event.name else 1)
+            return 0.0
+        return float(event.flops or 0)
+
+    totals: dict[str, list[float]] = {}
+    for event in events:
+        if event.name.startswith("bench::"):
+            continue
+        acc = totals.setdefault(in_range(event), [0.0, 0.0, 0.0, 0.0])
+        seconds, f, head = event.self_cpu_time_total / 1e6, flops(event), touches_vocab(event)
+        acc[0] += seconds
+        acc[2] += f
+        if head:
+            acc[1] += seconds
+            acc[3] += f
+    totals["all"] = [sum(v[i] for v in totals.values()) for i in range(4)]
+    return {name: {"self_cpu_s": t, "lm_head_s": h, "lm_head_share": h / t if t else 0.0, "flops": f,
+                   "lm_head_flops": hf, "lm_head_flop_share": hf / f if f else 0.0}
+            for name, (t, h, f, hf) in totals.items()}
 
 
 def equivalence(shape: Shape, model_dir: Path, clips: list[Path]) -> dict:
@@ -773,6 +902,17 @@ def markdown(results: dict) -> str:
                 f" / {r['tokens_trained']:.0f} | "
                 f"{r['encoder_calls_per_step']:g} ({r['videos_encoded_per_step']:g}), "
                 f"{r['generation_encoder_calls_per_step']:g} ({r['generation_videos_encoded_per_step']:g}) |")
+        if entry.get("lm_head_shares"):
+            lines.append("\nProfiled (1 warm-up + 1 step per mode, torch profiler): per pass, self CPU seconds and "
+                         "FLOPs, and the LM head's share of each (operators on vocabulary-sized tensors)\n")
+            lines.append("| mode | pass | self CPU s | LM head share | TFLOP | LM head share of FLOPs |")
+            lines.append("|---|---|---|---|---|---|")
+            for mode, shares in entry["lm_head_shares"].items():
+                for k, v in shares.items():
+                    lines.append(f"| {mode} | {k} | {v['self_cpu_s']:.2f} | {v['lm_head_share']:.1%} | "
+                                 f"{v['flops'] / 1e12:.3f} | {v['lm_head_flop_share']:.1%} |")
+            if entry.get("flop_ratio"):
+                lines.append(f"\nktr / grpo FLOPs over the profiled steps: {entry['flop_ratio']['all']:.3f}")
         if entry.get("same_tokens") is not None:
             lines.append(f"\nSame tokens in every mode and round: "
                          f"{'yes' if not entry['same_tokens'] else 'NO: ' + '; '.join(entry['same_tokens'][:5])}")
@@ -789,6 +929,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds: every mode once per round, order rotated")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per process (default: $OMP_NUM_THREADS, else 2)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 1+1 steps of grpo and ktr per shape: the LM head's share of each pass")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (the test's configuration)")
     parser.add_argument("--work-dir", default="", help="where the model and clips are written (default: a temp dir)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "cost.json"))
@@ -801,7 +943,8 @@ def main() -> None:
         if task["mode"] == "equivalence":
             print(json.dumps(equivalence(shape, Path(task["model"]), clips)))
         else:
-            print(json.dumps(child(task["mode"], shape, Path(task["model"]), clips, task["steps"], task["warmup"])))
+            print(json.dumps(child(task["mode"], shape, Path(task["model"]), clips, task["steps"], task["warmup"],
+                                   task.get("profile", False))))
         return
     for option in ("steps", "rounds"):
         if getattr(args, option) < 1:
@@ -857,6 +1000,19 @@ def main() -> None:
         if "official" in modes and shape.rollouts == "fixed":
             entry["equivalence"] = run_child({**base, "mode": "equivalence"}, threads)
             print(f"           official vs ktr on one rollout: {entry['equivalence']}", flush=True)
+        if args.profile:
+            entry["lm_head_shares"] = {}
+            for mode in [m for m in ("grpo", "ktr") if m in modes]:
+                prof = run_child({**base, "mode": mode, "steps": 1, "warmup": 1, "profile": True}, threads)
+                entry["lm_head_shares"][mode] = prof["lm_head_shares"]
+                print(f"           {mode} per pass: LM-head share of self CPU time (of FLOPs): " + ", ".join(
+                    f"{k} {v['lm_head_share']:.1%} of {v['self_cpu_s']:.1f} s ({v['lm_head_flop_share']:.1%} of "
+                    f"{v['flops'] / 1e12:.3f} TFLOP)" for k, v in prof["lm_head_shares"].items()), flush=True)
+            shares = entry["lm_head_shares"]
+            if "grpo" in shares and "ktr" in shares:
+                entry["flop_ratio"] = {k: shares["ktr"][k]["flops"] / shares["grpo"][k]["flops"]
+                                       for k in ("all",) if shares["grpo"][k]["flops"]}
+                print(f"           ktr / grpo FLOPs over the profiled steps: {entry['flop_ratio']}", flush=True)
         results["shapes"][name] = entry
     results["seconds"] = time.time() - start
     out = Path(args.output)

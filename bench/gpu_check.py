@@ -54,10 +54,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 
-# Qwen2.5-VL-7B-Instruct's published dimensions (its config.json)
-QWEN25_VL_7B = {"hidden_size": 3584, "num_layers": 28, "num_heads": 28, "num_kv_heads": 4,
-                "intermediate_size": 18944, "vocab_size": 152064, "vision_depth": 32, "vision_hidden": 1280,
-                "vision_heads": 16, "vision_intermediate": 3420, "fullatt_block_indexes": (7, 15, 23, 31)}
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 64,
         "vocab_size": 1000, "vision_depth": 2, "vision_hidden": 32, "vision_heads": 2, "vision_intermediate": 64,
         "fullatt_block_indexes": (1,)}
@@ -157,27 +153,6 @@ def environment() -> dict:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = None
     return out
-
-
-def model_config(tokenizer, dims: dict, layers: int | None = None, vision_depth: int | None = None):
-    """A Qwen2.5-VL config with `dims` (optionally fewer layers / vision blocks), token ids from `tokenizer`; the
-    vocabulary is dims["vocab_size"] (beyond the tokenizer's own tokens: never sampled, but in every LM-head pass)."""
-    from videoktr.models.factory import ModelSize, build_config
-
-    layers = layers or dims["num_layers"]
-    vision_depth = vision_depth or dims["vision_depth"]
-    size = ModelSize(vocab_size=dims["vocab_size"], hidden_size=dims["hidden_size"], num_layers=layers,
-                     num_heads=dims["num_heads"], num_kv_heads=dims["num_kv_heads"],
-                     intermediate_size=dims["intermediate_size"], vision_depth=vision_depth,
-                     vision_hidden=dims["vision_hidden"], vision_heads=dims["vision_heads"],
-                     vision_intermediate=dims["vision_intermediate"], max_pixels=128 * 28 * 28, min_pixels=56 * 56)
-    config = build_config(size, tokenizer)
-    if dims["vocab_size"] < len(tokenizer):
-        raise ValueError(f"vocabulary {dims['vocab_size']} is smaller than the tokenizer's {len(tokenizer)}")
-    config.text_config.vocab_size = dims["vocab_size"]
-    full = [i for i in dims["fullatt_block_indexes"] if i < vision_depth] or [vision_depth - 1]
-    config.vision_config.fullatt_block_indexes = full
-    return config
 
 
 def build_model(config, device: str, dtype: str, seed: int = 0):
@@ -427,6 +402,8 @@ def main() -> int:
     import cost
     from videoktr.models.factory import DEFAULT_CORPUS, build_processor, train_tokenizer
 
+    QWEN25_VL_7B = cost.QWEN25_VL_7B
+
     start = time.perf_counter()
     if args.tiny:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
@@ -437,7 +414,7 @@ def main() -> int:
     setup.min_tokens = min(setup.min_tokens, setup.max_tokens)
     tokenizer = train_tokenizer(DEFAULT_CORPUS, 1024)
     processor = build_processor(tokenizer, 56 * 56, 128 * 28 * 28)
-    config = model_config(tokenizer, setup.dims)
+    config = cost.model_config(tokenizer, setup.dims)
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="videoktr-gpu-check-"))
     shape = cost.Shape("gpu", 1, setup.generations, setup.frames, setup.height, setup.width, setup.min_tokens,
                        setup.max_tokens)

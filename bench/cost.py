@@ -679,8 +679,10 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
 
 def lm_head_shares(events, vocab: int) -> dict:
     """From a profile of training steps: per pass, the self CPU seconds of its operators and the part of them in
-    operators on vocabulary-sized tensors (the LM head's matmuls, forward and backward, and the full-vocabulary
-    softmax / log-softmax / entropy), and the floating-point operations (`flops`, with the head's part
+    operators on vocabulary-sized tensors (a last dimension of V, or a matrix of V rows: the LM head's matmuls,
+    forward and backward, and the full-vocabulary softmax / log-softmax / entropy; where another tensor happens
+    to have V rows, e.g. the small model's 1024 video tokens at 16 frames, it is counted too), and the
+    floating-point operations (`flops`, with the head's part
     `lm_head_flops`): matmuls as torch's profiler counts them, plus scaled-dot-product attention estimated from
     its shapes (4 B H L S D forward, twice that backward), which the profiler does not count on CPU. FLOPs do not
     depend on the machine's load: their ratios are the same in every run. Passes: `sampling` (generation),
@@ -697,8 +699,9 @@ def lm_head_shares(events, vocab: int) -> dict:
     def shapes(event) -> list:
         return [s for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
 
-    def touches_vocab(event) -> bool:
-        return any(vocab in shape for shape in shapes(event))
+    def touches_vocab(event) -> bool:  # logits [..., V]; the head's weight [V, H] (or [H, V]); gradients [V, N]
+        return any(shape and (shape[-1] == vocab or (len(shape) == 2 and shape[0] == vocab))
+                   for shape in shapes(event))
 
     def flops(event) -> float:
         if event.name in ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu_backward"):

@@ -20,8 +20,8 @@ Settings (the paper's per-GPU shape and the 7B recipe): one prompt with a 16-fra
 frame (448x224, 1024 video tokens), G = 8 responses of 256-768 tokens (forced, identical in both modes: the bench's
 `ForcedSampling`, so HF generation pays real sampling's cost), bf16 autocast over fp32 parameters (what `videoktr
 train` loads for model.dtype bfloat16 on one process), gradient checkpointing, SDPA attention, beta = 0. Runs
-`--warmup` + `--steps` optimizer steps of grpo, then of ktr, each on a freshly built model (same seed), and
-reports per mode: step time with and without sampling, the token-weights (attribution) seconds, peak GPU memory
+`--warmup` + `--steps` optimizer steps of grpo, then of ktr, each in a fresh process on a freshly built model
+(same seed), and reports per mode: step time with and without sampling, the token-weights (attribution) seconds, peak GPU memory
 (torch.cuda.max_memory_allocated, reset after the model is built), and the per-step ratios ktr / grpo. Then, on
 ktr's first rollout: the key-token masks of the trainer's attribution path (shared prompt prefix, bf16 autocast)
 against the reference path (every row's full sequence in one forward, no shared prefix) in bf16 and in fp32,
@@ -46,6 +46,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -343,6 +344,29 @@ def paths_agreement(trainer, batch) -> dict:
             "tokens": int(batch["completion_mask"].sum()), "seconds": time.perf_counter() - start}
 
 
+def child(task: dict) -> int:
+    """One mode in this (fresh) process; its result, with ktr's mask agreement, goes to task["result"]."""
+    import warnings
+
+    import torch
+
+    import cost
+    from videoktr.models.factory import DEFAULT_CORPUS, build_processor, train_tokenizer
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames that TRL 1.16 still calls
+    setup = Setup(**task["setup"])
+    if setup.device == "cpu":
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
+    tokenizer = train_tokenizer(DEFAULT_CORPUS, 1024)
+    processor = build_processor(tokenizer, 56 * 56, 128 * 28 * 28)
+    config = cost.model_config(tokenizer, setup.dims)
+    out, agreement = run_mode(task["mode"], setup, config, processor, [Path(c) for c in task["clips"]],
+                              task["warmup"], task["steps"], task["param_dtype"], task["keep_batch"])
+    out["mask_agreement"] = agreement
+    Path(task["result"]).write_text(json.dumps(out))
+    return 0
+
+
 def summary(grpo: dict, ktr: dict) -> dict:
     def med(run, key):
         values = [s[key] for s in run["steps"] if not s["warmup"]]
@@ -379,6 +403,7 @@ def main() -> int:
                         help="parameter dtype under bf16 autocast (float32: what `videoktr train` loads)")
     parser.add_argument("--work-dir", default="", help="where the clips are written (default: a temp dir)")
     parser.add_argument("--output", default=str(HERE / "results" / "gpu_check.json"))
+    parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -392,29 +417,20 @@ def main() -> int:
     if args.check_only:
         print("gpu_check: nothing missing: " + json.dumps(environment()))
         return 0
+    if not args.child:
+        print("gpu_check: nothing missing", flush=True)
     sys.path.insert(0, str(HERE))  # bench/cost.py: forced sampling and the per-step clock
-    import warnings
-
-    import torch
-
-    warnings.filterwarnings("ignore", category=FutureWarning)  # transformers' renames that TRL 1.16 still calls
-
     import cost
-    from videoktr.models.factory import DEFAULT_CORPUS, build_processor, train_tokenizer
 
-    QWEN25_VL_7B = cost.QWEN25_VL_7B
-
+    if args.child:
+        return child(json.loads(args.child))
     start = time.perf_counter()
     if args.tiny:
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
         setup = Setup(TINY, args.frames or 4, 56, 56, 2, 4, args.max_new_tokens or 8, args.lora_r or 8, True, "cpu")
     else:
-        setup = Setup(QWEN25_VL_7B, args.frames or 16, 224, 448, 8, 256, args.max_new_tokens or 768,
+        setup = Setup(cost.QWEN25_VL_7B, args.frames or 16, 224, 448, 8, 256, args.max_new_tokens or 768,
                       args.lora_r or 64, True, "cuda")
     setup.min_tokens = min(setup.min_tokens, setup.max_tokens)
-    tokenizer = train_tokenizer(DEFAULT_CORPUS, 1024)
-    processor = build_processor(tokenizer, 56 * 56, 128 * 28 * 28)
-    config = cost.model_config(tokenizer, setup.dims)
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="videoktr-gpu-check-"))
     shape = cost.Shape("gpu", 1, setup.generations, setup.frames, setup.height, setup.width, setup.min_tokens,
                        setup.max_tokens)
@@ -424,10 +440,19 @@ def main() -> int:
           f"{setup.frames} frames of {setup.width}x{setup.height}, G={setup.generations}, responses "
           f"{setup.min_tokens}-{setup.max_tokens} tokens, {args.warmup}+{args.steps} steps per mode", flush=True)
     runs, agreement = {}, None
-    for mode in ("grpo", "ktr"):
-        runs[mode], found = run_mode(mode, setup, config, processor, clips, args.warmup, args.steps,
-                                     args.param_dtype, keep_batch=mode == "ktr")
-        agreement = found or agreement
+    for mode in ("grpo", "ktr"):  # each in a fresh process: its peak memory is its own, nothing of the other left
+        result_path = root / f"{mode}.json"
+        task = {"mode": mode, "setup": dataclasses.asdict(setup), "clips": [str(c) for c in clips],
+                "warmup": args.warmup, "steps": args.steps, "param_dtype": args.param_dtype,
+                "keep_batch": mode == "ktr", "result": str(result_path)}
+        code = subprocess.run([sys.executable, __file__, "--child", json.dumps(task)]
+                              + (["--tiny"] if args.tiny else [])).returncode
+        if code != 0:
+            print(f"gpu_check: FAILED: the {mode} process exited with status {code} (its output is above)",
+                  file=sys.stderr)
+            return 1
+        runs[mode] = json.loads(result_path.read_text())
+        agreement = runs[mode].pop("mask_agreement", None) or agreement
         r = runs[mode]
         print(f"[{time.perf_counter() - start:5.0f}s] {mode}: steps "
               + ", ".join(f"{s['wall_s']:.2f} s ({s['training_wall_s']:.2f} without sampling, attribution "

@@ -40,8 +40,10 @@ Vision-encoder work is counted with a forward hook on the vision tower (`model.m
 videos encoded per step (rows of its grid_thw), sampling apart. "Weights" is the time of the trainer's token
 weights per rollout (`_rollout_weights`: the attribution pass and the selection for ktr/entropy/official, the
 TW-GRPO pass). Writes bench/results/cost.json and .md; the last line is `step_time_ratio=X peak_memory_ratio=Y
-training_time_ratio=Z spread=S` (ktr over grpo at the paper shape, 16 frames: medians of the per-step CPU-time
-ratios with and without sampling, of the per-round peak-memory ratios, and the quartile spread of the first).
+training_time_ratio=Z spread=S in_step_ratio=I in_step_training_ratio=J` (ktr over grpo at the paper shape, 16
+frames: medians of the per-step CPU-time ratios with and without sampling, of the per-round peak-memory ratios,
+the quartile spread of the first, and the in-step ratios: each ktr step over the same step less its token-weights
+pass, with and without sampling, which do not compare processes run minutes apart).
 """
 
 from __future__ import annotations
@@ -865,6 +867,14 @@ def summarise(runs: dict[str, list[dict]]) -> tuple[dict, dict]:
                  if not s["warmup"]]
         ratios[mode] = {k: spread([s[k] / g[k] for s, g in pairs if g[k] > 0])
                         for k in ("cpu_s", "wall_s", "training_cpu_s", "training_wall_s")}
+        # within one step of the mode's own process: the step over the same step less its token-weights pass,
+        # i.e. the mode over grpo where the weights pass is all it adds (ktr, entropy, twgrpo), measured seconds
+        # apart instead of minutes: the machine's load changes little in between
+        ratios[mode]["in_step_cpu_s"] = spread([s["cpu_s"] / (s["cpu_s"] - s["weights_cpu_s"]) for s in measured
+                                                if s["cpu_s"] > s["weights_cpu_s"]])
+        ratios[mode]["in_step_training_cpu_s"] = spread(
+            [s["training_cpu_s"] / (s["training_cpu_s"] - s["weights_cpu_s"]) for s in measured
+             if s["training_cpu_s"] > s["weights_cpu_s"]])
         ratios[mode]["peak_memory"] = spread([run["peak_bytes"] / ref["peak_bytes"] for run, ref in zip(rounds, grpo)])
         ratios[mode]["peak_increment"] = spread(
             [(run["peak_bytes"] - run["baseline_bytes"]) / max(1, ref["peak_bytes"] - ref["baseline_bytes"])
@@ -886,12 +896,15 @@ def markdown(results: dict) -> str:
                      f"{s['rollouts']} rollouts, model `{s['model']}`; {entry['rounds']} rounds x "
                      f"{entry['steps']} steps (after {entry['warmup']} warm-up) per mode\n")
         lines.append("Times are medians over the measured steps of every round; `x grpo` is the median [quartiles] "
-                     "of the per-step ratios (step i of the mode over step i of grpo, same round, same rollouts).\n")
+                     "of the per-step ratios (step i of the mode over step i of grpo, same round, same rollouts); "
+                     "`in-step x grpo` is the median of each step over the same step less its token-weights pass, "
+                     "in CPU time (the mode over grpo where that pass is all it adds: ktr, entropy, twgrpo).\n")
         lines.append("| mode | step CPU s | x grpo | step wall s | x grpo | without sampling CPU s | x grpo | "
                      "without sampling wall s | x grpo | peak MiB | x grpo | peak - start MiB | x grpo | "
-                     "weights CPU s (share of step without sampling) | tokens sampled (+ T-GRPO's shuffled) / trained per step | "
+                     "weights CPU s (share of step without sampling) | in-step x grpo: step, without sampling | "
+                     "tokens sampled (+ T-GRPO's shuffled) / trained per step | "
                      "encoder calls/step (videos): training, sampling |")
-        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for mode, r in entry["modes"].items():
             q = entry["ratios"][mode]
             lines.append(
@@ -901,6 +914,7 @@ def markdown(results: dict) -> str:
                 f"{r['peak_bytes']['median'] / 2**20:.0f} | {q['peak_memory']['median']:.3f} | "
                 f"{r['peak_increment_bytes']['median'] / 2**20:.0f} | {q['peak_increment']['median']:.3f} | "
                 f"{r['weights_cpu_s']['median']:.3f} ({r['weights_share_of_training']['median']:.1%}) | "
+                f"{fmt(q['in_step_cpu_s'])}, {fmt(q['in_step_training_cpu_s'])} | "
                 f"{r['tokens_sampled']:.0f}{'' if not r['extra_tokens_sampled'] else ' + %.0f' % r['extra_tokens_sampled']}"
                 f" / {r['tokens_trained']:.0f} | "
                 f"{r['encoder_calls_per_step']:g} ({r['videos_encoded_per_step']:g}), "
@@ -937,8 +951,19 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (the test's configuration)")
     parser.add_argument("--work-dir", default="", help="where the model and clips are written (default: a temp dir)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "cost.json"))
+    parser.add_argument("--summarise", default="", metavar="JSON",
+                        help="recompute the summaries and tables of an earlier cost.json from its per-step records")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.summarise:
+        results = json.loads(Path(args.summarise).read_text())
+        for entry in results["shapes"].values():
+            entry["modes"], entry["ratios"] = summarise(entry["runs"])
+        Path(args.summarise).write_text(json.dumps(results, indent=2))
+        table = markdown(results)
+        Path(args.summarise).with_suffix(".md").write_text(table)
+        print(table)
+        return
     if args.child:
         task = json.loads(args.child)
         shape = Shape(**task["shape"])
@@ -1035,7 +1060,8 @@ def main() -> None:
         r = headline["ratios"]["ktr"]
         print(f"step_time_ratio={r['cpu_s']['median']:.3f} peak_memory_ratio={r['peak_memory']['median']:.3f} "
               f"training_time_ratio={r['training_cpu_s']['median']:.3f} "
-              f"spread={r['cpu_s']['q3'] - r['cpu_s']['q1']:.3f}")
+              f"spread={r['cpu_s']['q3'] - r['cpu_s']['q1']:.3f} in_step_ratio={r['in_step_cpu_s']['median']:.3f} "
+              f"in_step_training_ratio={r['in_step_training_cpu_s']['median']:.3f}")
 
 
 if __name__ == "__main__":

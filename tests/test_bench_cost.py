@@ -138,7 +138,12 @@ def test_per_step_ratios_pair_step_i_with_step_i(cost):
     a mode that is 1.2x grpo at every step is 1.2x even when the steps themselves vary 4-fold."""
     grpo = [fake_run("grpo", cpu=(9.0, 1.0, 4.0)), fake_run("grpo", cpu=(9.0, 2.0, 3.0))]
     ktr = [fake_run("ktr", cpu=(1.0, 1.2, 4.8), peak=1010), fake_run("ktr", cpu=(1.0, 2.4, 3.6), peak=1030)]
+    for run in ktr:  # its token-weights pass: a sixth of each step, so the step is 1.2x the step without it
+        for s in run["steps"]:
+            s["weights_cpu_s"] = s["cpu_s"] / 6
     modes, ratios = cost.summarise({"grpo": grpo, "ktr": ktr})
+    assert ratios["ktr"]["in_step_cpu_s"]["median"] == pytest.approx(1.2)
+    assert ratios["ktr"]["in_step_cpu_s"]["n"] == 4 and ratios["grpo"]["in_step_cpu_s"]["median"] == 1.0
     assert ratios["ktr"]["cpu_s"]["median"] == pytest.approx(1.2)
     assert ratios["ktr"]["cpu_s"]["min"] == pytest.approx(1.2) and ratios["ktr"]["cpu_s"]["max"] == pytest.approx(1.2)
     assert ratios["ktr"]["cpu_s"]["n"] == 4

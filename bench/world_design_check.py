@@ -103,6 +103,8 @@ def run_check(args) -> dict:
                  "resume": False}
     if args.prompts_per_step:
         overrides["prompts_per_step"] = args.prompts_per_step
+    if args.model:  # a given starting model (a warm start built earlier: --seed then only seeds the rollouts)
+        overrides["model"] = args.model
     world = S.world_config(args.world_style)
     if world.style != "short":  # what `videoktr train` raises it to on a long world
         overrides["max_completion_length"] = world.completion_tokens
@@ -150,7 +152,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--world-style", default="sampled_cot")
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--seed", type=int, default=0, help="run seed of the check's rollouts (and of the warm start)")
+    p.add_argument("--seed", type=int, default=0, help="run seed of the check's rollouts (and of the warm start, "
+                                                         "unless --model names one)")
+    p.add_argument("--model", default="", help="the starting model (default: the world's warm start, built or "
+                                               "reused under --cache-dir with --seed)")
     p.add_argument("--steps", type=int, default=8, help="logged rollout steps (prompts_per_step x G responses each)")
     p.add_argument("--prompts-per-step", type=int, default=0, help="0 = the run's default")
     p.add_argument("--rows", type=int, default=100, help="reference rows labelled for the role shares")

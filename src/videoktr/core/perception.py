@@ -2,8 +2,10 @@
 
 Dynamic sampling (DAPO, arXiv 2503.14476 Sec. 3.2; verl's `algorithm.filter_groups`, volcengine/verl commit
 b178a3c, verl/trainer/config/algorithm.py `FilterGroupsConfig`: a metric, "acc" or "seq_reward", and
-`max_num_gen_batches`): a prompt group whose G rewards are all equal has zero advantage and no policy gradient;
-such groups are replaced by groups of freshly sampled prompts until the batch holds as many groups as before.
+`max_num_gen_batches`; the loop in docs/algo/dapo.md: keep the groups whose metric has std > 0, generate again until
+`train_batch_size` groups are kept, error out at `max_num_gen_batches`): a prompt group whose G rewards are all
+equal has zero advantage and no policy gradient; such groups are replaced by groups of freshly sampled prompts
+until the batch holds as many groups as before (here, at the cap, constant groups fill the rest instead).
     constant_groups(rewards, group_size)          [N] -> [N/G] bool: the group's rewards are all equal
     fill_from_rounds(informative, needed)         which (round, group) pairs make up the batch, and how many
                                                   slots no informative group filled

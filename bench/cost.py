@@ -5,7 +5,9 @@ memory, vision-encoder work per step and the share of step time spent in attribu
   .venv/bin/python bench/cost.py --frames 16 32 64   # the paper shape at 16, 32 and 64 frames
   .venv/bin/python bench/cost.py --quick         # tiny sizes, seconds per process (the test's configuration)
 
-Modes: the trainer's methods `grpo`, `ktr` (ours), `entropy`, `twgrpo`, `tgrpo`, and `official`: NOT a training
+Modes: the trainer's methods `grpo`, `ktr` (ours), `entropy`, `twgrpo`, `tgrpo`, `vppo` (one eval-mode no-grad
+pass for the visual dependency, like ktr's attribution with one perturbation), `papo` (no attribution pass, but a
+policy pass WITH gradient over twice the rows: the real and the masked input), and `official`: NOT a training
 method but Video-KTR's key-token mask computed with the official code's cost structure (`OfficialCostTrainer`
 below): the vision tower re-run for every response in every pass (the full, the visually and the temporally
 perturbed inputs, and the policy pass), the full-vocabulary logits of every position kept for each of the three
@@ -28,7 +30,8 @@ Shapes (per optimizer step, one process):
 
 Vision-encoder work is counted with a forward hook on the vision tower (`model.model.visual`): calls per step and
 videos encoded per step (rows of its grid_thw), generation apart. Step time is TRL's `step_time` (first step
-excluded); the attribution share is the trainer's `ktr/attribution_seconds` over the step time.
+excluded); the attribution share is the trainer's `ktr/attribution_seconds` (vppo: `vppo/seconds`) over the step
+time.
 Writes bench/results/cost.json; the last line is `step_time_ratio=X peak_memory_ratio=Y` (ktr over grpo at the
 paper shape, 16 frames).
 """
@@ -49,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "official")
+MODES = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official")
 PAPER_PIXELS = 128 * 28 * 28  # per frame; 448x224 frames fill it exactly
 
 
@@ -399,7 +402,7 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
     times = [h["step_time"] for h in logs][1:]
     gen = [generation_seconds.get(step, 0.0) for step in range(len(logs))][1:]
     training = [t - g for t, g in zip(times, gen)]  # the step without sampling
-    attribution = [h.get("ktr/attribution_seconds", 0.0) for h in logs][1:]
+    attribution = [h.get("ktr/attribution_seconds", h.get("vppo/seconds", 0.0)) for h in logs][1:]
     n = max(1, len(logs))
     if cuda:
         peak, baseline, kind = torch.cuda.max_memory_allocated(), 0, "cuda_max_allocated"

@@ -23,7 +23,7 @@ def test_cost_bench_quick(tmp_path):
     assert last.startswith("step_time_ratio=") and " peak_memory_ratio=" in last
     result = json.loads(out.read_text())
     entry = result["shapes"]["quick"]
-    assert set(entry["modes"]) == {"grpo", "ktr", "entropy", "twgrpo", "tgrpo", "official"}
+    assert set(entry["modes"]) == {"grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official"}
     unique, responses = 2, 4
     for mode, r in entry["modes"].items():
         assert r["steps"] == 2 and r["median_step_s"] > 0 and r["peak_bytes"] > 0, mode
@@ -36,7 +36,11 @@ def test_cost_bench_quick(tmp_path):
     # one vision-tower call per pass, on the unique clips only: policy pass (+ the attribution/weights pass)
     assert entry["modes"]["grpo"]["encoder_calls_per_step"] == 1
     assert entry["modes"]["grpo"]["videos_encoded_per_step"] == unique
-    for mode in ("ktr", "entropy", "twgrpo"):
+    # PAPO's masked half reuses the policy pass's encoding: one call, on the unique clips
+    assert entry["modes"]["papo"]["encoder_calls_per_step"] == 1
+    assert entry["modes"]["papo"]["videos_encoded_per_step"] == unique
+    assert entry["modes"]["vppo"]["attribution_share"] > 0
+    for mode in ("ktr", "entropy", "twgrpo", "vppo"):
         assert entry["modes"][mode]["encoder_calls_per_step"] == 2, mode
         assert entry["modes"][mode]["videos_encoded_per_step"] == 2 * unique, mode
     # the official cost structure: every response's copy encoded in the 3 attribution passes and the policy pass

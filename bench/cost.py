@@ -7,7 +7,9 @@ per-step ratios to `grpo`.
   .venv/bin/python bench/cost.py --frames 16 32 64   # the paper shape at 16, 32 and 64 frames
   .venv/bin/python bench/cost.py --quick         # tiny sizes, seconds per process (the test's configuration)
 
-Modes: the trainer's methods `grpo`, `ktr` (ours), `entropy`, `twgrpo`, `tgrpo`, and `official`: NOT a training
+Modes: the trainer's methods `grpo`, `ktr` (ours), `entropy`, `twgrpo`, `tgrpo`, `vppo` (one eval-mode no-grad
+pass for the visual dependency, like ktr's attribution with one perturbation), `papo` (no attribution pass, but a
+policy pass WITH gradient over twice the rows: the real and the masked input), and `official`: NOT a training
 method but Video-KTR's key-token mask computed with the official code's cost structure (`OfficialCostTrainer`
 below): the vision tower re-run for every response in every pass (the full, the visually and the temporally
 perturbed inputs, and the policy pass), the full-vocabulary logits of every position kept for each of the three
@@ -63,7 +65,7 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "official")
+MODES = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official")
 PAPER_PIXELS = 128 * 28 * 28  # per frame; 448x224 frames fill it exactly
 
 

@@ -49,6 +49,11 @@ ARMS: dict[str, tuple[dict, str]] = {
     "tgrpo": ({"method": "tgrpo"}, "Video-R1's T-GRPO temporal bonus"),
     "entropy": ({"method": "entropy"}, "top-r entropy tokens only"),
     "twgrpo": ({"method": "twgrpo"}, "TW-GRPO token weights"),
+    # perception-aware baselines and DAPO's dynamic sampling (docs/guide.md, Methods), at the sources' defaults
+    "vppo": ({"method": "vppo"}, "VPPO: advantage x visual dependency, gradient on the top 40% dependent tokens"),
+    "papo": ({"method": "papo"}, "PAPO: GRPO + implicit perception loss + double entropy loss"),
+    "grpo-ds": ({"method": "grpo", "dynamic_sampling": True}, "GRPO with DAPO's dynamic sampling"),
+    "ktr-ds": ({"method": "ktr", "dynamic_sampling": True}, "Video-KTR with DAPO's dynamic sampling"),
     **{f"ktr-r{r}": ({"method": "ktr", "ratio": r}, f"Fig. 9: ratio {r}") for r in (0.1, 0.3, 0.4, 0.5)},
     **{f"ktr-visual-{s}": ({"method": "ktr", "visual_strategy": s}, f"Fig. 10: visual perturbation {s}")
        for s in ("zero_fraction", "replace")},
@@ -75,7 +80,7 @@ ARMS: dict[str, tuple[dict, str]] = {
 # arms every world runs; the others (ratio, strategies, distances, weights) run on the main world only
 CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
         "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-random",
-        "ktr-complement", "ktr-entropy-matched"]
+        "ktr-complement", "ktr-entropy-matched", "vppo", "papo", "grpo-ds", "ktr-ds"]
 MAIN_WORLD = "short"
 
 # world name -> overrides of the world (data.world_style when the config has it)
@@ -639,9 +644,9 @@ def plots(summary: dict, out: Path) -> dict[str, list[str]]:
         bar(["ktr", "ktr-visual-zero_fraction", "ktr-visual-replace", "ktr-temporal-reverse",
              "ktr-temporal-segment", "ktr-temporal-derange"],
             f"perturbation strategies (Fig. 10), {world}", f"{world}-strategies.png")
-        bar(["ktr", *[f"ktr-{k}" for k in SUBSETS], "entropy", "tgrpo", "twgrpo"],
-            f"signals and baselines (Table 2), {world}", f"{world}-methods.png")
-        main = [a for a in ("grpo", "ktr", "entropy", "tgrpo", "twgrpo") if a in arms]
+        bar(["ktr", *[f"ktr-{k}" for k in SUBSETS], "entropy", "tgrpo", "twgrpo", "vppo", "papo", "grpo-ds",
+             "ktr-ds"], f"signals and baselines (Table 2), {world}", f"{world}-methods.png")
+        main = [a for a in ("grpo", "ktr", "entropy", "tgrpo", "twgrpo", "vppo", "papo", "grpo-ds") if a in arms]
         families = sorted(arms[main[0]]["accuracy_after_per_family"]) if main else []
         if families:
             fig, ax = plt.subplots(figsize=(1.2 * len(families) * max(1, len(main)) / 2 + 2, 3.2))

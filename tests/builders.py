@@ -53,8 +53,10 @@ def length_reward(completions, **kwargs):
     return [float(len(c[0]["content"]) % 7) for c in completions]
 
 
-def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identity="", lora=None, **config):
-    """A VideoGRPOTrainer on the tiny model; `lora`: models.lora.LoraOptions (adapters through TRL's peft_config)."""
+def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identity="", lora=None, reward=None,
+                 trainer_kwargs=None, **config):
+    """A VideoGRPOTrainer on the tiny model; `lora`: models.lora.LoraOptions (adapters through TRL's peft_config);
+    `reward`: the reward function (default length_reward); `trainer_kwargs`: more VideoGRPOTrainer arguments."""
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -71,10 +73,11 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identi
                 use_bias_correction_kl=False,
                 generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, seed=0)
     args.update(config)
-    return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[length_reward],
+    return VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[reward or length_reward],
                             args=GRPOConfig(**args), train_dataset=Dataset.from_list(rows), method=method,
                             run_identity=run_identity,
-                            peft_config=peft_config(model, lora) if lora is not None else None)
+                            peft_config=peft_config(model, lora) if lora is not None else None,
+                            **(trainer_kwargs or {}))
 
 
 def reference_key_token_weights(trainer, batch, generator_state, model_dir, ties: float | None = None,

@@ -91,7 +91,7 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
 
     from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
     from videoktr.models.lora import peft_config
-    from videoktr.train.trainer import VideoGRPOTrainer
+    from videoktr.train.trainer import DynamicSamplingOptions, VideoGRPOTrainer
 
     rank = int(os.environ["RANK"])
     lora = lora_options(engine)
@@ -99,11 +99,15 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         force_fsdp_on_cpu()
     rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
     out = Path(out_dir)
-    for method in methods.split(","):
+    for name in methods.split(","):
+        # "<method>+ds": with dynamic sampling; rank 1's groups are all constant, so it resamples until the cap
+        # (3 generation batches) while rank 0 may be done sooner: both must run every round together
+        method, _, extra = name.partition("+")
+        sampling = DynamicSamplingOptions(True, "reward", 3) if extra == "ds" else None
         torch.manual_seed(0)
         processor = load_processor(model_dir)
         args = GRPOConfig(
-            output_dir=str(out / f"{engine}-{method}"), per_device_train_batch_size=8, num_generations=4,
+            output_dir=str(out / f"{engine}-{name}"), per_device_train_batch_size=8, num_generations=4,
             max_completion_length=8, max_steps=2, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
             learning_rate=1e-3, gradient_checkpointing=True, use_bias_correction_kl=False, seed=0, bf16=False,
             generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, **engine_args(engine))
@@ -111,7 +115,8 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
                                    train_dataset=Dataset.from_list(rows), method=method,
                                    attribution=attribution_options(engine),
-                                   peft_config=peft_config(model, lora) if lora else None)
+                                   peft_config=peft_config(model, lora) if lora else None,
+                                   dynamic_sampling=sampling)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
         assert trainer.lockstep == engine.startswith("fsdp") and trainer.accelerator.num_processes == 2
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
@@ -142,8 +147,13 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
             assert params and all(isinstance(p, DTensor) for p in params), "FSDP did not shard the model"
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(x)) for x in losses), losses
-        torch.save(saved[0], out / f"{engine}-{method}-rank{rank}.pt")
-        print(f"rank {rank}: {engine} {method} done", flush=True)
+        if sampling is not None:  # rank 1 never fills its batch: every step ran the cap's 3 rounds on both ranks
+            logged = [h for h in trainer.state.log_history if "dynamic_sampling/generation_batches" in h]
+            assert len(logged) == 2 and all(h["dynamic_sampling/generation_batches"] == 3 for h in logged), logged
+            if rank == 1:
+                assert all(h["dynamic_sampling/unfilled_groups"] == 2 for h in logged), logged
+        torch.save(saved[0], out / f"{engine}-{name}-rank{rank}.pt")
+        print(f"rank {rank}: {engine} {name} done", flush=True)
     from videoktr.train.distributed import end_process_group
 
     end_process_group()

@@ -39,7 +39,7 @@ def test_cost_bench_quick(tmp_path):
     assert last.startswith("step_time_ratio=") and " peak_memory_ratio=" in last and " training_time_ratio=" in last
     result = json.loads(out.read_text())
     entry = result["shapes"]["quick"]
-    assert set(entry["modes"]) == {"grpo", "ktr", "entropy", "twgrpo", "tgrpo", "official"}
+    assert set(entry["modes"]) == {"grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official"}
     assert entry["same_tokens"] == []
     unique, responses = 2, 4
     reference = entry["runs"]["grpo"][0]["steps"]
@@ -63,7 +63,10 @@ def test_cost_bench_quick(tmp_path):
     # one vision-tower call per pass, on the unique clips only: policy pass (+ the attribution/weights pass)
     assert entry["modes"]["grpo"]["encoder_calls_per_step"] == 1
     assert entry["modes"]["grpo"]["videos_encoded_per_step"] == unique
-    for mode in ("ktr", "entropy", "twgrpo"):
+    # PAPO's masked half reuses the policy pass's encoding: one call, on the unique clips
+    assert entry["modes"]["papo"]["encoder_calls_per_step"] == 1
+    assert entry["modes"]["papo"]["videos_encoded_per_step"] == unique
+    for mode in ("ktr", "entropy", "twgrpo", "vppo"):
         assert entry["modes"][mode]["encoder_calls_per_step"] == 2, mode
         assert entry["modes"][mode]["videos_encoded_per_step"] == 2 * unique, mode
         assert entry["modes"][mode]["weights_cpu_s"]["median"] > 0, mode

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("path", sorted(ROOT.glob("*.yaml")), ids=lambda p: p.name)
 def test_recipes_load_and_validate(path):
     config = load_config(path)
-    assert config.rl.method in ("grpo", "ktr", "entropy", "twgrpo", "tgrpo")
+    assert config.rl.method in ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo")
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "accelerate").glob("*.yaml")), ids=lambda p: p.name)

@@ -15,6 +15,8 @@ PUBLIC = {
     "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",
     "group_position_kl", "tw_grpo_weights", "group_position_divergence_source", "tw_grpo_source_weights",
     "CONTROLS", "random_count_mask", "complement_mask", "top_count_mask", "control_mask",
+    "constant_groups", "fill_from_rounds", "k3_dependency", "vppo_advantage_scaling", "negative_logp_mean",
+    "papo_perception_kl",
 }
 
 

@@ -19,7 +19,7 @@ from builders import random_frames
 from videoktr.data.video import write_video
 
 WORKER = Path(__file__).resolve().parents[1] / "lockstep_worker.py"
-METHODS = ("ktr", "entropy", "twgrpo", "tgrpo", "grpo")
+METHODS = ("ktr", "entropy", "twgrpo", "tgrpo", "grpo", "vppo", "papo", "grpo+ds")
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -79,7 +79,7 @@ def test_two_processes_with_different_data_stay_in_lockstep(engine, lockstep_dat
     # each process's token weights equal one process's on the same rollout and the same perturbation draws; the
     # comparison runs in a fresh process at the workers' thread count (the tiny model's entropies tie to 1e-4:
     # another summation order flips near-ties)
-    weighted = ",".join(m for m in methods if m in ("ktr", "entropy", "twgrpo"))
+    weighted = ",".join(m for m in methods if m in ("ktr", "entropy", "twgrpo", "vppo"))
     compare = subprocess.run([sys.executable, str(WORKER), "compare", str(tiny_dir), str(root), str(tmp_path), engine,
                               weighted], capture_output=True, text=True, timeout=600, env=env)
     assert compare.returncode == 0, compare.stderr[-3000:]

@@ -33,6 +33,13 @@ Baselines (Sec. 4, RQ1):
     tw_grpo_source_weights(divergence, valid, group_ids)   TW-GRPO's own weights: per-group min-max to [1, 1.7]
     group_position_kl(hidden, weight, valid, group_ids)   KL of each token's distribution to its group mean
     tw_grpo_weights(distances, valid)             per-response min-max to [1, 1.7] (variant "kl_to_mean")
+Dynamic sampling and the perception-aware baselines (see core.perception for sources):
+    constant_groups(rewards, group_size)          [N] -> [N/G] bool: a prompt group's rewards all equal (DAPO)
+    fill_from_rounds(informative, needed)         the (round, group) pairs a dynamically sampled batch keeps
+    k3_dependency(logp_real, logp_masked)         VPPO code's per-token visual dependency (k3 KL, clamped)
+    vppo_advantage_scaling(dependency, valid, minimum)   VPPO's trajectory advantage factors [B]
+    negative_logp_mean(logp, valid)               the entropy estimate of VPPO's / PAPO's entropy terms
+    papo_perception_kl(logp_real, logp_masked, valid, clip)   PAPO's implicit perception KL (maximised)
 Objective (Eq. 1-2):
     group_advantages(rewards, group_size)         GRPO advantages (R - mean) / (std + eps) per group
     k3_kl(logp, ref_logp)                         per-token k3 KL estimate
@@ -45,6 +52,8 @@ from .controls import CONTROLS, complement_mask, control_mask, random_count_mask
 from .baselines import group_position_divergence_source, group_position_kl, tw_grpo_source_weights, tw_grpo_weights
 from .logprobs import lm_head_logprobs, logprobs_and_entropy, selective_log_softmax, token_entropy
 from .objective import LOSS_NORMALIZATIONS, group_advantages, k3_kl, masked_clipped_loss
+from .perception import (constant_groups, fill_from_rounds, k3_dependency, negative_logp_mean, papo_perception_kl,
+                         vppo_advantage_scaling)
 from .scores import DISTANCES, distribution_distance, lm_head_distribution_distance, logprob_shift
 from .selection import (
     global_top_ratio_mask,
@@ -64,5 +73,7 @@ __all__ = [
     "CONTROLS", "random_count_mask", "complement_mask", "top_count_mask", "control_mask",
     "WEIGHTINGS", "soft_token_weights",
     "group_position_divergence_source", "tw_grpo_source_weights", "group_position_kl", "tw_grpo_weights",
+    "constant_groups", "fill_from_rounds", "k3_dependency", "vppo_advantage_scaling", "negative_logp_mean",
+    "papo_perception_kl",
     "group_advantages", "k3_kl", "LOSS_NORMALIZATIONS", "masked_clipped_loss",
 ]

@@ -15,6 +15,8 @@ METHOD_NAMES = {
     "grpo": "GRPO (clipped, every response token)",
     "twgrpo": "TW-GRPO token weights",
     "tgrpo": "Video-R1's T-GRPO (temporal contrast bonus)",
+    "vppo": "VPPO (advantage reweighted by visual dependency, gradient on the most visually dependent tokens)",
+    "papo": "PAPO (GRPO with the implicit perception loss and the double entropy loss)",
 }
 
 
@@ -30,6 +32,17 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
             "temporal_samples", "mask_kl", "control")}
     if rl.method == "twgrpo":
         options["rl"]["twgrpo_variant"] = rl.twgrpo_variant
+    if rl.method == "vppo":
+        options["rl"].update({name: getattr(rl, name) for name in (
+            "vppo_ratio", "vppo_dependency", "vppo_advantage_min", "vppo_entropy_penalty")})
+    if rl.method == "papo":
+        options["rl"].update({name: getattr(rl, name) for name in (
+            "papo_coef", "papo_entropy_coef", "papo_masked_entropy_coef", "papo_kl_clip")})
+    if rl.method in ("vppo", "papo"):
+        options["ktr"] = {"visual_strategy": k.visual_strategy, "visual_fraction": k.visual_fraction}
+    if rl.dynamic_sampling:
+        options["rl"].update({name: getattr(rl, name) for name in (
+            "dynamic_sampling", "dynamic_sampling_metric", "dynamic_sampling_max_batches")})
     m = config.model
     if m.lora_r:
         options["model"] = {name: getattr(m, name) for name in (

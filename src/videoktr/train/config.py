@@ -100,8 +100,10 @@ class DataConfig:
 @dataclass
 class RLConfig:
     method: str = _f("ktr", "ktr: Video-KTR (key-token masked GRPO, Eq. 2); grpo: plain GRPO; entropy: top-r entropy "
-                            "tokens only; twgrpo: TW-GRPO token weights; tgrpo: Video-R1's T-GRPO temporal bonus",
-                 ("grpo", "ktr", "entropy", "twgrpo", "tgrpo"))
+                            "tokens only; twgrpo: TW-GRPO token weights; tgrpo: Video-R1's T-GRPO temporal bonus; "
+                            "vppo: VPPO (advantage reweighted by the response's visual dependency, gradient on its "
+                            "most dependent tokens); papo: PAPO (GRPO + implicit perception loss)",
+                 ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo"))
     twgrpo_variant: str = _f("source", "TW-GRPO weights: source = the original TW-GRPO code (one weight per prompt "
                                        "group and position from a k3 divergence to the group's mean log-probs, "
                                        "min-max per group to [1, 1.7]); video_ktr_code = the same on raw logits, "
@@ -110,6 +112,36 @@ class RLConfig:
                              ("source", "video_ktr_code", "kl_to_mean"))
     tgrpo_alpha: float = _f(0.3, "T-GRPO: reward bonus for correct ordered responses (Video-R1: 0.3)")
     tgrpo_mu: float = _f(0.8, "T-GRPO: bonus when p_ordered >= mu * p_shuffled (Video-R1: 0.8)")
+    dynamic_sampling: bool = _f(False, "DAPO's dynamic sampling, with any method: prompt groups whose rewards are all "
+                                       "equal (no advantage, no gradient) are replaced by groups of freshly drawn "
+                                       "training prompts until the batch is full again or "
+                                       "rl.dynamic_sampling_max_batches is reached (then the rest keep constant "
+                                       "groups, logged as dynamic_sampling/unfilled_groups)")
+    dynamic_sampling_metric: str = _f("reward", "what must differ within a group for it to stay: reward = the "
+                                                "weighted reward the advantages come from (verl's seq_reward); "
+                                                "accuracy = the accuracy reward alone (verl's acc)",
+                                      ("reward", "accuracy"))
+    dynamic_sampling_max_batches: int = _f(10, "most generation batches per step with dynamic sampling, the first "
+                                               "included (verl's max_num_gen_batches; DAPO's script: 10)")
+    vppo_ratio: float = _f(0.4, "VPPO: share k of each response's tokens that get the gradient, the most visually "
+                                "dependent (VPPO's 7B script: 0.4)")
+    vppo_dependency: str = _f("kl", "VPPO: per-token visual dependency; kl = KL between the next-token "
+                                    "distributions on the real and the visually perturbed input (the paper); k3 = "
+                                    "its k3 estimate on the sampled token, clamped to [0, 10] (VPPO's code)",
+                              ("kl", "k3"))
+    vppo_advantage_min: float = _f(0.9, "VPPO: advantage factor of the batch's least visually dependent response; "
+                                        "factors rise linearly with dependency and average 1 (VPPO's 7B script: 0.9)")
+    vppo_entropy_penalty: float = _f(0.06, "VPPO: weight of the mean negative log-probability of the sampled tokens "
+                                           "added to the loss (VPPO's 7B script: 0.06; 0 = off)")
+    papo_coef: float = _f(0.02, "PAPO: weight gamma of the implicit perception loss, the KL between the policy on "
+                                "the real and on the masked visual input, subtracted from the loss (PAPO's 7B GRPO "
+                                "script: 0.02)")
+    papo_entropy_coef: float = _f(0.05, "PAPO: double entropy loss, weight of the entropy estimate on the real input "
+                                        "(PAPO's 7B script: 0.05; 0 = off)")
+    papo_masked_entropy_coef: float = _f(0.05, "PAPO: double entropy loss, weight of the entropy estimate on the "
+                                               "masked input (PAPO's 7B script: 0.05; 0 = off)")
+    papo_kl_clip: float = _f(0.0, "PAPO: clamp each token's perception KL to [0, this] against loss hacking (PAPO's "
+                                  "code: 0.2 when on; its released scripts leave it off; 0 = off)")
     num_train_epochs: float = _f(0.0, "passes over the training prompts; when > 0 it decides the run's length "
                                       "instead of rl.max_steps (0 = rl.max_steps decides)")
     max_steps: int = _f(500, "optimizer steps")
@@ -299,6 +331,14 @@ RANGES: dict[str, Range] = {
     "data.media_workers": _ge(0, "0 = automatic"),
     "run.cpu_threads": _ge(0, "0 = auto"),
     "rl.tgrpo_alpha": _ge(0),
+    "rl.dynamic_sampling_max_batches": _ge(1, "1 = no resampling"),
+    "rl.vppo_ratio": Range(0, 1, low_open=True),
+    "rl.vppo_advantage_min": Range(0, 1),
+    "rl.vppo_entropy_penalty": _ge(0, "0 = off"),
+    "rl.papo_coef": _ge(0),
+    "rl.papo_entropy_coef": _ge(0, "0 = off"),
+    "rl.papo_masked_entropy_coef": _ge(0, "0 = off"),
+    "rl.papo_kl_clip": _ge(0, "0 = off"),
     "rl.tgrpo_mu": _gt(0),
     "rl.max_steps": _ge(1, "0 would still train one step, and -1 TRL's default of 3 epochs"),
     "rl.num_train_epochs": _ge(0, "0 = rl.max_steps decides"),

@@ -6,6 +6,7 @@ on it (cached), then GRPO or Video-KTR on CPU; `report.json` + `training.png` in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -106,7 +107,8 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
     from .card import card_info
     from .console import use_compact_progress
     from .rollout_log import RolloutLogOptions
-    from .trainer import TemporalGRPOOptions, VideoGRPOTrainer, VideoOptions
+    from .trainer import (DynamicSamplingOptions, PerceptionOptions, TemporalGRPOOptions, VideoGRPOTrainer,
+                          VideoOptions)
 
     k, d = config.ktr, config.data
     peft = adapters_or_frozen_tower(config, model)
@@ -130,6 +132,11 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         seed=config.run.seed,
         tgrpo=TemporalGRPOOptions(alpha=config.rl.tgrpo_alpha, mu=config.rl.tgrpo_mu),
         twgrpo_variant=config.rl.twgrpo_variant,
+        perception=PerceptionOptions(**{f.name: getattr(config.rl, f.name)
+                                        for f in dataclasses.fields(PerceptionOptions)}),
+        dynamic_sampling=DynamicSamplingOptions(enabled=config.rl.dynamic_sampling,
+                                                metric=config.rl.dynamic_sampling_metric,
+                                                max_batches=config.rl.dynamic_sampling_max_batches),
         run_identity=identity,
         card=card_info(config, base_model or config.model.model),
         rollout_log=RolloutLogOptions(every=config.run.log_rollouts_every, max_responses=config.run.log_rollouts_max),

@@ -30,8 +30,9 @@ import torch
 from trl import GRPOTrainer
 
 from ..attribution import AttributionOptions, SelectionOptions, attribute, eval_mode, select_key_tokens
-from ..core import (group_position_divergence_source, group_position_kl, logprobs_and_entropy, masked_clipped_loss,
-                    tw_grpo_source_weights, tw_grpo_weights)
+from ..core import (constant_groups, fill_from_rounds, group_position_divergence_source, group_position_kl,
+                    k3_dependency, logprobs_and_entropy, masked_clipped_loss, negative_logp_mean, papo_perception_kl,
+                    top_ratio_mask, tw_grpo_source_weights, tw_grpo_weights, vppo_advantage_scaling)
 from ..data.video import read_video
 from ..models.adapters import adapter_for, encode_each_item_once
 from ..models.lora import base_model
@@ -98,7 +99,8 @@ def media_parts(prompt, kind: str = "video") -> list[str]:
     return out
 
 
-METHODS = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo")
+METHODS = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo")
+WEIGHTED_METHODS = ("ktr", "entropy", "twgrpo", "vppo")  # methods whose rollouts carry `token_weights`
 TWGRPO_VARIANTS = ("source", "video_ktr_code", "kl_to_mean")  # see core.baselines
 
 
@@ -112,10 +114,36 @@ class TemporalGRPOOptions:
     reward_index: int = 0  # position of the accuracy reward among the reward functions
 
 
+@dataclass
+class DynamicSamplingOptions:
+    """DAPO's dynamic sampling (core.perception.constant_groups / fill_from_rounds): groups whose rewards are all
+    equal are replaced by groups of freshly drawn training prompts, up to `max_batches` generation batches."""
+
+    enabled: bool = False
+    metric: str = "reward"  # "reward" (the weighted reward of the advantages) or "accuracy" (reward function 0)
+    max_batches: int = 10  # generation batches per step, the first included (verl's max_num_gen_batches)
+
+
+@dataclass
+class PerceptionOptions:
+    """VPPO's and PAPO's settings (see core.perception for the sources and formulas)."""
+
+    vppo_ratio: float = 0.4
+    vppo_dependency: str = "kl"  # "kl" (paper: full next-token distributions) or "k3" (code: sampled token)
+    vppo_advantage_min: float = 0.9
+    vppo_entropy_penalty: float = 0.06
+    papo_coef: float = 0.02
+    papo_entropy_coef: float = 0.05
+    papo_masked_entropy_coef: float = 0.05
+    papo_kl_clip: float = 0.0
+
+
 class VideoGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with videos in every pass. Methods: "grpo" (plain, Eq. 1), "ktr" (key-token mask, Eq. 2),
     "entropy" (top-r entropy tokens only, "Beyond the 80/20 rule"), "twgrpo" (TW-GRPO token weights),
-    "tgrpo" (Video-R1's T-GRPO temporal reward bonus).
+    "tgrpo" (Video-R1's T-GRPO temporal reward bonus), "vppo" (VPPO: advantage reweighted by the response's
+    visual dependency, gradient on its top-k dependent tokens), "papo" (PAPO: GRPO with the implicit perception
+    loss, through a second, perturbed policy pass). With `dynamic_sampling`, any method: DAPO's group resampling.
 
     Extra arguments: method, attribution (AttributionOptions), selection (SelectionOptions), video
     (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed, rollout_log (RolloutLogOptions: a
@@ -126,7 +154,9 @@ class VideoGRPOTrainer(GRPOTrainer):
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
                  tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", run_identity: str = "",
-                 card: dict | None = None, rollout_log: RolloutLogOptions | None = None, **kwargs):
+                 card: dict | None = None, rollout_log: RolloutLogOptions | None = None,
+                 perception: PerceptionOptions | None = None, dynamic_sampling: DynamicSamplingOptions | None = None,
+                 **kwargs):
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if twgrpo_variant not in TWGRPO_VARIANTS:
@@ -163,6 +193,13 @@ class VideoGRPOTrainer(GRPOTrainer):
             # checkpointing; with non-reentrant checkpointing, the default, both work together)
             handler.find_unused_parameters = True
         self.tgrpo_options = tgrpo or TemporalGRPOOptions()
+        self.perception_options = perception or PerceptionOptions()
+        self.dynamic_sampling = dynamic_sampling or DynamicSamplingOptions()
+        if self.dynamic_sampling.metric not in ("reward", "accuracy"):
+            raise ValueError(f"dynamic sampling metric must be 'reward' or 'accuracy', got {self.dynamic_sampling.metric!r}")
+        # fresh prompts of dynamic sampling: the run's seed, a stream of its own per process
+        self._resample_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index + 13)
+        self._local_rewards: torch.Tensor | None = None  # this process's rows' rewards [B, F] of the last rollout
         self._pending: EncodedPrompts | None = None  # the batch being generated for (None: no media in it)
         self._rows: list[RowVideo | None] | None = None  # each row's video/image in the batch being generated for
         self._attr_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index)
@@ -319,28 +356,97 @@ class VideoGRPOTrainer(GRPOTrainer):
         of this process's prompts the row answers: the G responses to one prompt share it) and, for the
         token-weighting methods, `token_weights` [B, C], computed here once per rollout over whole prompt
         groups, at the policy that sampled them (the paper's per-rollout mask)."""
-        output = super()._generate_and_score_completions(inputs)
-        B = output["completion_ids"].shape[0]
-        rows = self._rows if self._rows is not None else [None] * B
-        self._pending, self._rows = None, None
-        output["videos"] = rows
+        output = self._sample_round(inputs)
+        if self.dynamic_sampling.enabled and self.model.training:
+            output, inputs = self._dynamically_sampled(output, inputs)
+        rows = output["videos"]
         output["prompt_group"] = prompt_groups(output["prompt_ids"], output["prompt_mask"], rows,
                                                self.num_generations)
         step = self.state.global_step + 1  # the optimizer step these rollouts train
         logged = self.rollout_log is not None and self.model.training and self.rollout_log.due(step)
         self._rollout_capture = {} if logged else None  # only a logged step keeps its attribution tensors
-        if self.method in ("ktr", "entropy", "twgrpo"):
+        if self.method == "vppo":
+            output["token_weights"], scaling = self._vppo_weights(output)
+            output["advantages"] = output["advantages"] * scaling.to(output["advantages"].dtype)
+        elif self.method in WEIGHTED_METHODS:
             output["token_weights"] = self._rollout_weights(output)
         if logged:
-            start = self.accelerator.process_index * B  # this process's rows of the gathered rewards
-            rewards = getattr(self, "_rewards_per_func", None)
             _, seconds = self.rollout_log.write(
-                step, output, inputs, self._rollout_capture, None if rewards is None else rewards[start : start + B],
+                step, output, inputs, self._rollout_capture, self._local_rewards,
                 self.reward_weights, method=self.method,
                 ratio=self.selection_options.ratio if self.method in ("ktr", "entropy") else None)
             self._metrics["train"]["rollout_log_seconds"].append(seconds)
         self._rollout_capture = None
         return output
+
+    def _sample_round(self, inputs) -> dict:
+        """TRL's rollouts of `inputs` (G consecutive copies of each prompt) with each row's media (`videos`); keeps
+        this process's rows of the rewards in `_local_rewards`. Every process calls it together (TRL gathers the
+        rewards across processes)."""
+        output = super()._generate_and_score_completions(inputs)
+        B = output["completion_ids"].shape[0]
+        output["videos"] = self._rows if self._rows is not None else [None] * B
+        self._pending, self._rows = None, None
+        rewards = getattr(self, "_rewards_per_func", None)
+        start = self.accelerator.process_index * B  # this process's rows of the gathered rewards
+        self._local_rewards = None if rewards is None else rewards[start : start + B].clone()
+        return output
+
+    def _informative(self, output: dict) -> torch.Tensor:
+        """[groups] bool: the prompt groups of a round whose rewards differ (dynamic sampling's metric)."""
+        rewards = self._local_rewards
+        if self.dynamic_sampling.metric == "accuracy":
+            values = rewards[:, self.tgrpo_options.reward_index]
+        else:  # the weighted reward the advantages come from (TRL: NaN where no function scored the response)
+            w = self.reward_weights.to(rewards.device)
+            values = (rewards * w).nansum(1)
+            values[torch.isnan(rewards).all(1)] = float("nan")
+        return ~constant_groups(values, self.num_generations)
+
+    def _dynamically_sampled(self, first: dict, inputs: list) -> tuple[dict, list]:
+        """DAPO's dynamic sampling over this process's generation batch (all its micro-batches, so gradient
+        accumulation and num_iterations see one full batch). Groups whose rewards are all equal are replaced by
+        groups of fresh prompts, drawn uniformly from the training rows with the run's seed, until the batch holds
+        as many informative groups as it has groups, or `max_batches` generation rounds ran (the rest then keep
+        constant groups: `dynamic_sampling/unfilled_groups`). Every process runs the same number of rounds of the
+        same size (the largest need of any process; TRL gathers rewards across processes in each round, and
+        ZeRO-3/FSDP generation is collective); a process that needs fewer groups keeps the first it needs.
+        Returns the batch in the row order of its groups, and the rows (inputs) it answers."""
+        G = self.num_generations
+        n_groups = first["completion_ids"].shape[0] // G
+        rounds, round_inputs = [first], [inputs]
+        informative = [self._informative(first)]
+        rewards = [self._local_rewards]
+        device = self.accelerator.device
+        sampled_groups = 0
+        while len(rounds) < self.dynamic_sampling.max_batches:
+            need = max(0, n_groups - sum(int(m.sum()) for m in informative))
+            need_all = int(self.accelerator.gather(torch.tensor([need], device=device)).max())
+            if need_all == 0:
+                break
+            picked = torch.randint(len(self.train_dataset), (need_all,), generator=self._resample_generator).tolist()
+            fresh = [self.train_dataset[i] for i in picked for _ in range(G)]
+            out = self._sample_round(fresh)
+            rounds.append(out)
+            round_inputs.append(fresh)
+            informative.append(self._informative(out))
+            rewards.append(self._local_rewards)
+            sampled_groups += need_all
+        picks, unfilled = fill_from_rounds(informative, n_groups)
+        merged = merge_rollouts(rounds, picks, G, self._tokenizer.pad_token_id)
+        loss_mask = merged["completion_mask"] * merged["tool_mask"] if "tool_mask" in merged else merged["completion_mask"]
+        merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()  # every process, every step
+        rows = [r for r_idx, g in picks for r in round_inputs[r_idx][g * G : (g + 1) * G]]
+        if all(x is not None for x in rewards):
+            self._local_rewards = torch.cat([rewards[r][g * G : (g + 1) * G] for r, g in picks])
+        replaced = sum(1 for r, _ in picks if r > 0)
+        metrics = self._metrics["train"]
+        metrics["dynamic_sampling/informative_share"].append(informative[0].float().mean().item())
+        metrics["dynamic_sampling/resampled_groups"].append(float(replaced))
+        metrics["dynamic_sampling/sampled_groups"].append(float(sampled_groups))
+        metrics["dynamic_sampling/generation_batches"].append(float(len(rounds)))
+        metrics["dynamic_sampling/unfilled_groups"].append(float(unfilled))
+        return merged, rows
 
     def _make_rollout_log(self, options: RolloutLogOptions) -> RolloutLog:
         """The rollout log of this process, with the run's settings in every file's metadata."""
@@ -501,12 +607,14 @@ class VideoGRPOTrainer(GRPOTrainer):
         media.image_features = [by_key[("image", r.key)] for r in images]
         return media
 
-    def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy):
+    def _forward_logps(self, model, input_ids, attention_mask, logits_to_keep, rows, compute_entropy,
+                       media: EncodedMedia | None = None):
         """Per-token log-probs (and entropies) [B, logits_to_keep] of the last `logits_to_keep` tokens, with each
         row's media. TRL's fused LM head never materialises the logits; under FSDP it reads the LM head's weight
         outside the head's own forward, so the gradient skips FSDP's reduce-scatter (each process keeps its own
-        unreduced shard), and the logits come from the head's forward instead."""
-        media = self._encode_media(model, rows)
+        unreduced shard), and the logits come from the head's forward instead. `media`: encoder outputs to use
+        instead of encoding `rows` (PAPO's masked pass)."""
+        media = self._encode_media(model, rows) if media is None else media
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask,
                       mm_token_type_ids=self.adapter.mm_token_type_ids(input_ids),
                       **media.forward_kwargs(self.adapter, self.accelerator.device))
@@ -555,6 +663,8 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     def _rollout_weights(self, batch: dict) -> torch.Tensor:
         """Token weights [B, C] of one generated batch (TRL's output dict, with `videos` and `prompt_group`)."""
+        if self.method == "vppo":
+            return self._vppo_weights(batch)[0]
         if self.method == "twgrpo":
             return self._tw_grpo_weights(batch)
         return self._key_token_weights(batch)
@@ -576,7 +686,6 @@ class VideoGRPOTrainer(GRPOTrainer):
         start = time.perf_counter()
         completion_mask = batch["completion_mask"]
         B, device = completion_mask.shape[0], completion_mask.device
-        rows = batch["videos"]
         active = batch["advantages"].reshape(B, -1).ne(0).any(-1)
         if not self.skipping_is_exact():
             active = torch.ones_like(active)
@@ -589,33 +698,8 @@ class VideoGRPOTrainer(GRPOTrainer):
             return weights
         idx = idx or [0]
         pick = torch.tensor(idx, device=device)
-        replace = self.attribution_options.visual_strategy == "replace"
-        with self._scoring() as unwrapped:
-            media = self._encode_media(unwrapped, [rows[i] for i in idx])
-            kwargs = {}
-            if media.videos:
-                kwargs.update(_grid_kwargs(media.videos, device), video_features=media.video_features,
-                              video_keys=media.video_keys)
-            if media.images:
-                kwargs.update(image_grid_thw=torch.cat([r.grid for r in media.images]).to(device),
-                              image_features=media.image_features, image_keys=[r.key for r in media.images])
-            options = self.attribution_options
-            if replace and not self._has_donor(media):
-                # the first batch of a run with one clip: nothing else to put in its place yet; zero it (the
-                # paper's default) rather than swapping it for itself, and say so in the logs
-                options = dataclasses.replace(options, visual_strategy="zero")
-            if replace:
-                self._metrics[mode]["ktr/replace_fallback"].append(float(options is not self.attribution_options))
-            attribution = attribute(
-                unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
-                completion_mask[pick], options=options, generator=self._attr_generator,
-                donors=self._donors if replace else (),
-                keep_perturbed_logp=self._rollout_capture is not None,  # a logged step records them
-                **kwargs)
-        if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
-            fresh = dict(zip(media.video_keys, media.video_features))
-            self._donors = ([(k, f.detach()) for k, f in fresh.items()]
-                            + [(k, f) for k, f in self._donors if k not in fresh])[:16]
+        attribution = self._attribute(batch, idx, self.attribution_options,
+                                      keep_perturbed_logp=self._rollout_capture is not None)  # a logged step keeps them
         group_ids = batch["prompt_group"][pick] if self.selection_options.scope in ("group", "quantile") else None
         all_gather = all_gather_1d if self.selection_options.scope == "global" else None
         sub_weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
@@ -631,6 +715,85 @@ class VideoGRPOTrainer(GRPOTrainer):
             self._metrics[mode][f"ktr/{k}"].append(v)
         self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)
         return weights
+
+    def _attribute(self, batch: dict, idx: list[int], options: AttributionOptions, keep_perturbed_logp: bool = False):
+        """`attribute()` over rows `idx` of a generated batch, in one eval-mode no-grad pass (`_scoring`), the
+        vision tower once per clip; with visual_strategy "replace", the donor bank of earlier batches (the first
+        batch of a run with one clip falls back to "zero", logged as ktr/replace_fallback)."""
+        device = batch["completion_mask"].device
+        rows = batch["videos"]
+        pick = torch.tensor(idx, device=device)
+        replace = options.visual_strategy == "replace"
+        mode = "train" if self.model.training else "eval"
+        with self._scoring() as unwrapped:
+            media = self._encode_media(unwrapped, [rows[i] for i in idx])
+            kwargs = {}
+            if media.videos:
+                kwargs.update(_grid_kwargs(media.videos, device), video_features=media.video_features,
+                              video_keys=media.video_keys)
+            if media.images:
+                kwargs.update(image_grid_thw=torch.cat([r.grid for r in media.images]).to(device),
+                              image_features=media.image_features, image_keys=[r.key for r in media.images])
+            chosen = options
+            if replace and not self._has_donor(media):
+                # the first batch of a run with one clip: nothing else to put in its place yet; zero it (the
+                # paper's default) rather than swapping it for itself, and say so in the logs
+                chosen = dataclasses.replace(options, visual_strategy="zero")
+            if replace:
+                self._metrics[mode]["ktr/replace_fallback"].append(float(chosen is not options))
+            attribution = attribute(
+                unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
+                batch["completion_mask"][pick], options=chosen, generator=self._attr_generator,
+                donors=self._donors if replace else (), keep_perturbed_logp=keep_perturbed_logp, **kwargs)
+        if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
+            self._bank_donors(media)
+        return attribution
+
+    def _bank_donors(self, media: EncodedMedia) -> None:
+        fresh = dict(zip(media.video_keys, media.video_features))
+        self._donors = ([(k, f.detach()) for k, f in fresh.items()]
+                        + [(k, f) for k, f in self._donors if k not in fresh])[:16]
+
+    def _vppo_weights(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """VPPO's two signals for one generated batch (core.perception): (token weights [B, C]: the top
+        ceil(k * n) most visually dependent tokens of each response with a visual input, every response token of
+        a text-only one; advantage factors [B]: trajectory-level shaping by mean dependency, 1 for text-only
+        responses). The dependency of a token is the KL between its next-token distributions on the real input
+        and with the visual features perturbed by ktr.visual_strategy (rl.vppo_dependency "kl"), or the k3
+        estimate of it on the sampled token ("k3"), from one eval-mode no-grad pass over every row (the shaping
+        normalises over all the batch's responses, zero-advantage ones included, as VPPO's code does)."""
+        start = time.perf_counter()
+        o = self.perception_options
+        completion_mask = batch["completion_mask"]
+        B = completion_mask.shape[0]
+        options = dataclasses.replace(self.attribution_options, signals=("visual",), signed=False,
+                                      distance="kl" if o.vppo_dependency == "kl" else "logprob")
+        attribution = self._attribute(batch, list(range(B)), options)
+        valid = attribution.valid["visual"]  # [B, C] response tokens of the rows with a video or an image
+        if o.vppo_dependency == "kl":
+            dependency = attribution.scores["visual"]
+        else:
+            dependency = k3_dependency(attribution.logp, attribution.perturbed_logp.get(
+                "visual", attribution.logp))
+        dependency = torch.where(valid, dependency.float(), 0.0)  # [B, C]
+        has_media = valid.any(1) | torch.tensor([r is not None for r in batch["videos"]], device=valid.device)
+        mask = top_ratio_mask(dependency, valid, o.vppo_ratio)
+        weights = torch.where(has_media[:, None], mask, completion_mask.bool()).float()  # [B, C]
+        scaling = vppo_advantage_scaling(dependency, valid, o.vppo_advantage_min)  # [B]
+        if self._rollout_capture is not None:  # what the rollout log records under the "visual" signal
+            from ..attribution import Attribution
+
+            self._rollout_capture.update(rows=list(range(B)), masks={"visual": mask}, attribution=Attribution(
+                {"visual": dependency}, {"visual": valid}, attribution.logp, None, attribution.seconds))
+        mode = "train" if self.model.training else "eval"
+        m, n = self._metrics[mode], valid.sum().clamp(min=1)
+        m["vppo/dependency_mean"].append((dependency.sum() / n).item())
+        m["vppo/selected_dependency_mean"].append((dependency * mask).sum().item() / max(1, int(mask.sum())))
+        m["vppo/update_ratio"].append(weights.sum().item() / max(1, int(completion_mask.sum())))
+        m["vppo/advantage_factor_min"].append(scaling.min().item())
+        m["vppo/advantage_factor_max"].append(scaling.max().item())
+        m["vppo/seconds"].append(time.perf_counter() - start)
+        return weights, scaling
 
     def _has_donor(self, media: EncodedMedia) -> bool:
         """Whether every clip of this pass has another clip to take its place (visual_strategy "replace")."""
@@ -666,9 +829,13 @@ class VideoGRPOTrainer(GRPOTrainer):
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
         C = completion_ids.size(1)
         rows = inputs.get("videos") or [None] * input_ids.size(0)
-        logps, entropy, media = self._forward_logps(model, input_ids, attention_mask, C, rows, compute_entropy=True)
+        masked_logps = None
+        if self.method == "papo" and any(r is not None for r in rows):
+            logps, entropy, masked_logps = self._papo_forward(model, input_ids, attention_mask, C, rows)
+        else:
+            logps, entropy, _ = self._forward_logps(model, input_ids, attention_mask, C, rows, compute_entropy=True)
         weights = None
-        if self.method in ("ktr", "entropy", "twgrpo"):
+        if self.method in WEIGHTED_METHODS:
             weights = inputs["token_weights"]  # a field of the rollout (see _generate_and_score_completions)
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
@@ -678,6 +845,13 @@ class VideoGRPOTrainer(GRPOTrainer):
             epsilon_low=self.epsilon_low, epsilon_high=self.epsilon_high, normalization=self.loss_normalization,
             mask_kl=self.mask_kl, importance_weights=inputs.get("importance_sampling_ratio"))  # vLLM IS correction
         mode = "train" if self.model.training else "eval"
+        if self.method == "vppo" and self.perception_options.vppo_entropy_penalty > 0:
+            # VPPO's entropy penalty: + coef * mean(-log p) over the micro-batch's response tokens
+            entropy_term = negative_logp_mean(logps, completion_mask)
+            loss = loss + self.perception_options.vppo_entropy_penalty * entropy_term
+            self._metrics[mode]["vppo/entropy_penalty_term"].append(entropy_term.item())
+        if self.method == "papo":
+            loss = loss + self._papo_terms(logps, masked_logps, completion_mask, rows, mode)
         if mode == "train":
             # the loss is scaled for gradient accumulation here (TRL turns the Trainer's own scaling off)
             loss = loss / getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
@@ -687,6 +861,103 @@ class VideoGRPOTrainer(GRPOTrainer):
         for k, v in stats.items():
             self._metrics[mode][k].append(float(v))
         return loss
+
+
+    def _papo_forward(self, model, input_ids, attention_mask, C, rows):
+        """PAPO's policy pass: the rows on the real input and again with their visual features masked
+        (`_masked_media`), in ONE forward of 2B rows WITH gradient (the perception term's gradient reaches both
+        halves; one forward keeps DDP at one forward per backward). The vision tower runs once per clip. Returns
+        (logps [B, C], entropy [B, C], masked logps [B, C])."""
+        B = input_ids.shape[0]
+        media = self._encode_media(model, rows)
+        masked = self._masked_media(media)
+        both = EncodedMedia(media.videos + masked.videos, media.video_features + masked.video_features,
+                            media.images + masked.images, media.image_features + masked.image_features)
+        logps, entropy, _ = self._forward_logps(model, torch.cat([input_ids, input_ids]),
+                                                torch.cat([attention_mask, attention_mask]), C, rows + rows,
+                                                compute_entropy=True, media=both)
+        return logps[:B], entropy[:B], logps[B:]
+
+    def _papo_terms(self, logps, masked_logps, completion_mask, rows, mode):
+        """PAPO's additions to the loss (core.perception): - gamma * KL_prcp + eta_real * H_real + eta_masked *
+        H_masked, where KL_prcp is the k3 KL between the policy on the real input and on the masked one (its
+        visual features perturbed by ktr.visual_strategy, e.g. zero_fraction 0.6 for the source's 60% patch
+        blackening) over the response tokens of the rows with media, and H the mean negative log-probability of
+        the sampled tokens (H_real over every response token, H_masked over those of the rows with media).
+        masked_logps None: no row of the micro-batch has media (only the real-input entropy term applies)."""
+        o = self.perception_options
+        valid = completion_mask.bool()
+        terms = o.papo_entropy_coef * negative_logp_mean(logps, valid)
+        if masked_logps is None:
+            return terms
+        has_media = torch.tensor([r is not None for r in rows], device=valid.device)
+        on = valid & has_media[:, None]
+        kl = papo_perception_kl(logps, masked_logps, on, clip=o.papo_kl_clip)
+        masked_entropy = negative_logp_mean(masked_logps, on)
+        terms = terms - o.papo_coef * kl + o.papo_masked_entropy_coef * masked_entropy
+        self._metrics[mode]["papo/perception_kl"].append(kl.item())
+        self._metrics[mode]["papo/masked_entropy"].append(masked_entropy.item())
+        return terms
+
+    def _masked_media(self, media: EncodedMedia) -> EncodedMedia:
+        """The encoder outputs of a pass with every video's and image's features perturbed by ktr.visual_strategy
+        (one draw per clip, shared by its rows; "replace" takes another clip of the batch or of the donor bank, and
+        zeroes when there is none). The features keep their graph: gradient flows into the unmasked ones."""
+        from ..attribution import perturbed_features
+
+        options = self.attribution_options
+        has_other = len({r.key for r in media.videos} | {r.key for r in media.images}) > 1 or bool(self._donors)
+        if options.visual_strategy == "replace" and not has_other:
+            options = dataclasses.replace(options, visual_strategy="zero")
+        out = EncodedMedia(media.videos, list(media.video_features), media.images, list(media.image_features))
+        if media.videos:
+            keys = media.video_keys
+            owner = [keys.index(k) for k in keys]
+            groups = self.adapter.num_groups(torch.cat([r.grid for r in media.videos])).tolist()
+            out.video_features, _ = perturbed_features(media.video_features, groups, "visual", options,
+                                                       self._attr_generator, self._donors, owner, keys)
+        if media.images:
+            keys = [r.key for r in media.images]
+            owner = [keys.index(k) for k in keys]
+            out.image_features, _ = perturbed_features(media.image_features, [1] * len(keys), "visual", options,
+                                                       self._attr_generator, self._donors, owner, keys)
+        return out
+
+
+# fields of TRL's rollout dict by layout: left-padded prompt side [B, P], right-padded completion side [B, C]
+PROMPT_FIELDS = ("prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids")
+COMPLETION_FIELDS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
+                     "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask", "token_weights")
+
+
+def merge_rollouts(rounds: list[dict], picks: list[tuple[int, int]], group_size: int, pad_token_id: int) -> dict:
+    """One rollout dict from the prompt groups `picks` ((round, group) pairs, core.fill_from_rounds) of several
+    rollout dicts (TRL's, with `videos`), in the order of `picks`: prompt-side fields left-padded to the widest
+    round, completion-side fields right-padded (ids with the pad token, everything else with 0: outside the
+    masks), per-row fields ([B], [B, 1], lists) concatenated. `num_items_in_batch` is left out (a count gathered
+    over the processes: the caller recomputes it). A field this function does not know is refused."""
+    G = group_size
+    out: dict = {}
+    for key in rounds[0]:
+        if key == "num_items_in_batch":
+            continue
+        parts = [rounds[r][key][g * G : (g + 1) * G] for r, g in picks]
+        if isinstance(parts[0], list):
+            out[key] = [x for part in parts for x in part]
+            continue
+        if not torch.is_tensor(parts[0]):
+            raise NotImplementedError(f"dynamic sampling cannot merge the rollout field {key!r}")
+        if parts[0].dim() == 2 and (key in PROMPT_FIELDS or key in COMPLETION_FIELDS):
+            width = max(p.shape[1] for p in parts)
+            value = pad_token_id if key in ("prompt_ids", "completion_ids") else 0
+            left = key in PROMPT_FIELDS
+            parts = [torch.nn.functional.pad(p, (width - p.shape[1], 0) if left else (0, width - p.shape[1]),
+                                             value=value) for p in parts]
+        elif not (parts[0].dim() == 1 or (parts[0].dim() == 2 and parts[0].shape[1] == 1)):
+            raise NotImplementedError(f"dynamic sampling cannot merge the rollout field {key!r} of shape "
+                                      f"{tuple(parts[0].shape)}")
+        out[key] = torch.cat(parts)
+    return out
 
 
 class EncodedPrompts(NamedTuple):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from videoktr.cli import build_parser, main
 
@@ -47,3 +50,27 @@ def test_package_docstring_names_the_entry_points():
             continue
         assert hasattr(importlib.import_module(module), name), dotted
     assert "videoktr.train.run.run" in doc and "videoktr.attribution.attribute" in doc
+
+
+def test_make_refuses_another_python_at_once(tmp_path):
+    """Issue 20: `make setup PYTHON=python3.12` sat in pip's dependency resolution for over 10 minutes. The Makefile
+    checks the interpreter before it creates .venv and names the one to use."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    fake = tmp_path / "python3.12"
+    fake.write_text('#!/bin/sh\nif [ "$1" = "--version" ]; then echo "Python 3.12.1"; exit 0; fi\n'
+                    "exec python3 -c 'import sys; sys.exit(1)'\n")
+    fake.chmod(0o755)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["make", "-s", "-C", str(root), "check-python", f"PYTHON={fake}"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "videoktr needs Python 3.11" in proc.stderr and "is Python 3.12.1" in proc.stderr
+    ok = subprocess.run(["make", "-s", "-C", str(root), "check-python", f"PYTHON={sys.executable}"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    # creating the venv goes through the check
+    makefile = (root / "Makefile").read_text()
+    assert "check-python PYTHON=$(PYTHON)" in makefile.split("$(STAMP): pyproject.toml")[1].split("\n\n")[0]

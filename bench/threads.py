@@ -60,13 +60,14 @@ def _cell(threads: int, warmstart_steps: int, rl_steps: int, cache_dir: str, wor
     processor = load_processor(model_dir)
     tok = processor.tokenizer
     rows = synthetic.read_rows(world_dir / "train.jsonl")
-    clips = synthetic.load_clips(world_dir, rows[: 32 * warmstart_steps], synthetic.load_world_config(world_dir))
+    rows = rows[: 32 * warmstart_steps]
+    clips = synthetic.load_clips(world_dir, rows, synthetic.load_world_config(world_dir))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     open_id, close_id = tok.convert_tokens_to_ids("<answer>"), tok.convert_tokens_to_ids("</answer>")
     model.train()
     start = time.perf_counter()
     for step in range(warmstart_steps):
-        batch = rows[32 * step: 32 * (step + 1)]
+        batch = [rows[(32 * step + i) % len(rows)] for i in range(32)]  # cycling over the rows
         enc = synthetic.encode_rows(processor, batch, clips, responses=[r["response"] for r in batch],
                                     padding_side="right")
         lengths = [len(x) for x in tok([r["response"] + tok.eos_token for r in batch],

@@ -117,7 +117,7 @@ def run_cell(threads: int, busy: int, args) -> dict:
     except subprocess.TimeoutExpired:
         done = json.loads(progress.read_text()) if progress.is_file() else {"warmstart_steps": 0}
         out = {"threads": threads or os.cpu_count(), "timed_out": True, **done,
-               "warmstart_steps_per_s": done["warmstart_steps"] / args.timeout}
+               "warmstart_steps_per_s": done["warmstart_steps"] / done.get("warmstart_seconds", args.timeout)}
     finally:
         stop.set()
         for p in spinners:

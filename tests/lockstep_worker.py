@@ -3,7 +3,7 @@ video prompts only, rank 1 on image and text-only prompts with a constant reward
 the processes' data differ in every way the engines care about. For each method it trains 2 steps and saves the
 first rollout (with the attribution generator's state before it) for the single-process comparison.
 
-ENGINE: ddp, fsdp, ddp+lora or fsdp+lora (LoRA adapters on the language model and the vision tower).
+ENGINE: ddp, fsdp, zero3, or one of them + "+lora" (LoRA adapters on the language model and the vision tower).
 
 usage: python -m torch.distributed.run --nproc_per_node 2 lockstep_worker.py MODEL_DIR DATA_DIR OUT_DIR ENGINE M1,M2..
        python lockstep_worker.py compare MODEL_DIR DATA_DIR OUT_DIR ENGINE M1,M2..   (one process, afterwards)
@@ -54,6 +54,35 @@ def force_fsdp_on_cpu() -> None:
     Trainer.create_accelerator_and_postprocess = create
 
 
+def allow_deepspeed_on_cpu() -> None:
+    """accelerate refuses DeepSpeed on CPU: with use_cpu it never reads ACCELERATE_USE_DEEPSPEED, and without it
+    `PartialState._prepare_backend` finds no distributed backend for the CPU device, so DeepSpeed is initialised but
+    accelerate counts one process. The ZeRO-3 worker therefore trains with use_cpu=False, and this shim gives a
+    DeepSpeed launch on CPU accelerate's own CPU backend choice (gloo, MULTI_CPU; accelerate then switches the type
+    to DEEPSPEED itself); DeepSpeed runs on its CPU accelerator (DS_ACCELERATOR=cpu). Test-only: the product code
+    asks for use_cpu on a machine without GPUs (train.run.cpu_only) and no engine code is patched."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    original = PartialState._prepare_backend
+
+    def prepare(self, cpu=False, sagemaker_dp=False, backend=None):
+        chosen, kind = original(self, cpu, sagemaker_dp, backend)
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+        if chosen is None and not cpu and deepspeed and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+            return "gloo", DistributedType.MULTI_CPU
+        return chosen, kind
+
+    PartialState._prepare_backend = prepare
+
+
+# configs/accelerate/zero3.yaml's DeepSpeed settings as a DeepSpeed config ("auto": from the training arguments),
+# with every parameter partitioned: by default ZeRO-3 keeps parameters below 1e5 elements whole on every process,
+# which would be all of the tiny model's (stage3_param_persistence_threshold 0)
+ZERO3_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "zero3-test.json"
+
+
 def lora_options(engine: str):
     """Adapters on the LM and the vision tower for the "+lora" engines ("ddp+lora", "fsdp+lora"), else None."""
     from videoktr.models.lora import LoraOptions
@@ -82,6 +111,8 @@ def engine_args(engine: str) -> dict:
         return {"fsdp": "full_shard auto_wrap",
                 "fsdp_config": {"version": 2, "reshard_after_forward": True,
                                 "transformer_layer_cls_to_wrap": ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]}}
+    if engine == "zero3":
+        return {"deepspeed": json.loads(ZERO3_CONFIG.read_text()), "use_cpu": False}
     raise ValueError(engine)
 
 
@@ -97,6 +128,8 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
     lora = lora_options(engine)
     if engine.startswith("fsdp"):
         force_fsdp_on_cpu()
+    if engine.startswith("zero3"):
+        allow_deepspeed_on_cpu()
     rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
     out = Path(out_dir)
     for name in methods.split(","):
@@ -106,11 +139,12 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         sampling = DynamicSamplingOptions(True, "reward", 3) if extra == "ds" else None
         torch.manual_seed(0)
         processor = load_processor(model_dir)
+        kwargs = {"use_cpu": True, **engine_args(engine)}
         args = GRPOConfig(
             output_dir=str(out / f"{engine}-{name}"), per_device_train_batch_size=8, num_generations=4,
-            max_completion_length=8, max_steps=2, use_cpu=True, report_to=[], logging_steps=1, save_strategy="no",
+            max_completion_length=8, max_steps=2, report_to=[], logging_steps=1, save_strategy="no",
             learning_rate=1e-3, gradient_checkpointing=True, use_bias_correction_kl=False, seed=0, bf16=False,
-            generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, **engine_args(engine))
+            generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, **kwargs)
         model = load_model(model_dir, dtype="float32")
         trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
                                    train_dataset=Dataset.from_list(rows), method=method,
@@ -118,7 +152,7 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
                                    peft_config=peft_config(model, lora) if lora else None,
                                    dynamic_sampling=sampling)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
-        assert trainer.lockstep == engine.startswith("fsdp") and trainer.accelerator.num_processes == 2
+        assert trainer.lockstep == engine.startswith(("fsdp", "zero3")) and trainer.accelerator.num_processes == 2
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         real = trainer._generate_and_score_completions
         saved = []
@@ -145,6 +179,11 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
             assert trainer.is_fsdp_enabled
             params = list(trainer.model_wrapped.parameters())
             assert params and all(isinstance(p, DTensor) for p in params), "FSDP did not shard the model"
+        if engine.startswith("zero3"):  # the parameters really were partitioned (ZeRO-3: each holds a shard)
+            assert trainer.is_deepspeed_enabled and trainer.accelerator.state.deepspeed_plugin.zero_stage == 3
+            params = list(trainer.model_wrapped.parameters())
+            assert params and all(hasattr(p, "ds_id") for p in params), "ZeRO-3 did not partition the model"
+            assert all(p.numel() == 0 for p in params if p.ds_numel > 1), "a ZeRO-3 parameter is whole outside a gather"
         losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
         assert len(losses) == 2 and all(torch.isfinite(torch.tensor(x)) for x in losses), losses
         if sampling is not None:  # rank 1 never fills its batch: every step ran the cap's 3 rounds on both ranks

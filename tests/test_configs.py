@@ -25,6 +25,23 @@ def test_accelerate_configs_load(path):
     assert config.num_processes == 8 and config.mixed_precision == "bf16"
 
 
+def test_the_zero3_test_config_has_the_shipped_zero3_settings():
+    """configs/accelerate/zero3-test.json (the DeepSpeed config tests/train/test_lockstep.py runs ZeRO-3 with) sets
+    what zero3.yaml sets; it only adds partitioning of every parameter, however small (the tiny model's are)."""
+    import json
+
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    shipped = ClusterConfig.from_yaml_file(str(ROOT / "accelerate" / "zero3.yaml")).deepspeed_config
+    test = json.loads((ROOT / "accelerate" / "zero3-test.json").read_text())
+    zero = test["zero_optimization"]
+    assert zero["stage"] == shipped["zero_stage"] == 3
+    assert zero["offload_optimizer"]["device"] == shipped["offload_optimizer_device"] == "none"
+    assert zero["offload_param"]["device"] == shipped["offload_param_device"] == "none"
+    assert zero["stage3_gather_16bit_weights_on_model_save"] is shipped["zero3_save_16bit_model"] is True
+    assert zero["stage3_param_persistence_threshold"] == 0
+
+
 def test_unknown_key_is_named(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("ktr:\n  ratoi: 0.3\n")

@@ -147,6 +147,8 @@ class _FakeZero3:
         module = types.ModuleType("deepspeed")
         module.__spec__ = importlib.machinery.ModuleSpec("deepspeed", None)
         module.zero = types.SimpleNamespace(GatheredParameters=gathered_parameters)
+        # where deepspeed is installed, accelerate (unwrap_model) checks for its engine class: none is in use here
+        module.DeepSpeedEngine = type("DeepSpeedEngine", (), {})
         return module
 
 

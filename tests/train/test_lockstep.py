@@ -1,11 +1,13 @@
-"""Two CPU processes (gloo) whose data differ in every way that matters to DDP and FSDP: one process has only
-video prompts, the other image prompts (and, under DDP, text-only prompts) whose groups all have zero advantage.
+"""Two CPU processes (gloo) whose data differ in every way that matters to DDP, FSDP and DeepSpeed ZeRO-3: one process
+has only video prompts, the other image prompts (and, under DDP, text-only prompts) whose groups all have zero
+advantage.
 Every method trains 2 steps without a hang (bounded by a timeout), with gradient checkpointing on (DDP then
 expects every parameter to get a gradient), and each process's token weights equal one process's on the same
 rollouts."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -61,13 +63,23 @@ def lockstep_data(tmp_path_factory):
 LORA_METHODS = ("ktr", "twgrpo", "tgrpo")
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp", "ddp+lora", "fsdp+lora"])
+# ZeRO-3 (DeepSpeed on its CPU accelerator over gloo; tests/lockstep_worker.py shims accelerate's refusal of
+# DeepSpeed on CPU): the methods with their own forwards, as under LoRA
+ZERO3_METHODS = ("ktr", "twgrpo", "tgrpo")
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "ddp+lora", "fsdp+lora", "zero3", "zero3+lora"])
 def test_two_processes_with_different_data_stay_in_lockstep(engine, lockstep_data, tiny_dir, tmp_path):
-    root = lockstep_data[0] / engine.removesuffix("+lora")
-    methods = LORA_METHODS if engine.endswith("+lora") else METHODS
+    zero3 = engine.startswith("zero3")
+    root = lockstep_data[0] / ("fsdp" if zero3 else engine.removesuffix("+lora"))  # ZeRO-3 refuses text rows too
+    methods = LORA_METHODS if engine.endswith("+lora") else ZERO3_METHODS if zero3 else METHODS
+    if zero3 and importlib.util.find_spec("deepspeed") is None:
+        pytest.fail("deepspeed is not installed: pip install -e '.[test]' (the test extra brings it)")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(_free_port()), str(WORKER), str(tiny_dir), str(root), str(tmp_path), engine, ",".join(methods)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # DDP/FSDP: accelerate's CPU setup; ZeRO-3: DeepSpeed's CPU accelerator (use_cpu would make accelerate drop it)
+    env.update({"DS_ACCELERATOR": "cpu"} if zero3 else {"ACCELERATE_USE_CPU": "true"})
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     except subprocess.TimeoutExpired as exc:  # a hang: some process waits in a collective the other never joins

@@ -57,3 +57,17 @@ def test_card_section_is_added_once(tmp_path):
     card = (tmp_path / "README.md").read_text()
     assert card.startswith("# Trained with videoktr\n\ntext\n") and card.count("## Results") == 1
     assert "| steps | 600 |" in card and markdown_table(REPORT).splitlines()[1] == "|---|---|"
+
+
+def test_steps_without_gradient_warn_on_data_and_are_explained_on_the_world():
+    """Issue 20: the default run ended with "warning: 269 of 500 logged steps had no learning signal ... Likely: the
+    data is too hard or too easy". On the world that is its difficulty mix: a note that says so; on data the
+    warning keeps its meaning."""
+    from videoktr.train.config import load_config
+    from videoktr.train.run import NO_SIGNAL_HINT, no_signal_message
+
+    world = no_signal_message(load_config(), 269, "500 logged steps")
+    assert world.startswith("note: 269 of 500 logged steps had no gradient") and "synthetic world" in world
+    assert "Likely" not in world and "warning" not in world
+    data = no_signal_message(load_config(overrides={"data": "rows.json", "model": "m"}), 12, "the last 20 logged steps")
+    assert data == f"warning: 12 of the last 20 logged steps had no learning signal: {NO_SIGNAL_HINT}"

@@ -140,7 +140,7 @@ def build_trainer(config: TrainConfig, model, processor, train_rows: list[dict],
         run_identity=identity,
         card=card_info(config, base_model or config.model.model),
         rollout_log=RolloutLogOptions(every=config.run.log_rollouts_every, max_responses=config.run.log_rollouts_max),
-        callbacks=[learning_signal_callback()] + ([clock.callback()] if clock is not None else []),
+        callbacks=[learning_signal_callback(config=config)] + ([clock.callback()] if clock is not None else []),
     )
     use_compact_progress(trainer, config.run.output_dir)
     return trainer
@@ -589,7 +589,21 @@ NO_SIGNAL_HINT = ("every prompt group's responses got the same reward, so the ad
                   "the reward never parses its answers (see rewards/*/mean and a few completions)")
 
 
-def learning_signal_callback(window: int = 20, threshold: float = 0.8, every: int = 100):
+WORLD_NO_SIGNAL_NOTE = ("every prompt group's responses got the same reward. Expected on the synthetic world: most "
+                        "of its RL prompts are ones the warm start answers right in every sample or in none (82% of "
+                        "them for the default run's warm start); data.world_rl_filter keeps only the others, which did "
+                        "not raise held-out accuracy (docs/default-run.md)")
+
+
+def no_signal_message(config: TrainConfig, dead: int, span: str) -> str:
+    """The console line for `dead` steps of `span` ("500 logged steps") without a learning signal: a warning on
+    data, where it means something is likely wrong; a note on the synthetic world, its difficulty mix."""
+    if config.data.data:
+        return f"warning: {dead} of {span} had no learning signal: {NO_SIGNAL_HINT}"
+    return f"note: {dead} of {span} had no gradient: {WORLD_NO_SIGNAL_NOTE}"
+
+
+def learning_signal_callback(window: int = 20, threshold: float = 0.8, every: int = 100, config=None):
     """A TrainerCallback that warns on the console when most of the last `window` logged steps had no learning
     signal (`no_gradient`), at most once every `every` steps."""
     from transformers import TrainerCallback
@@ -607,8 +621,9 @@ def learning_signal_callback(window: int = 20, threshold: float = 0.8, every: in
             if (len(self.recent) == window and dead >= threshold * window and state.is_world_process_zero
                     and (self.warned_at is None or state.global_step - self.warned_at >= every)):
                 self.warned_at = state.global_step
-                print(f"\nvideoktr: {dead} of the last {window} logged steps had no learning signal: {NO_SIGNAL_HINT}",
-                      flush=True)
+                message = (no_signal_message(config, dead, f"the last {window} logged steps") if config is not None
+                           else f"{dead} of the last {window} logged steps had no learning signal: {NO_SIGNAL_HINT}")
+                print(f"\nvideoktr: {message}", flush=True)
 
     return LearningSignalMonitor()
 
@@ -700,8 +715,8 @@ def run(config: TrainConfig) -> dict:
         report["wall_seconds_total"] = clock.record(report["wall_seconds"])  # with every earlier invocation's
         signal = (report.get("train") or {}).get("learning_signal") or {}
         if signal.get("share_steps_without_gradient") and signal["share_steps_without_gradient"] >= 0.5:
-            print(f"warning: {signal['steps_without_gradient']} of {report['train']['logged_steps']} logged steps had "
-                  f"no learning signal: {NO_SIGNAL_HINT}")
+            print(no_signal_message(config, signal["steps_without_gradient"],
+                                    f"{report['train']['logged_steps']} logged steps"))
         path = write_report(out, report)
         from .summary import add_results_to_card, console_table
 

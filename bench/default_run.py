@@ -52,8 +52,10 @@ def block(summary: dict) -> str:
     ps = summary["per_seed"]
     n = ps[0]["n"]
     lines = [BEGIN, "",
-             f"Held-out accuracy on {n} clips over {len(ps)} seeds (each seed a fresh base model, warm start and RL "
-             f"run): **{_range([p['before'] for p in ps])} after the warm start, {_range([p['after'] for p in ps])} "
+             f"Held-out accuracy on {n:,} clips, "
+             + (f"over {len(ps)} seeds (each seed a fresh base model, warm start and RL run)" if len(ps) > 1 else
+                f"seed {ps[0]['seed']} (more seeds: `bench/default_run.py --seeds 0 1 2`)")
+             + f": **{_range([p['before'] for p in ps])} after the warm start, {_range([p['after'] for p in ps])} "
              f"after RL**, a paired gain of {_range([p['gain'] for p in ps], 100, '.1f', '+')} points.", "",
              "| seed | warm start | after RL | paired gain [95% CI] | McNemar p | steps without gradient | wall time |",
              "|---|---|---|---|---|---|---|"]
@@ -63,7 +65,8 @@ def block(summary: dict) -> str:
                      f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {p['p_value']:.3g} | "
                      f"{100 * p['share_steps_without_gradient']:.0f}% | {p['wall_seconds_total'] / 60:.0f} min |")
     fam = ", ".join(f"{f} {b:.3f} -> {a:.3f}" for f, (b, a) in summary["family_means"].items())
-    lines += ["", f"Per family (mean over seeds): {fam}.", "", END]
+    lines += ["", f"Per family{' (mean over seeds)' if len(ps) > 1 else ''}: {fam}. Wall time: 2 CPU cores shared "
+              f"with other jobs, warm start not included when it was cached.", "", END]
     return "\n".join(lines)
 
 

@@ -91,6 +91,7 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
 
     from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
     from videoktr.models.lora import peft_config
+    from videoktr.attribution import SelectionOptions
     from videoktr.train.trainer import VideoGRPOTrainer
 
     rank = int(os.environ["RANK"])
@@ -108,9 +109,11 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
             learning_rate=1e-3, gradient_checkpointing=True, use_bias_correction_kl=False, seed=0, bf16=False,
             generation_kwargs={"suppress_tokens": suppressed_token_ids(processor.tokenizer)}, **engine_args(engine))
         model = load_model(model_dir, dtype="float32")
+        name, _, control = method.partition("+")  # "ktr+random": method ktr with control random (ktr.control)
         trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
-                                   train_dataset=Dataset.from_list(rows), method=method,
+                                   train_dataset=Dataset.from_list(rows), method=name,
                                    attribution=attribution_options(engine),
+                                   selection=SelectionOptions(control=control or "none"),
                                    peft_config=peft_config(model, lora) if lora else None)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
         assert trainer.lockstep == engine.startswith("fsdp") and trainer.accelerator.num_processes == 2

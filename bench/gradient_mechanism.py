@@ -83,7 +83,7 @@ def batch_gradients(model, inputs, records: list[dict], groups: dict, seed: int,
         for name in METHODS:
             w = torch.zeros_like(valid)
             for b, (_, m) in enumerate(items):
-                w[b, : len(m)] = m.to(device)
+                w[b, : len(m[name])] = m[name].to(device)
             losses[name] = (per_token * w).sum()
             if name != "grpo":
                 losses[f"grpo@rest-{name}"] = (per_token * (valid & ~w)).sum()
@@ -120,7 +120,8 @@ def summarise(per_batch: list[dict[str, torch.Tensor]]) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="run directory whose rollout log holds every response of each step")
+    p.add_argument("--run", required=True, nargs="+",
+                   help="run directories whose rollout logs hold every response of each step (one policy)")
     p.add_argument("--model", required=True, help="the policy that sampled them")
     p.add_argument("--seed", type=int, default=0, help="seed of the random and complement draws")
     p.add_argument("--json", default="")
@@ -136,10 +137,13 @@ def main(argv=None) -> int:
     wanted = {id(q) for ps in groups.values() for q in ps}
     for q in model.parameters():
         q.requires_grad_(id(q) in wanted)
-    records = load_rollouts(args.run)
-    by_step: dict[int, list[dict]] = {}
-    for r in records:
-        by_step.setdefault(r["step"], []).append(r)
+    by_step: dict[tuple, list[dict]] = {}
+    records = []
+    for i, run_dir in enumerate(args.run):
+        mine = load_rollouts(run_dir)
+        records += mine
+        for r in mine:
+            by_step.setdefault((i, r["step"]), []).append(r)
     inputs = _Inputs(processor, adapter_for(model), records[0]["settings"].get("video") or {})
     per_batch = []
     for k, step in enumerate(sorted(by_step)):

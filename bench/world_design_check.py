@@ -103,6 +103,8 @@ def run_check(args) -> dict:
                  "resume": False}
     if args.prompts_per_step:
         overrides["prompts_per_step"] = args.prompts_per_step
+    if args.rl_filter:  # the RL prompts the warm start solves in 20-80% of its samples (data.world_rl_filter)
+        overrides["world_rl_filter"] = True
     if args.model:  # a given starting model (a warm start built earlier: --seed then only seeds the rollouts)
         overrides["model"] = args.model
     world = S.world_config(args.world_style)
@@ -123,6 +125,7 @@ def run_check(args) -> dict:
         result["rollouts"] = rollout_measures(out / "run", budget)
         result["rollouts"]["seconds_per_step"] = checked["seconds_per_step"]
         result["rollouts"]["warm_start"] = checked["warm_start"]
+        result["rl_filter"] = checked.get("rl_filter")
         result["check_seconds"] = seconds
         r = result["rollouts"]
         result["passed"] = {k: (r[k] >= v if op == ">=" else r[k] <= v) if r.get(k) is not None else None
@@ -142,8 +145,8 @@ def check_trainer(config) -> dict:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    info = read_info(model_dir)
-    return {"seconds_per_step": seconds / max(1, trainer.state.global_step),
+    info = read_info(model_dir) if (Path(model_dir) / "warmstart.json").is_file() else {}
+    return {"rl_filter": trainer.world_rl_filter, "seconds_per_step": seconds / max(1, trainer.state.global_step),
             "warm_start": {"dir": str(model_dir), "steps": info.get("steps"), "stop_reason": info.get("stop_reason"),
                            "validation_accuracy": (info.get("accuracy_after") or {}).get("overall", {}).get("accuracy")}}
 
@@ -163,6 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--baseline-eval", type=int, default=2000)
     p.add_argument("--cache-dir", default=".cache/videoktr", help="where the world and its warm start are cached")
     p.add_argument("--out", default="runs/design-check", help="directory of the check's run")
+    p.add_argument("--rl-filter", action="store_true", help="difficulty-filter the RL prompts first "
+                                                             "(data.world_rl_filter) and report the filter")
     p.add_argument("--skip-rollouts", action="store_true", help="only the model-free measures")
     p.add_argument("--json", default="", help="also write the result here")
     args = p.parse_args(argv)

@@ -122,6 +122,7 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
 
     from videoktr.models.factory import load_model, load_processor, suppressed_token_ids
     from videoktr.models.lora import peft_config
+    from videoktr.attribution import SelectionOptions
     from videoktr.train.trainer import DynamicSamplingOptions, VideoGRPOTrainer
 
     rank = int(os.environ["RANK"])
@@ -133,10 +134,12 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
     rows = json.loads((Path(data_dir) / f"rank{rank}.json").read_text())
     out = Path(out_dir)
     for name in methods.split(","):
-        # "<method>+ds": with dynamic sampling; rank 1's groups are all constant, so it resamples until the cap
-        # (3 generation batches) while rank 0 may be done sooner: both must run every round together
-        method, _, extra = name.partition("+")
-        sampling = DynamicSamplingOptions(True, "reward", 3) if extra == "ds" else None
+        # "<method>[+ds][+<control>]": "+ds" with dynamic sampling (rank 1's groups are all constant, so it
+        # resamples until the cap of 3 generation batches while rank 0 may be done sooner: both must run every round
+        # together); another suffix is a ktr.control ("ktr+random": method ktr with control random)
+        method, *extras = name.split("+")
+        sampling = DynamicSamplingOptions(True, "reward", 3) if "ds" in extras else None
+        control = next((e for e in extras if e != "ds"), "none")
         torch.manual_seed(0)
         processor = load_processor(model_dir)
         kwargs = {"use_cpu": True, **engine_args(engine)}
@@ -149,6 +152,7 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
                                    train_dataset=Dataset.from_list(rows), method=method,
                                    attribution=attribution_options(engine),
+                                   selection=SelectionOptions(control=control),
                                    peft_config=peft_config(model, lora) if lora else None,
                                    dynamic_sampling=sampling)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives

@@ -96,3 +96,23 @@ def test_two_processes_with_different_data_stay_in_lockstep(engine, lockstep_dat
                               weighted], capture_output=True, text=True, timeout=600, env=env)
     assert compare.returncode == 0, compare.stderr[-3000:]
     assert compare.stdout.count("same weights as one process") == 2 * len(weighted.split(","))
+
+
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_controls_stay_in_lockstep(engine, lockstep_data, tiny_dir, tmp_path):
+    """ktr with each control (ktr.control) trains 2 steps on two processes without a hang: under FSDP a process
+    whose groups all have zero advantage runs the stand-in forwards and the control on them."""
+    root = lockstep_data[0] / engine
+    methods = ("ktr+random", "ktr+complement", "ktr+entropy_matched")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), str(WORKER), str(tiny_dir), str(root), str(tmp_path), engine, ",".join(methods)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "ACCELERATE_USE_CPU": "true"}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{engine}: no result in 600 s (hang?): {str(exc.stderr)[-3000:]}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for method in methods:
+        for rank in (0, 1):
+            assert f"rank {rank}: {engine} {method} done" in proc.stdout
+

@@ -76,3 +76,34 @@ def test_world_rl_filter_option():
 
     assert load_config(overrides={"world_rl_filter": True}).data.world_rl_filter
     assert not load_config().data.world_rl_filter  # off by default
+
+
+def test_filter_rl_prompts_glue(monkeypatch, capsys):
+    """world_run.filter_rl_prompts passes the run's sampling settings, prints the outcome, and refuses an empty
+    result with a message naming the option."""
+    from types import SimpleNamespace
+
+    from videoktr.train import world_run
+    from videoktr.train.config import load_config
+
+    config = load_config(overrides={"world_rl_filter": True, "num_generations": 6, "temperature": 0.9,
+                                    "max_completion_length": 40, "world_seed": 3})
+    seen = {}
+
+    def fake(model, processor, model_dir, rows, world_dir, rl_path, cache_dir, **kw):
+        seen.update(kw)
+        kept = rows[:1] if seen.get("keep", True) else []
+        return kept, {"rows": len(rows), "kept": len(kept), "low": 0.2, "high": 0.8, "samples": kw["samples"],
+                      "too_easy": 1, "too_hard": len(rows) - 1 - len(kept), "signal_share_before": 0.25,
+                      "signal_share_after": 1.0}
+
+    monkeypatch.setattr(world_filter, "filter_world_prompts", fake)
+    world = SimpleNamespace(root="w", rl="w/rl.jsonl")
+    kept, summary = world_run.filter_rl_prompts(config, object(), None, "m", world, [{"a": 1}, {"b": 2}, {"c": 3}])
+    assert kept == [{"a": 1}] and summary["kept"] == 1
+    assert seen == {"samples": 6, "temperature": 0.9, "top_p": 1.0, "max_new_tokens": 40, "seed": 3}
+    assert "kept 1 of 3" in capsys.readouterr().out
+    monkeypatch.setattr(world_filter, "filter_world_prompts",
+                        lambda *a, **kw: ([], {**fake(*a, **kw)[1], "kept": 0}))
+    with pytest.raises(ValueError, match="world_rl_filter kept no RL prompt"):
+        world_run.filter_rl_prompts(config, object(), None, "m", world, [{"a": 1}])

@@ -87,8 +87,9 @@ def warmstart_digest(base_dir: Path, world, settings: dict) -> str:
 
 
 def world_trainer(config: TrainConfig):
-    """The trainer of the default experiment on the world's RL prompts, built as `run_synthetic` builds it, without
-    the held-out evaluation or the run-directory bookkeeping (benchmarks). Returns (trainer, world, model_dir)."""
+    """The trainer of the default experiment on the world's RL prompts (difficulty-filtered with
+    data.world_rl_filter), built as `run_synthetic` builds it, without the held-out evaluation or the run-directory
+    bookkeeping (benchmarks). Returns (trainer, world, model_dir)."""
     from ..data import synthetic
     from ..models.factory import load_processor
     from .run import build_trainer, load_training_model, trl_rows
@@ -96,8 +97,12 @@ def world_trainer(config: TrainConfig):
     world, model_dir = prepare_world_and_model(config)
     model = load_training_model(config, model_dir)
     processor = load_processor(model_dir, min_pixels=config.data.min_pixels, max_pixels=config.data.max_pixels)
-    rows = trl_rows(synthetic.read_rows(world.rl), world.root, synthetic.prompt_text)
+    rl_rows, summary = synthetic.read_rows(world.rl), None
+    if config.data.world_rl_filter:
+        rl_rows, summary = filter_rl_prompts(config, model, processor, model_dir, world, rl_rows)
+    rows = trl_rows(rl_rows, world.root, synthetic.prompt_text)
     trainer = build_trainer(config, model, processor, rows, [synthetic.accuracy_reward, synthetic.format_reward])
+    trainer.world_rl_filter = summary  # the filter's summary (None without data.world_rl_filter)
     return trainer, world, model_dir
 
 

@@ -6,9 +6,11 @@ Package layout (every public name is re-exported here; callers use `videoktr.dat
 logic and reference responses), `long_cot` (the long reference templates), `labels` (counterfactuals and the
 label oracles), `world` (rows, files, clips, processor inputs, tokenizer corpus), `rewards` (accuracy, format).
 
-Styles (`WorldConfig.style`): "short" (the default, described below) and "long_cot" (`long_cot_config()`: the same
+Styles (`WorldConfig.style`): "short" (the default, described below), "long_cot" (`long_cot_config()`: the same
 clips, references of 100-250 tokens that walk through the clip with filler and restatement, no text-answerable
-family; `long_cot` and docs/world-long-cot.md). The label definitions below hold for both. In long_cot, a
+family; `long_cot` and docs/world-long-cot.md) and "sampled_cot" (`sampled_cot_config()`: long_cot's questions,
+references of 84-128 tokens whose every filler word, optional clause and clause order is drawn independently per
+row and slot; `sampled_cot` and docs/world-sampled-cot.md; its token roles add "sampled"). The label definitions below hold for both. In long_cot, a
 count_shape question's shape is drawn after its answer (`questions.count_shape_log_weights`), so that "How many
 circles?" is not answerable from its text (in the short world the shape is uniform and the answer mostly 0 or 1).
 

@@ -302,6 +302,10 @@ def token_labels(row: dict, tokenizer, config: WorldConfig | None = None, add_eo
     "vision" and "order" are exact (every event sequence of the world via `index`; every group permutation);
     the unconditional labels use the sampled content counterfactuals (`vision_counterfactuals`), or every
     layout with `exhaustive=True` (small worlds only). Pass one `index` (or use `label_rows`) for many rows.
+    Style sampled_cot (sampled filler): every counterfactual is rendered with the row's own filler choices; "vision"
+    comes from the exact branch clips (`branch_counterfactuals`) instead of the index, and the result gains
+    "sampled": tokens whose distribution given the prefix and the clip is not a point mass (the row re-rendered with
+    one choice changed); docs/world-sampled-cot.md says why holding the filler fixed is exact.
     """
     import torch
 

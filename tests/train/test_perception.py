@@ -235,3 +235,73 @@ def test_papo_trains_under_checkpointing_bf16_and_accumulation(tiny_dir, clip_ro
     history = [h for h in trainer.state.log_history if "loss" in h]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert all(h["papo/perception_kl"] >= 0 and h["papo/masked_entropy"] > 0 for h in history)
+
+
+@pytest.fixture(scope="module")
+def mixed_data(tmp_path_factory):
+    import json
+
+    from videor1_fixture import IMAGE_INDEX, write_videor1_fixture
+
+    root = tmp_path_factory.mktemp("mixed")
+    fx = write_videor1_fixture(root)
+    rows = [fx.rows[0], fx.rows[IMAGE_INDEX],
+            {"problem_id": 99, "problem": "What is 2 + 3?", "data_type": "text", "problem_type": "numerical",
+             "solution": "<answer>5</answer>"}]
+    path = root / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, fx.root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vppo", "papo"])
+def test_methods_with_dynamic_sampling_run_from_the_cli_on_videor1_data(method, mixed_data, tiny_dir, tmp_path):
+    """`videoktr train --config configs/<method>-7b.yaml --dynamic-sampling ...` on Video-R1-format rows, every
+    step a video, an image and a text prompt, under the recipe's bf16 and gradient checkpointing; the tiny model
+    scores 0 on every row, so every group is constant: each step runs the cap's 2 generation batches and reports its
+    3 groups unfilled; the rollout log records the steps (VPPO: its token filter as the "visual" selection)."""
+    import json
+
+    from videoktr.analysis.rollouts import load_rollouts
+    from videoktr.cli import main
+
+    data, root = mixed_data
+    out = tmp_path / "run"
+    code = main(["train", "--config", f"configs/{method}-7b.yaml", "--model", str(tiny_dir), "--data", str(data),
+                 "--data-root", str(root), "--output-dir", str(out), "--max-steps", "2", "--prompts-per-step", "3",
+                 "--num-generations", "4", "--max-completion-length", "12", "--save-steps", "1000",
+                 "--no-save-final", "--media-cache", "none", "--max-pixels", str(56 * 56), "--log-rollouts-every",
+                 "1", "--log-rollouts-max", "0", "--dynamic-sampling", "--dynamic-sampling-max-batches", "2"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["rl"]["method"] == method and config["rl"]["dynamic_sampling"]
+    history = json.loads((out / "log_history.json").read_text())
+    logged = [h for h in history if "dynamic_sampling/generation_batches" in h]
+    assert len(logged) == 2
+    for h in logged:
+        assert h["dynamic_sampling/generation_batches"] == 2 and h["dynamic_sampling/sampled_groups"] == 3
+        assert h["dynamic_sampling/unfilled_groups"] + h["dynamic_sampling/resampled_groups"] == 3 * (
+            1 - h["dynamic_sampling/informative_share"])
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history if "loss" in h)
+    key = "vppo/update_ratio" if method == "vppo" else "papo/perception_kl"
+    assert any(key in h for h in history)
+    records = load_rollouts(out)
+    assert {r["step"] for r in records} == {1, 2}
+    kinds = {"video" if r["videos"] else "image" if r["images"] else "text" for r in records}
+    assert kinds <= {"video", "image", "text"} and records
+
+
+def test_options_from_flags():
+    from videoktr.train.card import card_info
+    from videoktr.train.config import ConfigError, load_config
+
+    config = load_config(overrides={"method": "vppo", "dynamic_sampling": True, "dynamic_sampling_metric": "accuracy",
+                                    "vppo_dependency": "k3"})
+    assert config.rl.method == "vppo" and config.rl.dynamic_sampling_metric == "accuracy"
+    info = card_info(config, "")
+    assert info["options"]["rl"]["vppo_dependency"] == "k3" and info["options"]["rl"]["dynamic_sampling"]
+    assert "vppo_ratio" not in card_info(load_config(overrides={"method": "papo"}), "")["options"]["rl"]
+    for bad in ({"vppo_ratio": 0.0}, {"dynamic_sampling_max_batches": 0}, {"papo_kl_clip": -1.0},
+                {"vppo_dependency": "l2"}, {"method": "dapo"}):
+        with pytest.raises(ConfigError):
+            load_config(overrides=bad)

@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
-from builders import make_trainer
+from builders import make_trainer, reference_vppo
 
-from videoktr.core import group_advantages, papo_perception_kl, top_ratio_mask, vppo_advantage_scaling
+from videoktr.core import group_advantages, papo_perception_kl
 from videoktr.train.trainer import DynamicSamplingOptions, PerceptionOptions, merge_rollouts
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -161,23 +161,18 @@ def _reference_attribution(trainer, batch, tiny_dir, distance):
 
 @pytest.mark.parametrize("dependency", ["kl", "k3"])
 def test_vppo_weights_and_advantages_equal_the_reference_path(dependency, tiny_dir, clip_rows, tmp_path):
-    from videoktr.core import k3_dependency
-
     perception = PerceptionOptions(vppo_dependency=dependency)
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="vppo", gradient_checkpointing=True,
                            trainer_kwargs={"perception": perception})
     trainer.model.train()
     raw = next(iter(trainer.get_train_dataloader()))
     batch = trainer._generate_and_score_completions(raw)
-    att = _reference_attribution(trainer, batch, tiny_dir, "kl" if dependency == "kl" else "logprob")
+    weights, scaling, att = reference_vppo(trainer, batch, tiny_dir)
     valid = att.valid["visual"]
     assert torch.equal(valid, batch["completion_mask"].bool())  # every row has a video
-    dep = att.scores["visual"] if dependency == "kl" else k3_dependency(att.logp, att.perturbed_logp["visual"])
-    dep = torch.where(valid, dep, 0.0)
-    assert torch.equal(batch["token_weights"], top_ratio_mask(dep, valid, 0.4).float())
+    assert torch.equal(batch["token_weights"], weights)
     ratio = batch["token_weights"].sum(1) / valid.sum(1)
     assert ((ratio >= 0.4) & (ratio < 0.4 + 1 / valid.sum(1).float() + 1e-6)).all()
-    scaling = vppo_advantage_scaling(dep, valid, 0.9)
     assert scaling.min().item() == pytest.approx(0.9) and scaling.mean().item() == pytest.approx(1.0, rel=1e-5)
     w = trainer.reward_weights
     plain = group_advantages((trainer._local_rewards * w).nansum(1), trainer.num_generations)

@@ -2,7 +2,8 @@
 Video-R1-format dataset whose every step mixes a video, an image and a text-only prompt, with the recipe's own
 training settings (gradient checkpointing, bf16 autocast, loss normalisation, beta, selection scope, weighting,
 strategies, TW-GRPO variant, ...). For the key-token methods the masks of every step equal the reference path's
-(eval mode, fp32, no checkpointing, unshared forward) on the same rollouts, within the stated tolerance."""
+(eval mode, fp32, no checkpointing, unshared forward) on the same rollouts, within the stated tolerance; so do
+VPPO's token filters (tests/builders.reference_vppo)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import reference_key_token_weights
+from builders import reference_key_token_weights, reference_vppo
 from videor1_fixture import IMAGE_INDEX, write_videor1_fixture
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -67,6 +68,10 @@ def test_recipe_runs_scaled_down(recipe, mixed_data, tiny_dir, tmp_path, monkeyp
             reference = reference_key_token_weights(self, batch, state, tiny_dir)
             valid = batch["completion_mask"].bool()
             checked.append((batch["token_weights"] == reference)[valid].float().mean().item())
+        if self.method == "vppo":  # its token filter against VPPO's reference path (all rows: no skipping)
+            reference, _, _ = reference_vppo(self, batch, tiny_dir, state)
+            valid = batch["completion_mask"].bool()
+            checked.append((batch["token_weights"] == reference)[valid].float().mean().item())
         return batch
 
     monkeypatch.setattr(trainer_module.VideoGRPOTrainer, "_generate_and_score_completions", checking)
@@ -75,5 +80,5 @@ def test_recipe_runs_scaled_down(recipe, mixed_data, tiny_dir, tmp_path, monkeyp
     history = json.loads((tmp_path / "run" / "log_history.json").read_text())
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(x)) for x in losses)
-    if config.rl.method in ("ktr", "entropy"):
+    if config.rl.method in ("ktr", "entropy", "vppo"):
         assert len(checked) == 2 and min(checked) >= BF16_AGREEMENT, checked

@@ -21,6 +21,12 @@ RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
 # random model's visual/temporal scores (about 1e-3 nats) sit below bf16's rounding of a log-probability, so
 # near-threshold tokens flip (tests/train/test_recipe_settings.py: fp32 settings agree exactly).
 BF16_AGREEMENT = 0.75
+# VPPO's filter ranks one score, the KL between full next-token distributions, which on the tiny random model is
+# about 1e-6 nats per token with 40% of the tokens kept: the shared-prefix pass and the reference's unshared one
+# already differ by 5e-7 in fp32 (94% agreement with zero_fraction masking), and bf16 rounds far coarser (65-70%
+# here, against 52% for two independent random 40% masks). Exact equality in fp32 on clip prompts with zero masking:
+# tests/train/test_perception.py.
+VPPO_BF16_AGREEMENT = 0.6
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
@@ -81,4 +87,5 @@ def test_recipe_runs_scaled_down(recipe, mixed_data, tiny_dir, tmp_path, monkeyp
     losses = [h["loss"] for h in history if "loss" in h]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(x)) for x in losses)
     if config.rl.method in ("ktr", "entropy", "vppo"):
-        assert len(checked) == 2 and min(checked) >= BF16_AGREEMENT, checked
+        floor = VPPO_BF16_AGREEMENT if config.rl.method == "vppo" else BF16_AGREEMENT
+        assert len(checked) == 2 and min(checked) >= floor, checked

@@ -300,3 +300,31 @@ def test_options_from_flags():
                 {"vppo_dependency": "l2"}, {"method": "dapo"}):
         with pytest.raises(ConfigError):
             load_config(overrides=bad)
+
+
+@pytest.fixture(scope="module")
+def world_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("world-cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vppo", "papo"])
+def test_methods_with_dynamic_sampling_run_on_the_default_world(method, world_cache, tmp_path):
+    """`videoktr train --method vppo|papo --dynamic-sampling` on the synthetic world (the default run, tiny)."""
+    import json
+
+    from videoktr.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--model-size", "tiny", "--world-train", "200", "--world-eval", "12", "--world-rl", "8",
+                 "--warmstart-max-steps", "4", "--prompts-per-step", "2", "--num-generations", "2",
+                 "--max-completion-length", "16", "--attribution-rows", "4", "--save-steps", "1",
+                 "--output-dir", str(out), "--cache-dir", str(world_cache), "--max-steps", "1", "--method", method,
+                 "--dynamic-sampling", "--dynamic-sampling-max-batches", "2", "--no-save-final"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 1 and report["method"] == method
+    history = json.loads((out / "log_history.json").read_text())
+    logged = [h for h in history if "dynamic_sampling/generation_batches" in h]
+    assert len(logged) == 1 and 1 <= logged[0]["dynamic_sampling/generation_batches"] <= 2
+    assert any(("vppo/update_ratio" if method == "vppo" else "papo/perception_kl") in h for h in history)

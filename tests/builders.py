@@ -187,7 +187,8 @@ def reference_vppo(trainer, batch, model_dir, generator_state=None):
     from videoktr.models.factory import load_model
 
     model = load_model(model_dir, dtype="float32").eval()
-    model.load_state_dict({k: v.float() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    model.load_state_dict({k: v.float() for k, v in trained.items()})
     o = trainer.perception_options
     rows = batch["videos"]
     videos = [r for r in rows if r is not None and r.kind == "video"]

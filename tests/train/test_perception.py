@@ -61,7 +61,8 @@ def test_merge_rollouts_equals_row_by_row_reference():
     rounds = [round_(4, 3, 5, "a"), round_(2, 6, 2, "b"), round_(4, 2, 7, "c")]
     picks = [(0, 1), (2, 0), (1, 0), (2, 1)]
     out = merge_rollouts(rounds, picks, G, pad)
-    assert "num_items_in_batch" not in out and out["prompt_ids"].shape == (8, 6) and out["completion_ids"].shape == (8, 7)
+    assert "num_items_in_batch" not in out
+    assert out["prompt_ids"].shape == (8, 6) and out["completion_ids"].shape == (8, 7)
     r = 0
     for rnd, grp in picks:
         for i in range(grp * G, (grp + 1) * G):
@@ -147,7 +148,8 @@ def _reference_attribution(trainer, batch, tiny_dir, distance):
     from videoktr.models.factory import load_model
 
     model = load_model(tiny_dir, dtype="float32").eval()
-    model.load_state_dict({k: v.float() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    model.load_state_dict({k: v.float() for k, v in trained.items()})
     videos = batch["videos"]
     options = dataclasses.replace(trainer.attribution_options, signals=("visual",), distance=distance,
                                   share_prefix=False, signed=False)

@@ -330,3 +330,23 @@ def test_methods_with_dynamic_sampling_run_on_the_default_world(method, world_ca
     logged = [h for h in history if "dynamic_sampling/generation_batches" in h]
     assert len(logged) == 1 and 1 <= logged[0]["dynamic_sampling/generation_batches"] <= 2
     assert any(("vppo/update_ratio" if method == "vppo" else "papo/perception_kl") in h for h in history)
+
+
+def test_training_summary_reports_vppo_papo_and_dynamic_sampling():
+    from videoktr.train.run import training_summary
+
+    history = [{"reward": 1.0, "vppo/update_ratio": 0.4, "papo/perception_kl": 0.1,
+                "dynamic_sampling/resampled_groups": 2.0, "dynamic_sampling/unfilled_groups": 0.0,
+                "dynamic_sampling/informative_share": 0.5, "dynamic_sampling/sampled_groups": 3.0,
+                "dynamic_sampling/generation_batches": 2.0},
+               {"reward": 2.0, "vppo/update_ratio": 0.6, "papo/perception_kl": 0.3,
+                "dynamic_sampling/resampled_groups": 0.0, "dynamic_sampling/unfilled_groups": 1.0,
+                "dynamic_sampling/informative_share": 0.0, "dynamic_sampling/sampled_groups": 3.0,
+                "dynamic_sampling/generation_batches": 3.0}]
+    vppo = training_summary(history, "vppo")
+    assert vppo["mean_update_ratio"] == pytest.approx(0.5) and "mean_perception_kl" not in vppo
+    assert vppo["dynamic_sampling"] == {"informative_share": 0.25, "resampled_groups": 1.0, "sampled_groups": 3.0,
+                                        "generation_batches": 2.5, "unfilled_groups": 0.5}
+    papo = training_summary(history, "papo")
+    assert papo["mean_perception_kl"] == pytest.approx(0.2) and "mean_update_ratio" not in papo
+    assert "dynamic_sampling" not in training_summary([{"reward": 1.0}], "grpo")

@@ -229,3 +229,51 @@ def scheme_dirs(tiny_dir, root) -> dict[str, Path]:
             (path.parent / "config.json").write_text(json.dumps({"model": {"model": ""}, "rl": {"method": "grpo"}}))
         out[name] = path
     return out
+
+
+def reference_vppo(trainer, batch, model_dir, generator_state=None):
+    """VPPO's reference path for a generated batch: a fresh fp32 copy of the trainer's weights in eval mode, no
+    checkpointing, no autocast, every row on its own unshared sequence, the vision tower run on the rows' pixels;
+    the visual dependency of every response token (rl.vppo_dependency), core.top_ratio_mask over the rows with a
+    video or image (every response token for a text row) and core.vppo_advantage_scaling. Returns (weights [B, C],
+    advantage factors [B], attribution)."""
+    import dataclasses
+
+    from videoktr.attribution import attribute
+    from videoktr.core import k3_dependency, top_ratio_mask, vppo_advantage_scaling
+    from videoktr.models.factory import load_model
+
+    model = load_model(model_dir, dtype="float32").eval()
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    model.load_state_dict({k: v.float() for k, v in trained.items()})
+    o = trainer.perception_options
+    rows = batch["videos"]
+    videos = [r for r in rows if r is not None and r.kind == "video"]
+    images = [r for r in rows if r is not None and r.kind == "image"]
+    kwargs = {}
+    if videos:
+        kwargs = dict(pixel_values_videos=torch.cat([r.pixels for r in videos]),
+                      video_grid_thw=torch.cat([r.grid for r in videos]),
+                      second_per_grid_ts=torch.cat([r.seconds_per_group for r in videos]),
+                      video_keys=[r.key for r in videos])
+    if images:
+        grid = torch.cat([r.grid for r in images])
+        kwargs.update(image_grid_thw=grid, image_keys=[r.key for r in images],
+                      image_features=trainer.adapter.encode_images(model, torch.cat([r.pixels for r in images]), grid))
+    options = dataclasses.replace(trainer.attribution_options, signals=("visual",), share_prefix=False, signed=False,
+                                  distance="kl" if o.vppo_dependency == "kl" else "logprob")
+    generator = None
+    if generator_state is not None:
+        generator = torch.Generator()
+        generator.set_state(generator_state)
+    with torch.no_grad():
+        att = attribute(model, batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"],
+                        batch["completion_mask"], options=options, keep_perturbed_logp=True, generator=generator,
+                        **kwargs)
+    valid = att.valid["visual"]
+    dep = att.scores["visual"] if o.vppo_dependency == "kl" else k3_dependency(att.logp, att.perturbed_logp["visual"])
+    dep = torch.where(valid, dep, 0.0)
+    has_media = torch.tensor([r is not None for r in rows])
+    weights = torch.where(has_media[:, None], top_ratio_mask(dep, valid, o.vppo_ratio),
+                          batch["completion_mask"].bool()).float()
+    return weights, vppo_advantage_scaling(dep, valid, o.vppo_advantage_min), att

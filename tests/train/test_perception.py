@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
-from builders import make_trainer
+from builders import make_trainer, reference_vppo
 
-from videoktr.core import group_advantages, papo_perception_kl, top_ratio_mask, vppo_advantage_scaling
+from videoktr.core import group_advantages, papo_perception_kl
 from videoktr.train.trainer import DynamicSamplingOptions, PerceptionOptions, merge_rollouts
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -61,7 +61,8 @@ def test_merge_rollouts_equals_row_by_row_reference():
     rounds = [round_(4, 3, 5, "a"), round_(2, 6, 2, "b"), round_(4, 2, 7, "c")]
     picks = [(0, 1), (2, 0), (1, 0), (2, 1)]
     out = merge_rollouts(rounds, picks, G, pad)
-    assert "num_items_in_batch" not in out and out["prompt_ids"].shape == (8, 6) and out["completion_ids"].shape == (8, 7)
+    assert "num_items_in_batch" not in out
+    assert out["prompt_ids"].shape == (8, 6) and out["completion_ids"].shape == (8, 7)
     r = 0
     for rnd, grp in picks:
         for i in range(grp * G, (grp + 1) * G):
@@ -147,7 +148,8 @@ def _reference_attribution(trainer, batch, tiny_dir, distance):
     from videoktr.models.factory import load_model
 
     model = load_model(tiny_dir, dtype="float32").eval()
-    model.load_state_dict({k: v.float() for k, v in trainer.accelerator.unwrap_model(trainer.model).state_dict().items()})
+    trained = trainer.accelerator.unwrap_model(trainer.model).state_dict()
+    model.load_state_dict({k: v.float() for k, v in trained.items()})
     videos = batch["videos"]
     options = dataclasses.replace(trainer.attribution_options, signals=("visual",), distance=distance,
                                   share_prefix=False, signed=False)
@@ -161,23 +163,18 @@ def _reference_attribution(trainer, batch, tiny_dir, distance):
 
 @pytest.mark.parametrize("dependency", ["kl", "k3"])
 def test_vppo_weights_and_advantages_equal_the_reference_path(dependency, tiny_dir, clip_rows, tmp_path):
-    from videoktr.core import k3_dependency
-
     perception = PerceptionOptions(vppo_dependency=dependency)
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="vppo", gradient_checkpointing=True,
                            trainer_kwargs={"perception": perception})
     trainer.model.train()
     raw = next(iter(trainer.get_train_dataloader()))
     batch = trainer._generate_and_score_completions(raw)
-    att = _reference_attribution(trainer, batch, tiny_dir, "kl" if dependency == "kl" else "logprob")
+    weights, scaling, att = reference_vppo(trainer, batch, tiny_dir)
     valid = att.valid["visual"]
     assert torch.equal(valid, batch["completion_mask"].bool())  # every row has a video
-    dep = att.scores["visual"] if dependency == "kl" else k3_dependency(att.logp, att.perturbed_logp["visual"])
-    dep = torch.where(valid, dep, 0.0)
-    assert torch.equal(batch["token_weights"], top_ratio_mask(dep, valid, 0.4).float())
+    assert torch.equal(batch["token_weights"], weights)
     ratio = batch["token_weights"].sum(1) / valid.sum(1)
     assert ((ratio >= 0.4) & (ratio < 0.4 + 1 / valid.sum(1).float() + 1e-6)).all()
-    scaling = vppo_advantage_scaling(dep, valid, 0.9)
     assert scaling.min().item() == pytest.approx(0.9) and scaling.mean().item() == pytest.approx(1.0, rel=1e-5)
     w = trainer.reward_weights
     plain = group_advantages((trainer._local_rewards * w).nansum(1), trainer.num_generations)
@@ -235,3 +232,121 @@ def test_papo_trains_under_checkpointing_bf16_and_accumulation(tiny_dir, clip_ro
     history = [h for h in trainer.state.log_history if "loss" in h]
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
     assert all(h["papo/perception_kl"] >= 0 and h["papo/masked_entropy"] > 0 for h in history)
+
+
+@pytest.fixture(scope="module")
+def mixed_data(tmp_path_factory):
+    import json
+
+    from videor1_fixture import IMAGE_INDEX, write_videor1_fixture
+
+    root = tmp_path_factory.mktemp("mixed")
+    fx = write_videor1_fixture(root)
+    rows = [fx.rows[0], fx.rows[IMAGE_INDEX],
+            {"problem_id": 99, "problem": "What is 2 + 3?", "data_type": "text", "problem_type": "numerical",
+             "solution": "<answer>5</answer>"}]
+    path = root / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path, fx.root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vppo", "papo"])
+def test_methods_with_dynamic_sampling_run_from_the_cli_on_videor1_data(method, mixed_data, tiny_dir, tmp_path):
+    """`videoktr train --config configs/<method>-7b.yaml --dynamic-sampling ...` on Video-R1-format rows, every
+    step a video, an image and a text prompt, under the recipe's bf16 and gradient checkpointing; the tiny model
+    scores 0 on every row, so every group is constant: each step runs the cap's 2 generation batches and reports its
+    3 groups unfilled; the rollout log records the steps (VPPO: its token filter as the "visual" selection)."""
+    import json
+
+    from videoktr.analysis.rollouts import load_rollouts
+    from videoktr.cli import main
+
+    data, root = mixed_data
+    out = tmp_path / "run"
+    code = main(["train", "--config", f"configs/{method}-7b.yaml", "--model", str(tiny_dir), "--data", str(data),
+                 "--data-root", str(root), "--output-dir", str(out), "--max-steps", "2", "--prompts-per-step", "3",
+                 "--num-generations", "4", "--max-completion-length", "12", "--save-steps", "1000",
+                 "--no-save-final", "--media-cache", "none", "--max-pixels", str(56 * 56), "--log-rollouts-every",
+                 "1", "--log-rollouts-max", "0", "--dynamic-sampling", "--dynamic-sampling-max-batches", "2"])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["rl"]["method"] == method and config["rl"]["dynamic_sampling"]
+    history = json.loads((out / "log_history.json").read_text())
+    logged = [h for h in history if "dynamic_sampling/generation_batches" in h]
+    assert len(logged) == 2
+    for h in logged:
+        assert h["dynamic_sampling/generation_batches"] == 2 and h["dynamic_sampling/sampled_groups"] == 3
+        assert h["dynamic_sampling/unfilled_groups"] + h["dynamic_sampling/resampled_groups"] == 3 * (
+            1 - h["dynamic_sampling/informative_share"])
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history if "loss" in h)
+    key = "vppo/update_ratio" if method == "vppo" else "papo/perception_kl"
+    assert any(key in h for h in history)
+    records = load_rollouts(out)
+    assert {r["step"] for r in records} == {1, 2}
+    kinds = {"video" if r["videos"] else "image" if r["images"] else "text" for r in records}
+    assert kinds <= {"video", "image", "text"} and records
+
+
+def test_options_from_flags():
+    from videoktr.train.card import card_info
+    from videoktr.train.config import ConfigError, load_config
+
+    config = load_config(overrides={"method": "vppo", "dynamic_sampling": True, "dynamic_sampling_metric": "accuracy",
+                                    "vppo_dependency": "k3"})
+    assert config.rl.method == "vppo" and config.rl.dynamic_sampling_metric == "accuracy"
+    info = card_info(config, "")
+    assert info["options"]["rl"]["vppo_dependency"] == "k3" and info["options"]["rl"]["dynamic_sampling"]
+    assert "vppo_ratio" not in card_info(load_config(overrides={"method": "papo"}), "")["options"]["rl"]
+    for bad in ({"vppo_ratio": 0.0}, {"dynamic_sampling_max_batches": 0}, {"papo_kl_clip": -1.0},
+                {"vppo_dependency": "l2"}, {"method": "dapo"}):
+        with pytest.raises(ConfigError):
+            load_config(overrides=bad)
+
+
+@pytest.fixture(scope="module")
+def world_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("world-cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vppo", "papo"])
+def test_methods_with_dynamic_sampling_run_on_the_default_world(method, world_cache, tmp_path):
+    """`videoktr train --method vppo|papo --dynamic-sampling` on the synthetic world (the default run, tiny)."""
+    import json
+
+    from videoktr.cli import main
+
+    out = tmp_path / "run"
+    code = main(["train", "--model-size", "tiny", "--world-train", "200", "--world-eval", "12", "--world-rl", "8",
+                 "--warmstart-max-steps", "4", "--prompts-per-step", "2", "--num-generations", "2",
+                 "--max-completion-length", "16", "--attribution-rows", "4", "--save-steps", "1",
+                 "--output-dir", str(out), "--cache-dir", str(world_cache), "--max-steps", "1", "--method", method,
+                 "--dynamic-sampling", "--dynamic-sampling-max-batches", "2", "--no-save-final"])
+    assert code == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["steps"] == 1 and report["method"] == method
+    history = json.loads((out / "log_history.json").read_text())
+    logged = [h for h in history if "dynamic_sampling/generation_batches" in h]
+    assert len(logged) == 1 and 1 <= logged[0]["dynamic_sampling/generation_batches"] <= 2
+    assert any(("vppo/update_ratio" if method == "vppo" else "papo/perception_kl") in h for h in history)
+
+
+def test_training_summary_reports_vppo_papo_and_dynamic_sampling():
+    from videoktr.train.run import training_summary
+
+    history = [{"reward": 1.0, "vppo/update_ratio": 0.4, "papo/perception_kl": 0.1,
+                "dynamic_sampling/resampled_groups": 2.0, "dynamic_sampling/unfilled_groups": 0.0,
+                "dynamic_sampling/informative_share": 0.5, "dynamic_sampling/sampled_groups": 3.0,
+                "dynamic_sampling/generation_batches": 2.0},
+               {"reward": 2.0, "vppo/update_ratio": 0.6, "papo/perception_kl": 0.3,
+                "dynamic_sampling/resampled_groups": 0.0, "dynamic_sampling/unfilled_groups": 1.0,
+                "dynamic_sampling/informative_share": 0.0, "dynamic_sampling/sampled_groups": 3.0,
+                "dynamic_sampling/generation_batches": 3.0}]
+    vppo = training_summary(history, "vppo")
+    assert vppo["mean_update_ratio"] == pytest.approx(0.5) and "mean_perception_kl" not in vppo
+    assert vppo["dynamic_sampling"] == {"informative_share": 0.25, "resampled_groups": 1.0, "sampled_groups": 3.0,
+                                        "generation_batches": 2.5, "unfilled_groups": 0.5}
+    papo = training_summary(history, "papo")
+    assert papo["mean_perception_kl"] == pytest.approx(0.2) and "mean_update_ratio" not in papo
+    assert "dynamic_sampling" not in training_summary([{"reward": 1.0}], "grpo")

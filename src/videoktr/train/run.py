@@ -548,7 +548,8 @@ def train_and_record(config: TrainConfig, trainer, out: Path, accuracy_key: str,
 def training_summary(history: list[dict], method: str, window: int = 10) -> dict:
     """The report's training statistics from the whole log history (a resumed run's history includes the
     steps of earlier invocations): rewards at the start and the end (means over `window` logged steps), the
-    learning signal, step time, and for the masking methods the update ratio."""
+    learning signal, step time, for the masking methods (and VPPO) the update ratio, for PAPO its perception KL,
+    and with dynamic sampling the mean counts it logged per step."""
     steps = [h for h in history if "reward" in h]
 
     def mean(key, rows=steps):
@@ -565,6 +566,13 @@ def training_summary(history: list[dict], method: str, window: int = 10) -> dict
     if method in ("ktr", "entropy"):
         out["mean_update_ratio"] = mean("ktr/update_ratio")
         out["mean_attributed_share"] = mean("ktr/attributed_share")
+    if method == "vppo":
+        out["mean_update_ratio"] = mean("vppo/update_ratio")
+    if method == "papo":
+        out["mean_perception_kl"] = mean("papo/perception_kl")
+    if any("dynamic_sampling/resampled_groups" in h for h in steps):  # rl.dynamic_sampling: per logged step
+        out["dynamic_sampling"] = {name: mean(f"dynamic_sampling/{name}") for name in (
+            "informative_share", "resampled_groups", "sampled_groups", "generation_batches", "unfilled_groups")}
     return out
 
 

@@ -196,7 +196,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.perception_options = perception or PerceptionOptions()
         self.dynamic_sampling = dynamic_sampling or DynamicSamplingOptions()
         if self.dynamic_sampling.metric not in ("reward", "accuracy"):
-            raise ValueError(f"dynamic sampling metric must be 'reward' or 'accuracy', got {self.dynamic_sampling.metric!r}")
+            raise ValueError("dynamic sampling metric must be 'reward' or 'accuracy', "
+                             f"got {self.dynamic_sampling.metric!r}")
         # fresh prompts of dynamic sampling: the run's seed, a stream of its own per process
         self._resample_generator = torch.Generator().manual_seed(seed + 1000 * self.accelerator.process_index + 13)
         self._local_rewards: torch.Tensor | None = None  # this process's rows' rewards [B, F] of the last rollout
@@ -434,7 +435,9 @@ class VideoGRPOTrainer(GRPOTrainer):
             sampled_groups += need_all
         picks, unfilled = fill_from_rounds(informative, n_groups)
         merged = merge_rollouts(rounds, picks, G, self._tokenizer.pad_token_id)
-        loss_mask = merged["completion_mask"] * merged["tool_mask"] if "tool_mask" in merged else merged["completion_mask"]
+        loss_mask = merged["completion_mask"]
+        if "tool_mask" in merged:
+            loss_mask = loss_mask * merged["tool_mask"]
         merged["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()  # every process, every step
         rows = [r for r_idx, g in picks for r in round_inputs[r_idx][g * G : (g + 1) * G]]
         if all(x is not None for x in rewards):

@@ -373,17 +373,17 @@ class Clock:
     def __init__(self, sync=None):
         self.seconds: dict[tuple[str, int], list[float]] = {}
         self.sync = sync or (lambda: None)
+        self.current = "step_rest"  # the part being measured now (`PassMeter` charges operators to it)
 
     @contextlib.contextmanager
     def part(self, name: str, step: int):
-        from torch.autograd.profiler import record_function
-
         self.sync()
         wall, cpu = time.perf_counter(), time.process_time()
+        outer, self.current = self.current, name
         try:
-            with record_function(f"bench::{name}"):  # a range in a profile (`lm_head_shares`)
-                yield
+            yield
         finally:
+            self.current = outer
             self.sync()
             acc = self.seconds.setdefault((name, step), [0.0, 0.0])
             acc[0] += time.perf_counter() - wall
@@ -657,13 +657,12 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
     base_kib = vm_kib("VmRSS")
     shares = None
     if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as torch_profile
+        from videoktr.models.lora import base_model
 
-        with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
+        core = base_model(trainer.accelerator.unwrap_model(trainer.model))
+        with pass_meter(int(core.get_output_embeddings().weight.shape[0]), lambda: measured.clock.current) as meter:
             trainer.train()
-        core = trainer.accelerator.unwrap_model(trainer.model)
-        shares = lm_head_shares(prof.events(), int(core.get_output_embeddings().weight.shape[0]))
+        shares = meter.report()
     else:
         trainer.train()
     total = warmup + steps
@@ -681,56 +680,72 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
             "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(), "lm_head_shares": shares}
 
 
-def lm_head_shares(events, vocab: int) -> dict:
-    """From a profile of training steps: per pass, the self CPU seconds of its operators and the part of them in
-    operators on vocabulary-sized tensors (a last dimension of V, or a matrix of V rows: the LM head's matmuls,
-    forward and backward, and the full-vocabulary softmax / log-softmax / entropy; where another tensor happens
-    to have V rows, e.g. the small model's 1024 video tokens at 16 frames, it is counted too), and the
-    floating-point operations (`flops`, with the head's part
-    `lm_head_flops`): matmuls as torch's profiler counts them, plus scaled-dot-product attention estimated from
-    its shapes (4 B H L S D forward, twice that backward), which the profiler does not count on CPU. FLOPs do not
-    depend on the machine's load: their ratios are the same in every run. Passes: `sampling` (generation),
-    `weights` (the token-weights pass: attribution), `step_rest` (the rest of the optimizer steps: the policy
-    pass forward and backward, rewards, optimizer)."""
-    def in_range(event) -> str:
-        e = event
-        while e is not None:
-            if e.name.startswith("bench::"):
-                return e.name[len("bench::"):]
-            e = e.cpu_parent
-        return "step_rest"
+def pass_meter(vocab: int, current):
+    """A dispatch mode that charges every aten operator (forward and backward) to the pass `current()` names and,
+    when it touches a vocabulary-sized tensor, to the LM head: its thread CPU seconds and its floating-point
+    operations (torch's FLOP formulas for matmuls and attention, CPU scaled-dot-product attention added). Keeps
+    sums only (a profiler's event list of a paper-shape step outgrows the machine's memory). `report()` gives, per
+    pass and for all, self CPU seconds, FLOPs and the LM head's share of each. A tensor touches the vocabulary
+    when its last dimension is V or it is a matrix of V rows (the head's weight, its gradient); where another
+    tensor happens to have V rows it is counted too (e.g. the small model's 1024 video tokens at 16 frames)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
-    def shapes(event) -> list:
-        return [s for s in (event.input_shapes or []) if isinstance(s, (list, tuple))]
+    aten = torch.ops.aten
+    cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: "forward",
+                aten._scaled_dot_product_flash_attention_for_cpu_backward: "backward"}
 
-    def touches_vocab(event) -> bool:  # logits [..., V]; the head's weight [V, H] (or [H, V]); gradients [V, N]
-        return any(shape and (shape[-1] == vocab or (len(shape) == 2 and shape[0] == vocab))
-                   for shape in shapes(event))
+    def shapes_of(args, kwargs) -> list:
+        out = []
+        for a in list(args) + list(kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                out.append(tuple(a.shape))
+            elif isinstance(a, (list, tuple)):
+                out += [tuple(t.shape) for t in a if isinstance(t, torch.Tensor)]
+        return out
 
-    def flops(event) -> float:
-        if event.name in ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product_flash_attention_for_cpu_backward"):
-            q, k = (shapes(event) + [[], []])[:2]
-            if len(q) == 4 and len(k) == 4:  # [B, H, L, D], [B, Hk, S, D]
-                forward = 4 * q[0] * q[1] * q[2] * k[2] * q[3]
-                return forward * (2 if "backward" in event.name else 1)
+    def flops(func, args, kwargs, out) -> float:
+        packet = func.overloadpacket
+        try:
+            if packet in cpu_sdpa:
+                if cpu_sdpa[packet] == "forward":
+                    return sdpa_flop_count(args[0].shape, args[1].shape, args[2].shape)
+                return sdpa_backward_flop_count(args[0].shape, args[1].shape, args[2].shape, args[3].shape)
+            if packet in flop_registry:
+                return flop_registry[packet](*args, **kwargs, out_val=out)
+        except Exception:  # a formula that does not fit this call's arguments: not counted
             return 0.0
-        return float(event.flops or 0)
+        return 0.0
 
-    totals: dict[str, list[float]] = {}
-    for event in events:
-        if event.name.startswith("bench::"):
-            continue
-        acc = totals.setdefault(in_range(event), [0.0, 0.0, 0.0, 0.0])
-        seconds, f, head = event.self_cpu_time_total / 1e6, flops(event), touches_vocab(event)
-        acc[0] += seconds
-        acc[2] += f
-        if head:
-            acc[1] += seconds
-            acc[3] += f
-    totals["all"] = [sum(v[i] for v in totals.values()) for i in range(4)]
-    return {name: {"self_cpu_s": t, "lm_head_s": h, "lm_head_share": h / t if t else 0.0, "flops": f,
-                   "lm_head_flops": hf, "lm_head_flop_share": hf / f if f else 0.0}
-            for name, (t, h, f, hf) in totals.items()}
+    class PassMeter(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.totals: dict[str, list[float]] = {}
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            start = time.thread_time()
+            out = func(*args, **kwargs)
+            seconds = time.thread_time() - start
+            f = flops(func, args, kwargs, out)
+            head = any(s and (s[-1] == vocab or (len(s) == 2 and s[0] == vocab)) for s in shapes_of(args, kwargs))
+            acc = self.totals.setdefault(current(), [0.0, 0.0, 0.0, 0.0])
+            acc[0] += seconds
+            acc[2] += f
+            if head:
+                acc[1] += seconds
+                acc[3] += f
+            return out
+
+        def report(self) -> dict:
+            totals = dict(self.totals)
+            totals["all"] = [sum(v[i] for v in self.totals.values()) for i in range(4)]
+            return {name: {"self_cpu_s": t, "lm_head_s": h, "lm_head_share": h / t if t else 0.0, "flops": f,
+                           "lm_head_flops": hf, "lm_head_flop_share": hf / f if f else 0.0}
+                    for name, (t, h, f, hf) in totals.items()}
+
+    return PassMeter()
 
 
 def equivalence(shape: Shape, model_dir: Path, clips: list[Path]) -> dict:
@@ -907,6 +922,8 @@ def markdown(results: dict) -> str:
                      "tokens sampled (+ T-GRPO's shuffled) / trained per step | "
                      "encoder calls/step (videos): training, sampling |")
         lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        if not entry["modes"]:
+            lines = lines[:-4] + [lines[-4].replace(f"{entry['rounds']} rounds", "profile only, 0 rounds")]
         for mode, r in entry["modes"].items():
             q = entry["ratios"][mode]
             lines.append(
@@ -922,16 +939,18 @@ def markdown(results: dict) -> str:
                 f"{r['encoder_calls_per_step']:g} ({r['videos_encoded_per_step']:g}), "
                 f"{r['generation_encoder_calls_per_step']:g} ({r['generation_videos_encoded_per_step']:g}) |")
         if entry.get("lm_head_shares"):
-            lines.append("\nProfiled (1 warm-up + 1 step per mode, torch profiler): per pass, self CPU seconds and "
-                         "FLOPs, and the LM head's share of each (operators on vocabulary-sized tensors)\n")
-            lines.append("| mode | pass | self CPU s | LM head share | TFLOP | LM head share of FLOPs |")
+            lines.append("\nProfiled (1 warm-up + 1 step per mode, `pass_meter`): per pass, its operators' CPU "
+                         "seconds and FLOPs, and the LM head's share of each (operators on vocabulary-sized "
+                         "tensors; the meter's own overhead is not in the seconds)\n")
+            lines.append("| mode | pass | CPU s | LM head share | GFLOP | LM head share of FLOPs |")
             lines.append("|---|---|---|---|---|---|")
             for mode, shares in entry["lm_head_shares"].items():
                 for k, v in shares.items():
                     lines.append(f"| {mode} | {k} | {v['self_cpu_s']:.2f} | {v['lm_head_share']:.1%} | "
-                                 f"{v['flops'] / 1e12:.3f} | {v['lm_head_flop_share']:.1%} |")
+                                 f"{v['flops'] / 1e9:.1f} | {v['lm_head_flop_share']:.1%} |")
             if entry.get("flop_ratio"):
-                lines.append(f"\nktr / grpo FLOPs over the profiled steps: {entry['flop_ratio']['all']:.3f}")
+                lines.append(f"\nktr / grpo FLOPs over the profiled steps: {entry['flop_ratio']['all']:.3f} "
+                             f"({entry['flop_ratio']['without_sampling']:.3f} without sampling)")
         if entry.get("same_tokens") is not None:
             lines.append(f"\nSame tokens in every mode and round: "
                          f"{'yes' if not entry['same_tokens'] else 'NO: ' + '; '.join(entry['same_tokens'][:5])}")
@@ -949,7 +968,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per process (default: $OMP_NUM_THREADS, else 2)")
     parser.add_argument("--profile", action="store_true",
-                        help="also profile 1+1 steps of grpo and ktr per shape: the LM head's share of each pass")
+                        help="also meter 1+1 steps of grpo and ktr per shape: CPU seconds and FLOPs per pass, the LM "
+                             "head's share of each, ktr / grpo FLOPs (--rounds 0: only this)")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (the test's configuration)")
     parser.add_argument("--work-dir", default="", help="where the model and clips are written (default: a temp dir)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "cost.json"))
@@ -976,9 +996,10 @@ def main() -> None:
             print(json.dumps(child(task["mode"], shape, Path(task["model"]), clips, task["steps"], task["warmup"],
                                    task.get("profile", False))))
         return
-    for option in ("steps", "rounds"):
-        if getattr(args, option) < 1:
-            parser.error(f"--{option} must be >= 1")
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
+    if args.rounds < (0 if args.profile else 1):
+        parser.error("--rounds must be >= 1 (0 with --profile: the profile only)")
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
 
@@ -1017,9 +1038,10 @@ def main() -> None:
                       + f" s, peak {out['peak_bytes'] / 2**20:.0f} MiB, tokens sampled "
                       + " ".join(str(s["tokens_sampled"] + s["extra_tokens_sampled"]) for s in out["steps"]), flush=True)
         entry = {"shape": dataclasses.asdict(shape), "rounds": args.rounds, "steps": args.steps,
-                 "warmup": args.warmup, "runs": runs}
-        entry["modes"], entry["ratios"] = summarise(runs)
-        if shape.rollouts == "fixed":
+                 "warmup": args.warmup, "runs": runs, "modes": {}, "ratios": {}, "same_tokens": None}
+        if args.rounds:
+            entry["modes"], entry["ratios"] = summarise(runs)
+        if shape.rollouts == "fixed" and args.rounds:
             entry["same_tokens"] = same_tokens_problems(runs)
             if entry["same_tokens"]:
                 failed.append(name)
@@ -1027,7 +1049,7 @@ def main() -> None:
                       + "\n  ".join(entry["same_tokens"][:20]), flush=True)
         else:
             entry["same_tokens"] = None  # real sampling: each mode samples from its own policy
-        if "official" in modes and shape.rollouts == "fixed":
+        if "official" in modes and shape.rollouts == "fixed" and args.rounds:
             entry["equivalence"] = run_child({**base, "mode": "equivalence"}, threads)
             print(f"           official vs ktr on one rollout: {entry['equivalence']}", flush=True)
         if args.profile:
@@ -1037,11 +1059,14 @@ def main() -> None:
                 entry["lm_head_shares"][mode] = prof["lm_head_shares"]
                 print(f"           {mode} per pass: LM-head share of self CPU time (of FLOPs): " + ", ".join(
                     f"{k} {v['lm_head_share']:.1%} of {v['self_cpu_s']:.1f} s ({v['lm_head_flop_share']:.1%} of "
-                    f"{v['flops'] / 1e12:.3f} TFLOP)" for k, v in prof["lm_head_shares"].items()), flush=True)
+                    f"{v['flops'] / 1e9:.1f} GFLOP)" for k, v in prof["lm_head_shares"].items()), flush=True)
             shares = entry["lm_head_shares"]
             if "grpo" in shares and "ktr" in shares:
-                entry["flop_ratio"] = {k: shares["ktr"][k]["flops"] / shares["grpo"][k]["flops"]
-                                       for k in ("all",) if shares["grpo"][k]["flops"]}
+                def without_sampling(mode):
+                    return shares[mode]["all"]["flops"] - shares[mode].get("sampling", {}).get("flops", 0.0)
+
+                entry["flop_ratio"] = {"all": shares["ktr"]["all"]["flops"] / max(1.0, shares["grpo"]["all"]["flops"]),
+                                       "without_sampling": without_sampling("ktr") / max(1.0, without_sampling("grpo"))}
                 print(f"           ktr / grpo FLOPs over the profiled steps: {entry['flop_ratio']}", flush=True)
         results["shapes"][name] = entry
     results["seconds"] = time.time() - start
@@ -1058,7 +1083,7 @@ def main() -> None:
     headline = next((results["shapes"][k] for k in ("paper-16", "quick") if k in results["shapes"]), None)
     if headline is None:
         headline = next(iter(results["shapes"].values()))
-    if "ktr" in headline["ratios"]:
+    if "ktr" in headline["ratios"] and "grpo" in headline["ratios"]:
         r = headline["ratios"]["ktr"]
         print(f"step_time_ratio={r['cpu_s']['median']:.3f} peak_memory_ratio={r['peak_memory']['median']:.3f} "
               f"training_time_ratio={r['training_cpu_s']['median']:.3f} "

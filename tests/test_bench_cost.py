@@ -189,33 +189,33 @@ def _model_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_lm_head_shares_splits_passes_and_vocabulary_ops(cost):
-    """Operators are charged to the bench range they ran in (the rest of the step otherwise), and those on a
-    vocabulary-sized tensor to the LM head."""
+def test_pass_meter_splits_passes_and_vocabulary_ops(cost):
+    """Operators are charged to the pass running when they run (the rest of the step otherwise), and those on a
+    vocabulary-sized tensor to the LM head; FLOPs by torch's formulas (backward included) and CPU attention's."""
     import torch
-    from torch.autograd.profiler import record_function
-    from torch.profiler import ProfilerActivity, profile
 
     vocab, hidden = 997, 64
-    head = torch.randn(vocab, hidden)
+    head = torch.randn(vocab, hidden, requires_grad=True)
     x = torch.randn(256, hidden)
     q = torch.randn(1, 2, 16, 8)
-    with profile(activities=[ProfilerActivity.CPU], record_shapes=True, with_flops=True) as prof:
-        with record_function("bench::weights"):
+    clock = cost.Clock()
+    with cost.pass_meter(vocab, lambda: clock.current) as meter:
+        with clock.part("weights", 0):
             for _ in range(20):
                 torch.log_softmax(x @ head.T, -1)
                 x @ torch.randn(hidden, hidden)
         for _ in range(20):
             x @ torch.randn(hidden, hidden)
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
-    shares = cost.lm_head_shares(prof.events(), vocab)
+        (x @ head.T).sum().backward()  # the head's backward: its weight's gradient [V, H]
+    shares = meter.report()
     assert set(shares) == {"weights", "step_rest", "all"}
     assert shares["weights"]["lm_head_share"] > 0.5  # the head's matmul and log-softmax dominate that range
-    assert shares["step_rest"]["lm_head_s"] == 0.0
     assert shares["all"]["self_cpu_s"] == pytest.approx(shares["weights"]["self_cpu_s"]
                                                         + shares["step_rest"]["self_cpu_s"])
-    # FLOPs: 2 m n k per matmul; attention 4 B H L S D
-    head_flops, square = 20 * 2 * 256 * hidden * vocab, 2 * 256 * hidden * hidden
-    assert shares["weights"]["lm_head_flops"] == head_flops
-    assert shares["weights"]["flops"] == head_flops + 20 * square
-    assert shares["step_rest"]["flops"] == 20 * square + 4 * 2 * 16 * 16 * 8
+    # FLOPs: 2 m n k per matmul; attention 4 B H L S D; the backward's weight gradient 2 V N H
+    head_flops, square = 2 * 256 * hidden * vocab, 2 * 256 * hidden * hidden
+    assert shares["weights"]["lm_head_flops"] == 20 * head_flops
+    assert shares["weights"]["flops"] == 20 * head_flops + 20 * square
+    assert shares["step_rest"]["lm_head_flops"] == 2 * head_flops
+    assert shares["step_rest"]["flops"] == 2 * head_flops + 20 * square + 4 * 2 * 16 * 16 * 8

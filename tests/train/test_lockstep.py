@@ -3,7 +3,8 @@ has only video prompts, the other image prompts (and, under DDP, text-only promp
 advantage.
 Every method trains 2 steps without a hang (bounded by a timeout), with gradient checkpointing on (DDP then
 expects every parameter to get a gradient), and each process's token weights equal one process's on the same
-rollouts."""
+rollouts. "grpo+ds" is GRPO with dynamic sampling: rank 1's groups are all constant, so it resamples until the cap
+while rank 0, which may need fewer groups, must join every round."""
 
 from __future__ import annotations
 

@@ -350,3 +350,21 @@ def test_training_summary_reports_vppo_papo_and_dynamic_sampling():
     papo = training_summary(history, "papo")
     assert papo["mean_perception_kl"] == pytest.approx(0.2) and "mean_update_ratio" not in papo
     assert "dynamic_sampling" not in training_summary([{"reward": 1.0}], "grpo")
+
+
+def test_key_token_mask_of_a_dynamically_sampled_batch_equals_the_reference_path(tiny_dir, clip_rows, tmp_path):
+    """Video-KTR with dynamic sampling: the mask is computed once over the merged batch (groups from several
+    generation rounds), and equals the reference path's on it."""
+    from builders import reference_key_token_weights
+
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, method="ktr", reward=only_clip3_varies,
+                           gradient_checkpointing=True,
+                           trainer_kwargs={"dynamic_sampling": DynamicSamplingOptions(True, "reward", 30)})
+    trainer.model.train()
+    raw = next(iter(trainer.get_train_dataloader()))
+    state = trainer._attr_generator.get_state()
+    batch = trainer._generate_and_score_completions(raw)
+    assert trainer._metrics["train"]["dynamic_sampling/resampled_groups"][-1] >= 1
+    assert all(r.key.endswith("clip3.mp4") for r in batch["videos"])
+    reference = reference_key_token_weights(trainer, batch, state, tiny_dir)
+    assert torch.equal(batch["token_weights"], reference) and batch["token_weights"].sum() > 0

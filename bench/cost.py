@@ -93,8 +93,8 @@ def shapes(frames: list[int], quick: bool) -> dict[str, Shape]:
         out[f"paper-{f}"] = Shape(f"paper-{f}", 1, 8, f, 224, 448, 256, 768)
     out["generate"] = Shape("generate", 4, 8, 8, 56, 56, 16, 16, rollouts="generate")
     # Qwen2.5-VL-7B's widths, heads and vocabulary with 2 LM layers and 2 vision blocks, LoRA r=64 (full training
-    # of its 1.1B-parameter embedding and head would need 17 GB of AdamW state), short sequences: 4 frames of
-    # 112x112 (32 video tokens), G=4, responses of 16-32 tokens
+    # of its 1.1B-parameter embedding and head would add 13 GB of fp32 gradients and AdamW states to the 6 GB of
+    # weights), short sequences: 4 frames of 112x112 (32 video tokens), G=4, responses of 16-32 tokens
     out["7b-prop"] = Shape("7b-prop", 1, 4, 4, 112, 112, 16, 32, model="7b-prop", optional=True, lora_r=64)
     return out
 

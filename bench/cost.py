@@ -95,8 +95,8 @@ def shapes(frames: list[int], quick: bool) -> dict[str, Shape]:
         out[f"paper-{f}"] = Shape(f"paper-{f}", 1, 8, f, 224, 448, 256, 768)
     out["generate"] = Shape("generate", 4, 8, 8, 56, 56, 16, 16, rollouts="generate")
     # Qwen2.5-VL-7B's widths, heads and vocabulary with 2 LM layers and 2 vision blocks, LoRA r=64 (full training
-    # of its 1.1B-parameter embedding and head would need 17 GB of AdamW state), short sequences: 4 frames of
-    # 112x112 (32 video tokens), G=4, responses of 16-32 tokens
+    # of its 1.1B-parameter embedding and head would add 13 GB of fp32 gradients and AdamW states to the 6 GB of
+    # weights), short sequences: 4 frames of 112x112 (32 video tokens), G=4, responses of 16-32 tokens
     out["7b-prop"] = Shape("7b-prop", 1, 4, 4, 112, 112, 16, 32, model="7b-prop", optional=True, lora_r=64)
     return out
 
@@ -660,7 +660,8 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
         from videoktr.models.lora import base_model
 
         core = base_model(trainer.accelerator.unwrap_model(trainer.model))
-        with pass_meter(int(core.get_output_embeddings().weight.shape[0]), lambda: measured.clock.current) as meter:
+        head = core.get_output_embeddings().weight
+        with pass_meter(int(head.shape[0]), lambda: measured.clock.current, head_weight=head) as meter:
             trainer.train()
         shares = meter.report()
     else:
@@ -680,30 +681,43 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
             "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(), "lm_head_shares": shares}
 
 
-def pass_meter(vocab: int, current):
+def pass_meter(vocab: int, current, head_weight=None):
     """A dispatch mode that charges every aten operator (forward and backward) to the pass `current()` names and,
     when it touches a vocabulary-sized tensor, to the LM head: its thread CPU seconds and its floating-point
     operations (torch's FLOP formulas for matmuls and attention, CPU scaled-dot-product attention added). Keeps
     sums only (a profiler's event list of a paper-shape step outgrows the machine's memory). `report()` gives, per
-    pass and for all, self CPU seconds, FLOPs and the LM head's share of each. A tensor touches the vocabulary
-    when its last dimension is V or it is a matrix of V rows (the head's weight, its gradient); where another
-    tensor happens to have V rows it is counted too (e.g. the small model's 1024 video tokens at 16 frames)."""
+    pass and for all, self CPU seconds, FLOPs and the LM head's share of each. An operator is the head's when an
+    operand is (a slice of) `head_weight`, or has a last dimension of V or of one of TRL's fused head's
+    vocabulary tiles (its policy pass projects [tokens, 32768] tiles), or is a matrix of V rows (the head's
+    gradient); where another tensor happens to have such a size it is counted too (e.g. the small model's 1024
+    video tokens at 16 frames)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
     aten = torch.ops.aten
+    widths = {vocab}
+    try:  # TRL's fused LM head (the policy pass) projects the vocabulary in tiles of this many columns
+        from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE as tile
+    except ImportError:
+        tile = 0
+    if tile and vocab > tile:
+        widths |= {tile, vocab % tile} - {0}
+    head_storage = None if head_weight is None else head_weight.untyped_storage().data_ptr()
+
+    def is_head(args, kwargs) -> bool:
+        for a in list(args) + list(kwargs.values()):
+            for t in (a if isinstance(a, (list, tuple)) else [a]):
+                if isinstance(t, torch.Tensor):
+                    shape = tuple(t.shape)
+                    if shape and (shape[-1] in widths or (len(shape) == 2 and shape[0] == vocab)):
+                        return True
+                    if head_storage is not None and t.untyped_storage().data_ptr() == head_storage:
+                        return True
+        return False
+
     cpu_sdpa = {aten._scaled_dot_product_flash_attention_for_cpu: "forward",
                 aten._scaled_dot_product_flash_attention_for_cpu_backward: "backward"}
-
-    def shapes_of(args, kwargs) -> list:
-        out = []
-        for a in list(args) + list(kwargs.values()):
-            if isinstance(a, torch.Tensor):
-                out.append(tuple(a.shape))
-            elif isinstance(a, (list, tuple)):
-                out += [tuple(t.shape) for t in a if isinstance(t, torch.Tensor)]
-        return out
 
     def flops(func, args, kwargs, out) -> float:
         packet = func.overloadpacket
@@ -729,7 +743,7 @@ def pass_meter(vocab: int, current):
             out = func(*args, **kwargs)
             seconds = time.thread_time() - start
             f = flops(func, args, kwargs, out)
-            head = any(s and (s[-1] == vocab or (len(s) == 2 and s[0] == vocab)) for s in shapes_of(args, kwargs))
+            head = is_head(args, kwargs)
             acc = self.totals.setdefault(current(), [0.0, 0.0, 0.0, 0.0])
             acc[0] += seconds
             acc[2] += f

@@ -199,7 +199,7 @@ def test_pass_meter_splits_passes_and_vocabulary_ops(cost):
     x = torch.randn(256, hidden)
     q = torch.randn(1, 2, 16, 8)
     clock = cost.Clock()
-    with cost.pass_meter(vocab, lambda: clock.current) as meter:
+    with cost.pass_meter(vocab, lambda: clock.current, head_weight=head) as meter:
         with clock.part("weights", 0):
             for _ in range(20):
                 torch.log_softmax(x @ head.T, -1)
@@ -208,6 +208,7 @@ def test_pass_meter_splits_passes_and_vocabulary_ops(cost):
             x @ torch.randn(hidden, hidden)
         torch.nn.functional.scaled_dot_product_attention(q, q, q)
         (x @ head.T).sum().backward()  # the head's backward: its weight's gradient [V, H]
+        x @ head[:100].T  # a tile of the head's rows (TRL's fused head): its storage is the head's
     shares = meter.report()
     assert set(shares) == {"weights", "step_rest", "all"}
     assert shares["weights"]["lm_head_share"] > 0.5  # the head's matmul and log-softmax dominate that range
@@ -217,5 +218,6 @@ def test_pass_meter_splits_passes_and_vocabulary_ops(cost):
     head_flops, square = 2 * 256 * hidden * vocab, 2 * 256 * hidden * hidden
     assert shares["weights"]["lm_head_flops"] == 20 * head_flops
     assert shares["weights"]["flops"] == 20 * head_flops + 20 * square
-    assert shares["step_rest"]["lm_head_flops"] == 2 * head_flops
-    assert shares["step_rest"]["flops"] == 2 * head_flops + 20 * square + 4 * 2 * 16 * 16 * 8
+    tile_flops = 2 * 256 * hidden * 100
+    assert shares["step_rest"]["lm_head_flops"] == 2 * head_flops + tile_flops
+    assert shares["step_rest"]["flops"] == 2 * head_flops + tile_flops + 20 * square + 4 * 2 * 16 * 16 * 8

@@ -593,7 +593,9 @@ class Instrumented:
             return out
 
         trainer._generate_and_score_completions = rollouts
-        original_weights = trainer._rollout_weights
+        # the token-weights pass: _rollout_weights, or for vppo _vppo_weights (its weights and advantage factors)
+        weights_name = "_vppo_weights" if trainer.method == "vppo" else "_rollout_weights"
+        original_weights = getattr(trainer, weights_name)
 
         def weights(batch):
             if len(self.batches) < self.keep_batches:
@@ -601,7 +603,7 @@ class Instrumented:
             with clock.part("weights", step_now()):
                 return original_weights(batch)
 
-        trainer._rollout_weights = weights
+        setattr(trainer, weights_name, weights)
 
         class StepClock(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):

@@ -5,13 +5,11 @@ under a 7B recipe's settings (gradient checkpointing, bf16), scaled down to the 
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
 from builders import make_trainer, reference_key_token_weights
-from videor1_fixture import IMAGE_INDEX, write_videor1_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 CONTROLS = ("random", "complement", "entropy_matched")
@@ -62,17 +60,6 @@ def test_control_under_bf16_trains_as_many_tokens_as_the_union(tiny_dir, clip_ro
     trainer.train()  # two optimizer steps with the control's weights, checkpointed, in bf16
     assert trainer.state.global_step == 2
 
-
-@pytest.fixture(scope="module")
-def mixed_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mixed")
-    fx = write_videor1_fixture(root)
-    rows = [fx.rows[0], fx.rows[IMAGE_INDEX],
-            {"problem_id": 99, "problem": "What is 2 + 3?", "data_type": "text", "problem_type": "numerical",
-             "solution": "<answer>5</answer>"}]
-    path = root / "mixed.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path, fx.root
 
 
 @pytest.mark.slow

@@ -234,21 +234,6 @@ def test_papo_trains_under_checkpointing_bf16_and_accumulation(tiny_dir, clip_ro
     assert all(h["papo/perception_kl"] >= 0 and h["papo/masked_entropy"] > 0 for h in history)
 
 
-@pytest.fixture(scope="module")
-def mixed_data(tmp_path_factory):
-    import json
-
-    from videor1_fixture import IMAGE_INDEX, write_videor1_fixture
-
-    root = tmp_path_factory.mktemp("mixed")
-    fx = write_videor1_fixture(root)
-    rows = [fx.rows[0], fx.rows[IMAGE_INDEX],
-            {"problem_id": 99, "problem": "What is 2 + 3?", "data_type": "text", "problem_type": "numerical",
-             "solution": "<answer>5</answer>"}]
-    path = root / "mixed.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path, fx.root
-
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["vppo", "papo"])

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from builders import reference_key_token_weights, reference_vppo
-from videor1_fixture import IMAGE_INDEX, write_videor1_fixture
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -30,18 +29,6 @@ VPPO_BF16_AGREEMENT = 0.6
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning")]
 
-
-@pytest.fixture(scope="module")
-def mixed_data(tmp_path_factory):
-    """Three rows, one of each kind: with 3 prompts per step every step holds a video, an image and a text row."""
-    root = tmp_path_factory.mktemp("mixed")
-    fx = write_videor1_fixture(root)
-    rows = [fx.rows[0], fx.rows[IMAGE_INDEX],
-            {"problem_id": 99, "problem": "What is 2 + 3?", "data_type": "text", "problem_type": "numerical",
-             "solution": "<answer>5</answer>"}]
-    path = root / "mixed.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path, fx.root
 
 
 def test_every_recipe_is_in_the_matrix():

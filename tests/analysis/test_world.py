@@ -79,6 +79,7 @@ def test_reference_responses_are_scored_correct(tiny_world, monkeypatch):
     monkeypatch.setattr(A, "generate_responses", lambda *a, **k: [r["process"] + r["solution"] for r in rows])
     acc = A.heldout_accuracy(model, processor, rows, world.root)
     assert acc["overall"]["accuracy"] == 1.0 and acc["overall"]["format"] == 1.0
+    assert acc["per_item_response"] == [r["process"] + r["solution"] for r in rows]  # in row order
 
 
 def test_attribution_quality_returns_every_strategy(tiny_world):

@@ -112,7 +112,8 @@ def heldout_accuracy(model, processor, rows: Sequence[dict], world_dir, batch_si
     {"accuracy", "correct", "n", "ci95": [low, high] (Wilson), "chance" (mean uniform-guess accuracy),
     "format" (share of responses in the <think>/<answer> format)}; `examples`: the first few responses per
     family (problem, response, solution); "per_item": 1/0 correctness per row, in order (for paired
-    comparisons, see `paired_gain`)."""
+    comparisons, see `paired_gain`); "per_item_response": each row's greedy response, in order (what a run's
+    outputs became: bench/study.py's collapse diagnosis)."""
     rows = list(rows)
     responses = generate_responses(model, processor, rows, world_dir, batch_size, max_new_tokens, clips)
     correct = synthetic.accuracy_reward(responses, [r["solution"] for r in rows])
@@ -134,6 +135,7 @@ def heldout_accuracy(model, processor, rows: Sequence[dict], world_dir, batch_si
                         "solution": rows[i]["solution"]}
                        for f, idx in sorted(groups["per_family"].items()) for i in idx[:examples]]
     out["per_item"] = [int(c) for c in correct]
+    out["per_item_response"] = list(responses)
     return out
 
 

@@ -184,14 +184,18 @@ def run_synthetic(config: TrainConfig, clock=None) -> dict:
     print("[5/5] held-out accuracy after RL")
     after = heldout_accuracy(base_model(trainer.model), processor, eval_rows, world_dir, **gen)  # LoRA: adapters on
     before_items, after_items = before.pop("per_item"), after.pop("per_item")
+    before_responses, after_responses = before.pop("per_item_response"), after.pop("per_item_response")
     gain = paired_gain(before_items, after_items)
     if process_state().is_main_process:  # the plot again, with held-out accuracy before and after
         from .checkpoint import write_json_atomic
 
-        # per-clip correctness, for paired comparisons between runs on the same held-out clips (bench/study.py)
+        # per-clip correctness, for paired comparisons between runs on the same held-out clips (bench/study.py),
+        # and the greedy responses themselves (what a collapsed run's outputs became)
         write_json_atomic(out / HELDOUT_ITEMS_NAME, {
             "world": str(world_dir), "families": [r["family"] for r in eval_rows],
-            "kinds": [r["kind"] for r in eval_rows], "before": before_items, "after": after_items})
+            "kinds": [r["kind"] for r in eval_rows], "solutions": [r["solution"] for r in eval_rows],
+            "before": before_items, "after": after_items,
+            "responses_before": before_responses, "responses_after": after_responses})
         plot_history(trainer.state.log_history, out / PLOT_NAME, accuracy_key="rewards/accuracy_reward/mean",
                      heldout=(before["overall"]["accuracy"], after["overall"]["accuracy"]))
     report = {

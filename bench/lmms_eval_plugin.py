@@ -294,8 +294,8 @@ def check_prompts(docs: list[dict]) -> dict:
     qwen3_vl prompt kwargs) it equals `videoktr eval`'s prompt for the same question; for MMVU (where its utils
     import) the options are read and no line of the task's answer-format instruction is left."""
     from videoktr.eval.benchmarks.base import Item
-    from videoktr.eval.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION
-    from videoktr.eval.prompts import build_prompt as evaluator_prompt
+    from videoktr.text.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION
+    from videoktr.text.prompts import build_prompt as evaluator_prompt
     from videoktr.integrations.lmms_eval import PluginSettings, build_prompt
 
     from lmms_eval.tasks.videomme.utils import videomme_doc_to_text

@@ -224,7 +224,7 @@ def test_the_question_format_is_documented_with_an_example_both_loaders_read():
     evaluation questions, each row with its prompt in the styles the page describes."""
     from videoktr.data.videor1 import REQUIRED_FIELDS, build_prompt, load_rows
     from videoktr.eval.benchmarks import get_benchmark
-    from videoktr.eval.prompts import build_prompt as eval_prompt
+    from videoktr.text.prompts import build_prompt as eval_prompt
 
     page = (DOCS / "data.md").read_text(encoding="utf-8")
     example = DOCS / "examples" / "videor1-questions.json"

@@ -25,3 +25,7 @@ of responses), `train` (trainer, configuration, runs), `eval` (benchmarks), `ana
 """
 
 __version__ = "0.1.0"
+
+from . import _moved
+
+_moved.install()  # old import paths of moved modules, for one release (see _moved.MOVED)

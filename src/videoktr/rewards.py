@@ -8,12 +8,12 @@ or conversational lists (`[{"role": "assistant", "content": text}]`), and the da
 Accuracy by `problem_type` (on the content of the LAST complete `<answer>...</answer>`, stripped; a response
 without a complete answer tag scores 0, so does an empty one):
 - multiple choice: exact string equality with the solution's answer ("B" == "B", "B." != "B"), as Video-R1;
-  `mc_mode="tolerant"` reads the option label with `eval.extract.parse_choice` (the evaluation's reader), so
+  `mc_mode="tolerant"` reads the option label with `text.extract.parse_choice` (the evaluation's reader), so
   "B.", "(B)", "B) text", "b", "**B**", "Answer: B" or the option's own text count as "B". `mc_mode="soft"`:
   TW-GRPO's partial credit for multi-answer questions (`soft_choice_score`): both answers are read as sets of
   comma-separated options (spaces removed, case kept); a subset of the true set scores |answer| / |truth|
   ("A,C" against "A,B,C": 2/3; "A" against "A": 1), anything else 0 ("A,D" against "A,B,C": 0).
-- numerical: both parse as numbers (`eval.extract.to_float`: "1,234", "$3", "45%" accepted) and are equal
+- numerical: both parse as numbers (`text.extract.to_float`: "1,234", "$3", "45%" accepted) and are equal
   after rounding to 2 decimals ("3.0" == "3"). `strict_decimals=True` adds Video-R1's extra rule: 0 when
   exactly one of the two is written with a "." or "," (so there "3.0" != "3").
 - OCR: 1 - word error rate (words split on whitespace, case kept, as Video-R1), clipped to [0, 1].
@@ -24,7 +24,7 @@ without a complete answer tag scores 0, so does an empty one):
   (Video-R1's 1e-9 smoothing gives 0 there, even for the exact answer).
 
 Differences from Video-R1's reward code (reasons in the functions): it reads the FIRST `<answer>` tag; we read
-the last, as our evaluation does (`eval.extract`), so training rewards what evaluation scores.
+the last, as our evaluation does (`text.extract`), so training rewards what evaluation scores.
 
 `soft_choice` (registered reward; TW-GRPO's `accuracy_reward`, github.com/longmalongma/TW-GRPO commit aa529ff,
 src/open_r1/grpo.py lines 92-155, used by its scripts/tw-grpo.sh): the soft rule above on multiple-choice rows
@@ -57,8 +57,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from .eval.benchmarks.base import LABELLED_OPTION
-from .eval.extract import parse_choice, to_float
+from .text.item import LABELLED_OPTION
+from .text.extract import parse_choice, to_float
 
 # --------------------------------------------------------------------------------------------- problem types
 

@@ -14,7 +14,7 @@ from videoktr.data import video as video_mod
 from videoktr.data import videor1 as videor1_mod
 from videoktr.data.videor1 import (ROW_REF, DataError, SkippedSample, build_prompt, check_media, load_rows,
                                    load_videor1, resolve_media, validate_row, without_row_ref, write_skipped)
-from videoktr.eval.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION
+from videoktr.text.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_prompt_matches_the_evaluation_prompt_of_the_same_row(fx):
     """Training and evaluation see the same text for choice and number rows (the eval adapter reads the same
     file format)."""
     from videoktr.eval.benchmarks import load_items
-    from videoktr.eval.prompts import build_prompt as eval_prompt
+    from videoktr.text.prompts import build_prompt as eval_prompt
 
     rows, _ = load_rows(fx.data_file)
     items = {it.id: it for it in load_items("videor1", questions=fx.data_file)}

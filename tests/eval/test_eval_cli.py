@@ -421,7 +421,7 @@ def test_a_checkpoint_is_evaluated_under_the_scheme_it_was_trained_with_without_
     qfile.write_text(json.dumps(rows))
     outputs, _ = evaluate(dirs["records_qwen"], "probe", "--rope-positions", "qwen")
     from videoktr.eval.benchmarks import get_benchmark
-    from videoktr.eval.extract import extract
+    from videoktr.text.extract import extract
 
     items = get_benchmark("videor1").load(root, qfile, None)
     qfile.write_text(json.dumps([{**r, "solution": f"<answer>{extract(o, it).value}</answer>"}

@@ -16,7 +16,7 @@ import torch
 
 from videoktr.data.video import write_video
 from videoktr.eval.benchmarks.base import Item
-from videoktr.eval.prompts import build_prompt as evaluator_prompt
+from videoktr.text.prompts import build_prompt as evaluator_prompt
 from videoktr.integrations import lmms_eval as plug
 
 ROOT = Path(__file__).resolve().parents[2]

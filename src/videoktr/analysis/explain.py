@@ -3,7 +3,7 @@ rollouts, as a plain record (rendered to HTML by `analysis.page`, written as JSO
 
 Pipeline (`explain`): decode the video with the evaluator's sampling (`data.video.read_video`: `fps` frames a
 second, at most `frames`, an even count) and pass the frames with their fps metadata to the processor; build the
-user turn as the evaluator does (`eval.prompts`: the reasoning prompt, with "Options:" for a multiple-choice
+user turn as the evaluator does (`text.prompts`: the reasoning prompt, with "Options:" for a multiple-choice
 question) or as the synthetic world trains (the bare question); generate a response (greedy, or sampled with
 `temperature`/`seed`) or take the given one; then score it with `videoktr.attribution.attribute` (all three
 signals, one batched forward) and select the key tokens with `select_key_tokens` (top `ratio` per signal, union),
@@ -18,7 +18,7 @@ training-time rollout log can be rendered with the same page):
   question      the question text as given; prompt*: the full user-turn text sent to the model
   options*      {label: text} of a multiple-choice question
   response      the response text (special tokens skipped)
-  answer*       the answer read from the response (eval.extract), answer_method* the rule that read it
+  answer*       the answer read from the response (text.extract), answer_method* the rule that read it
   tokens        [T] decoded text of each response token (concatenated: the response with special tokens);
                 token_ids [T] ints; special* [T] bools (end-of-turn and other special tokens)
   scores        {"visual", "temporal", "entropy": [T] float or null (null: undefined there, e.g. no video)}
@@ -136,7 +136,7 @@ def check_inputs(model_dir, video, question: str, response: str | None, opts: Ex
     """Validate everything that can be wrong with the user's inputs, before any model is loaded; decode the
     video (the evaluator's sampling) and return its Clip. Raises ExplainInputError naming the option/file."""
     from ..data.video import VideoDecodeError, read_video
-    from ..eval.prompts import ANSWER_SUFFIX
+    from ..text.prompts import ANSWER_SUFFIX
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -205,9 +205,9 @@ def build_item(question: str, options: dict[str, str] | None, answer_type: str |
 
 
 def prompt_text(question: str, options: dict[str, str] | None, style: str, answer_kind: str) -> str:
-    """The user-turn text: "reasoning" = the evaluator's reasoning prompt (`eval.prompts.reasoning_text`),
+    """The user-turn text: "reasoning" = the evaluator's reasoning prompt (`text.prompts.reasoning_text`),
     "plain" = the question (and options) alone, as the synthetic world trains."""
-    from ..eval.prompts import format_question, plain_text, reasoning_text
+    from ..text.prompts import format_question, plain_text, reasoning_text
 
     block = format_question(question, options, ": " if answer_kind == "caption_matching" else ". ")  # as eval's
     return reasoning_text(block, answer_kind) if style == "reasoning" else plain_text(block)
@@ -283,7 +283,7 @@ def explain(model_dir, video, question: str, response: str | None = None,
     import torch
 
     from ..attribution import attribute, select_key_tokens
-    from ..eval.extract import extract
+    from ..text.extract import extract
     from ..models.factory import load_model, load_processor, suppressed_token_ids
     from ..models.positions import loaded_scheme
 
@@ -412,7 +412,7 @@ def add_arguments(parser) -> None:
     """The options of `videoktr explain` (defaults: ExplainOptions)."""
     from dataclasses import fields
 
-    from ..eval.prompts import ANSWER_SUFFIX
+    from ..text.prompts import ANSWER_SUFFIX
     from ..train.config import KTRConfig
 
     # the training config's choices (the same strategies and distances; importing them from core would load torch

@@ -27,7 +27,7 @@ when absent), `data_source` a string, and `ROW_REF` ("_row") holding where the r
 and skip records; `without_row_ref` drops it).
 
 `build_prompt(row)` is the Video-R1 training prompt, built from the same reasoning instruction as evaluation
-(`videoktr.eval.prompts`): the question, "Options:" and one "X. text" a line for multiple choice, then the
+(`videoktr.text.prompts`): the question, "Options:" and one "X. text" a line for multiple choice, then the
 instruction to reason inside <think></think> and answer inside <answer></answer>, with a suffix per type (one
 option letter, a number, an exact transcription, free text).
 """
@@ -42,8 +42,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..eval.extract import to_float
-from ..eval.prompts import format_question, reasoning_text
+from ..text.extract import to_float
+from ..text.prompts import format_question, reasoning_text
 from ..rewards import PROBLEM_TYPES, answer_content, canonical_problem_type, options_map
 
 logger = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ MEDIA_TYPES = ("video", "image")
 ROW_REF = "_row"
 ON_ERROR = ("raise", "skip")
 SKIP_KINDS = ("invalid_row", "missing_media", "undecodable_media")
-# problem_type -> the answer kind of the prompt suffix (keys of eval.prompts.ANSWER_SUFFIX)
+# problem_type -> the answer kind of the prompt suffix (keys of text.prompts.ANSWER_SUFFIX)
 PROMPT_KIND = {"multiple choice": "mc", "numerical": "numeric", "OCR": "ocr", "free-form": "free_form",
                "regression": "regression"}
 

@@ -1,5 +1,4 @@
-"""Evaluation on the paper's benchmarks: adapters (`benchmarks`), prompts, answer extraction (`extract`),
-scoring and reports, a resumable runner and a Hugging Face generator, and the `videoktr eval` command (`cli`).
-
-Importing this package is cheap: torch and transformers are imported only when a model is loaded.
+"""Evaluation on the paper's benchmarks: adapters (`benchmarks`), scoring and reports, a resumable runner, a
+Hugging Face generator and the `videoktr eval` command (`cli`); prompts and answer reading live in `text`.
+May import: text, data, models (never train). Cheap to import: torch and transformers load with a model.
 """

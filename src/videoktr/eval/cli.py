@@ -31,7 +31,7 @@ class UsageError(ValueError):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .benchmarks import BENCHMARKS
-    from .prompts import PROMPT_STYLES
+    from ..text.prompts import PROMPT_STYLES
     from .report import PAPER_TABLE1, PAPER_TABLE3
 
     names = ", ".join(BENCHMARKS)

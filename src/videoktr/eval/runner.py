@@ -33,7 +33,7 @@ from typing import Protocol
 
 from .benchmarks import resolve_media
 from .benchmarks.base import Item
-from .prompts import build_prompt
+from ..text.prompts import build_prompt
 
 # Video-R1's evaluation settings, which the paper follows.
 DEFAULT_MAX_NEW_TOKENS = 1024

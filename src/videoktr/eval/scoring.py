@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
 from .benchmarks.base import Item
-from .extract import extract, to_float
+from ..text.extract import extract, to_float
 
 
 @dataclass

@@ -13,8 +13,8 @@ at the processor's default fps and the temporal positions of its frames collapse
   question plus option lines ("A. ...", "(A) ...", "A: ..."), the task's own direct-answer instructions
   (`ANSWER_INSTRUCTIONS`, e.g. "Answer with the option's letter from the given choices directly.") are dropped,
   and the question, "Options:" and the options are followed by the paper's reasoning instruction and the
-  answer-type suffix (`eval/prompts.py`). `prompt=task` keeps the task's context as it is;
-- reads the answer with `videoktr.eval.extract.extract` (last `<answer>` tag, then answer phrases) and returns it
+  answer-type suffix (`text/prompts.py`). `prompt=task` keeps the task's context as it is;
+- reads the answer with `videoktr.text.extract.extract` (last `<answer>` tag, then answer phrases) and returns it
   to the task (an option letter, yes/no, a number or a short text) so that the task's own parser scores the
   answer rather than the reasoning. An output whose answer cannot be read is returned without its reasoning
   (the text after `</think>`, or nothing when the reasoning was cut off), never the reasoning itself, so that a
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from videoktr.eval.benchmarks.base import Item
-from videoktr.eval.extract import clean_output, extract, last_answer_tag
-from videoktr.eval.prompts import format_question, reasoning_text
+from videoktr.text.item import Item
+from videoktr.text.extract import clean_output, extract, last_answer_tag
+from videoktr.text.prompts import format_question, reasoning_text
 from videoktr.eval.runner import (DEFAULT_FPS, DEFAULT_FRAMES, DEFAULT_MAX_NEW_TOKENS, DEFAULT_MAX_PIXELS,
                                   IMAGE_SUFFIXES, VIDEO_SUFFIXES, media_kind)
 

@@ -4,7 +4,7 @@ that the commands that read the model later prompt it the way it was trained.
     {"prompt": "plain", "method": "ktr", "base_model": "/abs/path/or/hub-id", "data": "..."}
 
 "prompt" is the prompt style of its training rows: "plain" (the bare question, and its options: the synthetic
-world's rows) or "reasoning" (the <think>/<answer> instruction of Video-R1 rows, `eval.prompts.reasoning_text`).
+world's rows) or "reasoning" (the <think>/<answer> instruction of Video-R1 rows, `text.prompts.reasoning_text`).
 `videoktr eval` and `videoktr explain` default to it (`default_prompt`).
 """
 

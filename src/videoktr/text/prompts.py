@@ -21,7 +21,7 @@ The media placeholder (video or image) is not part of the text: the generator pu
 
 from __future__ import annotations
 
-from .benchmarks.base import Item
+from .item import Item
 
 PROMPT_STYLES = ("reasoning", "official", "plain")
 

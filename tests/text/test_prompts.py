@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from videoktr.eval.benchmarks import load_items
-from videoktr.eval.extract import extract
-from videoktr.eval.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION, build_prompt
+from videoktr.text.extract import extract
+from videoktr.text.prompts import ANSWER_SUFFIX, REASONING_INSTRUCTION, build_prompt
 from benchmark_files import SAMPLES as BENCHMARKS  # real question files, sampled (tests/eval/fixtures/benchmarks)
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "eval" / "fixtures"
 
 
 def test_reasoning_prompt_layout():

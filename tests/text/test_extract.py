@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from videoktr.eval.benchmarks import Item, load_items
-from videoktr.eval.extract import (extract, parse_choice, parse_number, parse_text, parse_yes_no,
+from videoktr.text.extract import (extract, parse_choice, parse_number, parse_text, parse_yes_no,
                                    tempcompass_official, videomme_official_letter)
 from videoktr.eval.scoring import judge
 from benchmark_files import SAMPLES as BENCHMARKS  # real question files, sampled (tests/eval/fixtures/benchmarks)

@@ -62,7 +62,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .benchmarks.base import Item
+from .item import Item
 
 # --------------------------------------------------------------------------------------------- plumbing
 

@@ -31,17 +31,9 @@ class _Alias(importlib.abc.Loader):
     def exec_module(self, module):
         old = module.__name__
         warnings.warn(f"{old} moved to {self.new}; the old path will be removed in the next release",
-                      DeprecationWarning, stacklevel=_caller_level())
+                      DeprecationWarning, stacklevel=2)  # warnings skips importlib's frames: the importing line
         # the import system hands out whatever sys.modules holds under the old name once this returns
         sys.modules[old] = importlib.import_module(self.new)
-
-
-def _caller_level() -> int:
-    """The stack level of the first frame outside importlib, so the warning names the importing line."""
-    frame, level = sys._getframe(2), 3
-    while frame is not None and frame.f_code.co_filename.startswith("<frozen importlib"):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class MovedFinder(importlib.abc.MetaPathFinder):

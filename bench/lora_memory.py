@@ -49,7 +49,7 @@ def child(mode: str, model_dir: str, steps: int, rank: int, cache_dir: str) -> N
 
     from videoktr.models.lora import base_model, trainable_parameters
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import world_trainer
+    from videoktr.world.run import world_trainer
 
     torch.set_num_threads(2)
     overrides = {k: (rank if v is None else v) for k, v in MODES[mode].items()}

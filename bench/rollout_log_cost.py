@@ -27,7 +27,7 @@ from pathlib import Path
 def train_once(args) -> tuple[list[float], list[float], list[float]]:
     """One run logging every other step: (step times of logged steps, of unlogged steps, log seconds)."""
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import world_trainer
+    from videoktr.world.run import world_trainer
 
     out = tempfile.mkdtemp(prefix="rolloutlog-")
     config = load_config(overrides={"method": args.method, "max_steps": args.steps, "cache_dir": args.cache_dir,

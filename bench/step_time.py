@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import world_trainer
+    from videoktr.world.run import world_trainer
 
     torch.set_num_threads(2)
     methods = ["grpo"] + [m for m in args.methods if m != "grpo"]

@@ -141,7 +141,7 @@ def shared_overrides(args, world: str) -> dict:
 def prepare_warm_start(args, world: str) -> str:
     """The world's clips and its one warm-started model (cached under the cache dir), built in this process."""
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import prepare_world_and_model
+    from videoktr.world.run import prepare_world_and_model
 
     over = shared_overrides(args, world)
     over["seed"] = args.warmstart_seed
@@ -418,7 +418,7 @@ def paired_seed_test(reference: dict[int, dict], cells: dict[int, dict]) -> dict
 def paired_vs(reference: dict[int, dict], cells: dict[int, dict], family: str | None = None) -> dict | None:
     """Paired test of an arm's held-out correctness after RL against grpo's, same seed, same clips: one test per
     seed, and one pooled over seeds (the per-seed lists concatenated: n = seeds x clips)."""
-    from videoktr.analysis.world import paired_gain
+    from videoktr.world.metrics import paired_gain
 
     per_seed, pooled_ref, pooled_arm = {}, [], []
     for seed, cell in sorted(cells.items()):

@@ -3,7 +3,7 @@
   .venv/bin/python bench/temporal_stability.py [--rows 300] [--seeds 5] [--model DIR]
 
 On the default run's warm-started model (or --model) and the synthetic world's held-out reference responses,
-the temporal score's ROC AUC against the ground-truth order-dependent tokens (analysis.world.attribution_quality)
+the temporal score's ROC AUC against the ground-truth order-dependent tokens (world.metrics.attribution_quality)
 for several temporal perturbations, each with several draw seeds:
   shuffle (paper: one uniformly random non-identity order), derange (every group moves), shuffle averaged over
   K draws (ktr.temporal_samples), reverse (deterministic: one seed).
@@ -50,12 +50,12 @@ def main() -> None:
 
     import torch
 
-    from videoktr.analysis.world import attribution_quality
+    from videoktr.world.metrics import attribution_quality
     from videoktr.attribution import AttributionOptions
-    from videoktr.data import synthetic
+    from videoktr import world as synthetic
     from videoktr.models.factory import load_model, load_processor
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import prepare_world_and_model
+    from videoktr.world.run import prepare_world_and_model
 
     torch.set_num_threads(2)
     config = load_config(overrides={"cache_dir": args.cache_dir, "model": args.model})

@@ -44,10 +44,10 @@ def _cell(threads: int, warmstart_steps: int, rl_steps: int, cache_dir: str, wor
 
     if threads:
         torch.set_num_threads(threads)
-    from videoktr.data import synthetic
+    from videoktr import world as synthetic
     from videoktr.models.factory import load_model, load_processor
     from videoktr.train.config import load_config
-    from videoktr.train.warmstart import response_weights
+    from videoktr.world.warmstart import response_weights
 
     config = load_config(overrides={"cache_dir": cache_dir, "max_steps": rl_steps, "save_steps": 10_000,
                                     "output_dir": str(Path(progress_path).parent / f"rl-{threads}"),
@@ -84,7 +84,7 @@ def _cell(threads: int, warmstart_steps: int, rl_steps: int, cache_dir: str, wor
                                         "warmstart_seconds": time.perf_counter() - start}))
     result["warmstart_steps_per_s"] = warmstart_steps / (time.perf_counter() - start)
     # RL steps through the trainer (rollout sampling, attribution, update), median step time after the first
-    from videoktr.train.world_run import world_trainer
+    from videoktr.world.run import world_trainer
 
     trainer, _, _ = world_trainer(config)
     trainer.train()
@@ -139,7 +139,7 @@ def main() -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import prepare_world_and_model
+    from videoktr.world.run import prepare_world_and_model
 
     world, model_dir = prepare_world_and_model(load_config(overrides={"cache_dir": args.cache_dir}))  # built once
     args.world, args.model_dir = str(world.root), str(model_dir)

@@ -38,7 +38,7 @@ def reference_measures(style: str, rows: int, baseline_train: int, baseline_eval
     """Text-only baseline, reference lengths and token-role shares (no model)."""
     from world_long_cot import text_only_baseline
 
-    from videoktr.data import synthetic as S
+    from videoktr import world as S
     from videoktr.models.factory import DEFAULT_CORPUS, SIZES, train_tokenizer
 
     config = S.world_config(style, seed=seed)
@@ -92,7 +92,7 @@ def rollout_measures(run_dir: Path, budget: int) -> dict:
 
 
 def run_check(args) -> dict:
-    from videoktr.data import synthetic as S
+    from videoktr import world as S
     from videoktr.train.config import load_config
 
     out = Path(args.out)
@@ -136,8 +136,8 @@ def run_check(args) -> dict:
 def check_trainer(config) -> dict:
     """Train (at 1e-12) for config.rl.max_steps on the world's RL prompts; the rollout log is the result."""
     from videoktr.train.run import start_run_dir
-    from videoktr.train.warmstart import read_info
-    from videoktr.train.world_run import world_trainer
+    from videoktr.world.warmstart import read_info
+    from videoktr.world.run import world_trainer
 
     start_run_dir(config)
     trainer, world, model_dir = world_trainer(config)

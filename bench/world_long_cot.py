@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from videoktr.data import synthetic as S
+from videoktr import world as S
 from videoktr.models.factory import DEFAULT_CORPUS, SIZES, train_tokenizer
 
 ROLES = ("vision", "order", "vision_uncond", "order_uncond", "answer")

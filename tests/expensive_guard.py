@@ -21,9 +21,10 @@ def _forbidden(what: str):
 
 
 def forbid_expensive_work(monkeypatch) -> None:
-    from videoktr.data import synthetic, videor1
+    from videoktr import world as synthetic
+    from videoktr.data import videor1
     from videoktr.models import factory
-    from videoktr.train import warmstart, world_run
+    from videoktr.world import run as world_run, warmstart
 
     monkeypatch.setattr(world_run, "prepare_world_and_model", _forbidden("synthetic world / warm start"))
     monkeypatch.setattr(synthetic, "generate_world", _forbidden("synthetic world"))

@@ -57,24 +57,20 @@ def test_train_output_dir_that_is_a_file(tmp_path, capsys, no_expensive_work):
                                  NotADirectoryError(20, "Not a directory", "runs/x/checkpoint-2")])
 def test_train_maps_a_file_in_the_way_to_exit_2(monkeypatch, capsys, exc):
     """If a path error still comes from deeper down (a file created during the run), it is exit 2 naming it."""
-    import videoktr.train.run as run_module
-
-    def run(config):
+    def train(config):
         raise exc
 
-    monkeypatch.setattr(run_module, "run", run)
+    monkeypatch.setattr(cli, "train", train)
     assert main(["train"]) == 2
     err = capsys.readouterr().err
     assert f"error: {exc.filename!r}: {exc.strerror}" in err
 
 
 def test_train_keeps_tracebacks_for_bugs(monkeypatch):
-    import videoktr.train.run as run_module
-
-    def run(config):
+    def train(config):
         raise KeyError("a bug in videoktr")
 
-    monkeypatch.setattr(run_module, "run", run)
+    monkeypatch.setattr(cli, "train", train)
     with pytest.raises(KeyError, match="a bug in videoktr"):
         main(["train"])
 

@@ -252,7 +252,7 @@ def test_docs_speak_of_the_project_only():
 def test_the_readme_names_the_default_worlds_folder():
     """The README's next commands point into the default world's cache folder by name."""
     from videoktr.train.config import load_config
-    from videoktr.train.world_run import world_directory
+    from videoktr.world.run import world_directory
 
     named = set(re.findall(r"\.cache/videoktr/world-[0-9a-f]+", (ROOT / "README.md").read_text(encoding="utf-8")))
     assert named == {str(world_directory(load_config()))}

@@ -18,6 +18,14 @@ import warnings
 MOVED = {
     "videoktr.eval.prompts": "videoktr.text.prompts",
     "videoktr.eval.extract": "videoktr.text.extract",
+    "videoktr.data.synthetic": "videoktr.world",
+    **{f"videoktr.data.synthetic.{name}": f"videoktr.world.{name}"
+       for name in ("config", "labels", "long_cot", "questions", "render", "rewards", "sampled_cot")},
+    "videoktr.data.synthetic.world": "videoktr.world.build",
+    "videoktr.train.warmstart": "videoktr.world.warmstart",
+    "videoktr.train.world_filter": "videoktr.world.filter",
+    "videoktr.train.world_run": "videoktr.world.run",
+    "videoktr.analysis.world": "videoktr.world.metrics",
 }
 
 

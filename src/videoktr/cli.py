@@ -37,14 +37,23 @@ def user_error_message(exc: BaseException) -> str:
     return str(exc)
 
 
+def train(config) -> dict:
+    """`videoktr train` from Python: a run on data (`videoktr.train.run.run`) when data.data names a file, else
+    the synthetic world's default run (`videoktr.world.run.run`). Returns the run's report."""
+    if config.data.data:
+        from .train.run import run
+    else:
+        from .world.run import run
+    return run(config)
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train.config import config_from_args
     from .train.distributed import end_process_group
-    from .train.run import run
 
     finished = False
     try:
-        run(config_from_args(args))
+        train(config_from_args(args))
         finished = True
     # bad option, file or row (ValueError: ConfigError and the like), a missing file, or a file where a directory
     # must be: the message names it; anything else is a bug in videoktr and keeps its traceback

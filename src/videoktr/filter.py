@@ -54,7 +54,7 @@ class FilterOptions:
 def difficulty_decision(scores, low: float = 0.2, high: float = 0.8) -> tuple[float, bool]:
     """The difficulty rule (paper Sec. 4.1) for one prompt: (accuracy, kept) from the accuracy rewards of its k
     sampled responses; kept when low <= accuracy <= high. Used by `run_filter` and by the synthetic world's RL
-    prompt filter (train/world_filter.py)."""
+    prompt filter (world/filter.py)."""
     scores = [float(x) for x in scores]
     if not scores:
         raise ValueError("difficulty_decision needs at least one sampled response's score")

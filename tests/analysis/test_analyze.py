@@ -21,7 +21,7 @@ def run(tiny_dir, tmp_path_factory):
     """Three Video-KTR steps on a small synthetic world, rollouts logged at every step. The random tiny model never
     answers right, so the accuracy reward is replaced by one that varies with the response's length (non-zero
     advantages, so that the trainer attributes and selects)."""
-    import videoktr.data.synthetic as synthetic
+    import videoktr.world as synthetic
 
     def accuracy_reward(completions, solution=None, **kwargs):
         from videoktr.rewards import completion_text

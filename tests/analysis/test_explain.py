@@ -13,7 +13,7 @@ import torch
 from videoktr.analysis import explain as E
 from videoktr.attribution import AttributionOptions, attribute
 from videoktr.cli import main
-from videoktr.data import synthetic as S
+from videoktr import world as S
 from videoktr.data.video import write_video
 
 LAYOUT = (("red", "circle"), ("blue", "square"), None, ("green", "triangle"))

@@ -13,7 +13,7 @@ from browser import chromium_or_skip, dump_dom, screenshot, selftest_result
 
 from videoktr.analysis import page as P
 from videoktr.analysis.explain import encode_frames
-from videoktr.data import synthetic as S
+from videoktr import world as S
 
 TOKENS = ["<think>", "first", " red", " circle", ",", " then", " blue", " square", ".", "</think>", "<answer>",
           "red", "</answer>", "<|im_end|>"]

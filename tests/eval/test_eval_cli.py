@@ -345,7 +345,7 @@ def test_a_world_trained_model_is_evaluated_with_the_prompt_it_trained_with(tmp_
     under eval, right under explain). Its videoktr.json now makes plain the default, and eval's prompt for a clip
     is explain's and the training row's."""
     from videoktr.analysis.explain import prompt_text
-    from videoktr.data import synthetic
+    from videoktr import world as synthetic
     from videoktr.eval import generate
     from videoktr.models.info import default_prompt, write_model_info
 

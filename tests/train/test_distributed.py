@@ -67,7 +67,7 @@ def test_end_process_group_closes_a_live_group_and_is_a_no_op_without_one(one_pr
 @pytest.mark.parametrize("fails", [False, True])
 def test_train_command_closes_the_process_group_on_success_and_on_error(one_process_group, monkeypatch, fails):
     # a live gloo group at interpreter exit can abort the process (SIGABRT) after training succeeded
-    import videoktr.train.run as run_module
+    import videoktr.cli as cli
     from videoktr.cli import main
 
     def fake_run(config):
@@ -75,7 +75,7 @@ def test_train_command_closes_the_process_group_on_success_and_on_error(one_proc
             raise ValueError("bad row")
         return {}
 
-    monkeypatch.setattr(run_module, "run", fake_run)
+    monkeypatch.setattr(cli, "train", fake_run)
     assert main(["train", "--max-steps", "1"]) == (2 if fails else 0)
     assert not one_process_group.is_initialized()
 

@@ -66,7 +66,7 @@ def test_data_run_rewards(tmp_path):
 
 
 def test_synthetic_world_refuses_length_bonus(tmp_path):
-    from videoktr.train.world_run import run_synthetic
+    from videoktr.world.run import run_synthetic
 
     config = load_config(None, {"output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
                                 "length_bonus": 0.2})

@@ -125,8 +125,9 @@ def test_output_directory_that_is_a_file(tmp_path, capsys, no_expensive_work, wh
 
 
 def test_run_itself_runs_the_preflight(tmp_path, no_expensive_work):
-    """Callers of `run()` other than the CLI get the same checks."""
-    from videoktr.train.run import run
+    """Callers of `run()` other than the CLI get the same checks (the world's default run goes through
+    `videoktr.train.run.run`)."""
+    from videoktr.world.run import run
 
     config = load_config(None, {"output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache")})
     config.rl.lr_scheduler_type = "cosinus"

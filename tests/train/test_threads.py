@@ -46,7 +46,7 @@ def test_cpu_threads_is_resumable_and_validated():
 
 
 def test_the_warm_start_trains_with_one_thread(monkeypatch):
-    import videoktr.train.warmstart as ws
+    import videoktr.world.warmstart as ws
 
     seen = []
     monkeypatch.setattr(ws, "cache_key", lambda *a, **k: seen.append(torch.get_num_threads()) or "k")
@@ -85,9 +85,9 @@ def test_warm_start_is_the_same_model_on_any_thread_count(tmp_path):
     warm starts on different machines. Now every build trains with one thread: the same bytes."""
     import hashlib
 
-    from videoktr.data import synthetic
+    from videoktr import world as synthetic
     from videoktr.models.factory import create_model_dir
-    from videoktr.train.warmstart import warm_start
+    from videoktr.world.warmstart import warm_start
 
     cfg = synthetic.world_config("short")
     world = synthetic.generate_world(tmp_path / "world", cfg, n_train=200, n_eval=8, n_rl=8)

@@ -55,7 +55,7 @@ def _fmt(x, spec=".3f") -> str:
 def world_of(records: Sequence[dict]):
     """The synthetic world's config when the run trained on it (its clips lie in <world>/clips/ beside
     world.json), else None."""
-    from ..data.synthetic import load_world_config
+    from ..world import load_world_config
 
     for r in records:
         for v in r.get("videos") or []:

@@ -21,7 +21,7 @@ POS_INSTALL = ("pip install 'videoktr[pos]' && python -m spacy download en_core_
                "local copy)")
 FORMAT_TOKEN = re.compile(r"^\s*<\|?/?[A-Za-z_]+\|?>\s*$")
 _WORD = re.compile(r"[A-Za-z]+|\d+(?:\.\d+)?|[^\sA-Za-z\d]")
-# the synthetic world's roles (see data/synthetic/questions.py's reference responses)
+# the synthetic world's roles (see world/questions.py's reference responses)
 WORLD_ROLES = ("colour", "shape", "number", "order", "function", "punct")
 ORDER_WORDS = frozenset({"first", "then", "last", "after", "before", "next", "right"})
 NUMBER_WORDS = frozenset("zero one two three four five six seven eight nine ten eleven twelve".split())

@@ -44,7 +44,8 @@ def trained_prompt(model_dir: str | Path) -> str | None:
     if (d / "warmstart.json").is_file():
         return "plain"
     card = d / "README.md"
-    if card.is_file() and "videoktr.data.synthetic" in card.read_text(encoding="utf-8", errors="replace"):
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+    if "videoktr.world" in text or "videoktr.data.synthetic" in text:  # the world's module (before 0.2: the second)
         return "plain"
     return None
 

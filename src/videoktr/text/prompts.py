@@ -8,7 +8,7 @@ Training on Video-R1 rows uses the same instruction (`reasoning_text`; see video
 extra suffixes for its OCR (a transcription) and free-form (free text) rows.
 
 `plain`: the question (and "Options:" with one option a line) and nothing else, as the synthetic world's rows
-are trained (`videoktr.data.synthetic`); the default for a model whose videoktr.json records it
+are trained (`videoktr.world`); the default for a model whose videoktr.json records it
 (`videoktr.models.info`), so that eval prompts it as `videoktr explain` and its training run did.
 
 `official`: the answer format each benchmark's own evaluation asks for (direct answer, no reasoning tags; MMVU's

@@ -1,3 +1,3 @@
-"""Training: run configuration (`config`), the video-aware GRPO / Video-KTR trainer (`trainer`), the
-`videoktr train` entry point (`run`, `world_run`) and the supervised warm start on the synthetic world
-(`warmstart`). Submodules are imported on use (the trainer pulls in TRL)."""
+"""Training: the run configuration (`config`), the video-aware GRPO / Video-KTR trainer (`trainer`) and a run on
+Video-R1-format data (`run`), with its directory's lifecycle, checkpoints and report. Imported on use (TRL).
+May import: attribution, data, rewards, text, models, core (never world, eval or analysis)."""

@@ -54,7 +54,7 @@ def card_info(config: TrainConfig, base_model: str) -> dict:
     return {"base_model": base, "method": rl.method, "options": options, "lora": bool(m.lora_r),
             # the prompt style of the training rows (models.info): Video-R1 rows get the reasoning prompt
             "prompt": "reasoning" if config.data.data else "plain",
-            "data": config.data.data or "the built-in synthetic video world (videoktr.data.synthetic)",
+            "data": config.data.data or "the built-in synthetic video world (videoktr.world)",
             "fps": config.data.fps, "max_frames": config.data.max_frames, "max_pixels": config.data.max_pixels,
             "dtype": config.model.dtype, "rope_positions": config.model.rope_positions}
 

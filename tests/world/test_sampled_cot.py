@@ -10,9 +10,9 @@ from fractions import Fraction
 
 import pytest
 
-from videoktr.data import synthetic as S
-from videoktr.data.synthetic import sampled_cot as SC
-from videoktr.data.synthetic.questions import events_of, reference
+from videoktr import world as S
+from videoktr.world import sampled_cot as SC
+from videoktr.world.questions import events_of, reference
 
 SAMPLED = S.sampled_cot_config()
 # small enough to enumerate every event sequence (3 colours, 2 shapes, 3 temporal groups: 72 sequences)

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from videoktr.analysis import world as A
-from videoktr.data import synthetic as S
+from videoktr.world import metrics as A
+from videoktr import world as S
 
 SMALL = S.WorldConfig(palette=S.PALETTE[:3], shapes=("circle", "square"), frames=6, max_events=3)
 
@@ -114,7 +114,7 @@ def test_attribution_quality_with_chosen_options(tiny_world):
 
 
 def test_paired_gain_against_hand_counts():
-    from videoktr.analysis.world import paired_gain
+    from videoktr.world.metrics import paired_gain
 
     before = [1, 1, 0, 0, 0, 1, 0, 0, 1, 0]
     after = [1, 0, 1, 1, 1, 1, 0, 1, 1, 0]  # 4 wrong->right, 1 right->wrong

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from videoktr.data import synthetic as S
+from videoktr import world as S
 from videoktr.filter import difficulty_decision
-from videoktr.train import world_filter
+from videoktr.world import filter as world_filter
 
 
 def test_difficulty_decision_is_the_paper_rule():
@@ -39,7 +39,7 @@ def test_filter_keeps_prompts_in_range_reports_shares_and_caches(tmp_path, monke
             out += [row["solution"]] * k + ["<answer>wrong</answer>"] * (samples - k)
         return out
 
-    import videoktr.analysis.world as world
+    import videoktr.world.metrics as world
 
     monkeypatch.setattr(world, "generate_responses", fake_generate)
     args = dict(model=None, processor=None, model_dir=model_dir, rows=rows, world_dir=tmp_path, rl_path=rl_path,
@@ -60,7 +60,7 @@ def test_sampled_generation_on_the_worlds_prompts(tiny, tmp_path):
     """generate_responses with samples: `samples` responses per row, row by row, from the world's own prompts."""
     import torch
 
-    from videoktr.analysis.world import generate_responses
+    from videoktr.world.metrics import generate_responses
 
     model, processor = tiny
     paths = S.generate_world(tmp_path / "w", S.WorldConfig(), n_train=1, n_eval=1, n_rl=2)
@@ -83,7 +83,7 @@ def test_filter_rl_prompts_glue(monkeypatch, capsys):
     result with a message naming the option."""
     from types import SimpleNamespace
 
-    from videoktr.train import world_run
+    from videoktr.world import run as world_run
     from videoktr.train.config import load_config
 
     config = load_config(overrides={"world_rl_filter": True, "num_generations": 6, "temperature": 0.9,

@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .config import TrainConfig
+from ..train.config import TrainConfig
 
 
 HELDOUT_ITEMS_NAME = "heldout_items.json"  # per-clip 1/0 correctness before and after RL, in held-out order
@@ -23,7 +23,7 @@ def _digest(obj) -> str:
 
 def world_directory(config: TrainConfig) -> Path:
     """Where the run's synthetic world is cached: named by its settings and split sizes."""
-    from ..data import synthetic
+    from .. import world as synthetic
 
     d = config.data
     world_cfg = synthetic.world_config(d.world_style, seed=d.world_seed)
@@ -34,7 +34,7 @@ def world_directory(config: TrainConfig) -> Path:
 
 def prepare_world_and_model(config: TrainConfig):
     """The synthetic world and the starting model directory (both cached under run.cache_dir)."""
-    from ..data import synthetic
+    from .. import world as synthetic
     from ..models.factory import create_model_dir
     from . import warmstart
 
@@ -90,9 +90,9 @@ def world_trainer(config: TrainConfig):
     """The trainer of the default experiment on the world's RL prompts (difficulty-filtered with
     data.world_rl_filter), built as `run_synthetic` builds it, without the held-out evaluation or the run-directory
     bookkeeping (benchmarks). Returns (trainer, world, model_dir)."""
-    from ..data import synthetic
+    from .. import world as synthetic
     from ..models.factory import load_processor
-    from .run import build_trainer, load_training_model, trl_rows
+    from ..train.run import build_trainer, load_training_model, trl_rows
 
     world, model_dir = prepare_world_and_model(config)
     model = load_training_model(config, model_dir)
@@ -107,11 +107,11 @@ def world_trainer(config: TrainConfig):
 
 
 def filter_rl_prompts(config: TrainConfig, model, processor, model_dir, world, rl_rows: list[dict]):
-    """data.world_rl_filter: the RL prompts the starting model solves sometimes but not always (train/world_filter.py),
+    """data.world_rl_filter: the RL prompts the starting model solves sometimes but not always (world/filter.py),
     and the filter's summary. One process samples (the result is cached); the others read its cache."""
     from ..models.lora import base_model
-    from .run import process_state
-    from .world_filter import filter_world_prompts
+    from ..train.run import process_state
+    from .filter import filter_world_prompts
 
     rl = config.rl
     with process_state().main_process_first():
@@ -136,12 +136,12 @@ def run_synthetic(config: TrainConfig, clock=None) -> dict:
         # a bonus for 320-512-token reasoning has nothing to reward there, and its rewards are the world's own
         raise ValueError(f"rl.length_bonus={config.rl.length_bonus} applies to runs on Video-R1 data (data.data); "
                          "the synthetic world (no data.data) does not use it: set rl.length_bonus to 0")
-    from ..analysis.world import attribution_quality, heldout_accuracy, paired_gain
-    from ..data import synthetic
+    from .metrics import attribution_quality, heldout_accuracy, paired_gain
+    from .. import world as synthetic
     from ..models.factory import load_processor
     from ..models.lora import base_model
-    from .run import (PLOT_NAME, build_trainer, load_training_model, plot_history, prepare_resume, process_state,
-                      start_run_dir, train_and_record, trl_rows)
+    from ..train.run import (PLOT_NAME, build_trainer, load_training_model, plot_history, prepare_resume,
+                             process_state, start_run_dir, train_and_record, trl_rows)
 
     world_cfg = synthetic.world_config(config.data.world_style)
     if config.rl.max_completion_length < world_cfg.completion_tokens and world_cfg.style != "short":
@@ -187,7 +187,7 @@ def run_synthetic(config: TrainConfig, clock=None) -> dict:
     before_responses, after_responses = before.pop("per_item_response"), after.pop("per_item_response")
     gain = paired_gain(before_items, after_items)
     if process_state().is_main_process:  # the plot again, with held-out accuracy before and after
-        from .checkpoint import write_json_atomic
+        from ..train.checkpoint import write_json_atomic
 
         # per-clip correctness, for paired comparisons between runs on the same held-out clips (bench/study.py),
         # and the greedy responses themselves (what a collapsed run's outputs became)
@@ -213,3 +213,14 @@ def run_synthetic(config: TrainConfig, clock=None) -> dict:
         "plot": str(out / PLOT_NAME),
     }
     return report
+
+
+def run(config: TrainConfig) -> dict:
+    """`videoktr train` without data: the default experiment (`run_synthetic`), checked, timed and reported by
+    `videoktr.train.run.run` as a run on data is. Returns the report (also written to report.json)."""
+    from ..train.run import run as run_experiment
+
+    if config.data.data:
+        raise ValueError(f"data.data is {config.data.data!r}: the synthetic world's default run takes no data; "
+                         "videoktr.train.run.run(config) trains on it")
+    return run_experiment(config, run_synthetic)

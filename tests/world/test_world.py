@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from videoktr.data import synthetic as S
+from videoktr import world as S
 from videoktr.data.video import read_video
 
 # A world small enough to enumerate: 3 colours, 2 shapes, 3 temporal groups, 2-3 events.

@@ -10,7 +10,7 @@ _NUMBER_WORDS = {w: i for i, w in enumerate(
 
 
 def _text(completion) -> str:
-    from ...rewards import completion_text
+    from ..rewards import completion_text
 
     return completion_text(completion)
 
@@ -59,6 +59,6 @@ def accuracy_reward(completions, solution, **kwargs) -> list[float]:
 def format_reward(completions, **kwargs) -> list[float]:
     """1.0 when the whole response (surrounding whitespace ignored) is <think>...</think> <answer>...</answer>
     (`videoktr.rewards.format_reward`, the reward real data trains with)."""
-    from ...rewards import format_reward
+    from ..rewards import format_reward
 
     return format_reward(completions)

@@ -42,8 +42,8 @@ def filter_world_prompts(model, processor, model_dir, rows: list[dict], world_di
     the share of prompts with an accuracy signal before and after, the accuracy histogram, the cache file."""
     import torch
 
-    from ..analysis.world import generate_responses
-    from ..data import synthetic
+    from .metrics import generate_responses
+    from .. import world as synthetic
 
     options = options or FilterOptions()
     options.validate()

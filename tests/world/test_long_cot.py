@@ -8,7 +8,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from videoktr.data import synthetic as S
+from videoktr import world as S
 
 LONG = S.long_cot_config()
 # small enough to enumerate every layout (3 colours, 2 shapes, 3 temporal groups)
@@ -167,7 +167,7 @@ def test_count_shape_text_only_baseline_is_near_chance():
 def test_count_shape_draw_weights():
     """The fitted weights: a count that few clips have (3 or 4 of one shape) is asked whenever the clip has it;
     0, 1 and 2 share the rest equally (exact answer shares over sample_layout's clips)."""
-    from videoktr.data.synthetic.questions import count_shape_log_weights
+    from videoktr.world.questions import count_shape_log_weights
 
     w = count_shape_log_weights(len(LONG.shapes), LONG.min_events, LONG.max_events)
     assert len(w) == LONG.max_events + 1 and max(w) == w[4] == 0.0

@@ -1,10 +1,18 @@
-"""The synthetic video world: clips of coloured shapes appearing one after another, questions about them, and
-ground-truth token roles computed by construction.
+"""The synthetic video world, the testbed the default run and every study stand on: its clips, questions, token
+labels and rewards, the warm start on it, its RL-prompt filter, its metrics and the default experiment (`run`).
+May import: train, filter, attribution, eval, data, rewards, text, models, core (and never be imported by them).
 
-Package layout (every public name is re-exported here; callers use `videoktr.data.synthetic.NAME`):
+The world: clips of coloured shapes appearing one after another, questions about them, and ground-truth token
+roles computed by construction.
+
+Package layout (the world's own public names are re-exported here; callers use `videoktr.world.NAME`):
 `config` (palette, families, kinds, `WorldConfig`, the style presets), `render` (clips), `questions` (question
-logic and reference responses), `long_cot` (the long reference templates), `labels` (counterfactuals and the
-label oracles), `world` (rows, files, clips, processor inputs, tokenizer corpus), `rewards` (accuracy, format).
+logic and reference responses), `long_cot` and `sampled_cot` (the long reference styles), `labels`
+(counterfactuals and the label oracles), `build` (rows, files, clips, processor inputs, tokenizer corpus),
+`rewards` (accuracy, format); on top of them `metrics` (held-out accuracy, attribution quality, paired gain),
+`warmstart` (the supervised warm start, cached), `filter` (the RL-prompt difficulty filter) and `run` (the
+default experiment behind `videoktr train` without data). Those four import torch and train and are imported
+on use, not here.
 
 Styles (`WorldConfig.style`): "short" (the default, described below), "long_cot" (`long_cot_config()`: the same
 clips, references of 100-250 tokens that walk through the clip with filler and restatement, no text-answerable
@@ -78,7 +86,7 @@ from .questions import (chance_of, events_of, family_of, format_response, questi
                         reference_response, row_layout, sample_layout, sample_question, well_posed)
 from .render import decode_layout, render_clip
 from .rewards import accuracy_reward, answer_of, format_reward, is_correct, normalise_answer
-from .world import (WorldPaths, chat_prompt, corpus, encode_rows, generate_world, load_clip, load_clips,
+from .build import (WorldPaths, chat_prompt, corpus, encode_rows, generate_world, load_clip, load_clips,
                     load_world_config, make_row, prompt_text, read_rows, sample_rows, vocabulary)
 
 __all__ = [

@@ -16,7 +16,7 @@ filler seed and the slot, so they are independent across slots and rows and any 
 rendered with the SAME choices (what the label oracles need).
 
 Properties the label oracles rely on (checked against a direct computation of every token's distribution in
-tests/data/synthetic/test_sampled_cot.py):
+tests/world/test_sampled_cot.py):
 - the filler never depends on the clip: the choices do not, and the alternatives hold no clip content;
 - the text reveals the choices: within a choice the alternatives start with different words (an empty one with a
   word no other alternative starts with), so a prefix tells which alternatives were taken;

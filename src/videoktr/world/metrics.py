@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..data import synthetic
+from .. import world as synthetic
 
 # Which ground-truth labels each signal is compared with (first = the matching one).
 SIGNAL_LABELS = {

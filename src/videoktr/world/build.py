@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..video import Clip, read_video, write_video
+from ..data.video import Clip, read_video, write_video
 from .config import GENERATOR_VERSION, Layout, WorldConfig
 from .labels import vision_counterfactuals
 from .long_cot import corpus_texts as long_cot_corpus

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from videoktr.data import synthetic as S
-from videoktr.train import warmstart as W
+from videoktr import world as S
+from videoktr.world import warmstart as W
 
 SMALL = S.WorldConfig(palette=S.PALETTE[:3], shapes=("circle", "square"), frames=6, max_events=3)
 
@@ -91,7 +91,7 @@ def test_the_warm_start_folder_is_named_by_every_option_that_changes_it(tmp_path
     """Issue 20 item 5: runs with 300 and 1,500 warm-start steps shared one `warmstart-<digest>` folder (the
     second retrained into the folder the first run's model card and identity point at). Every option that
     reaches warm_start() must change the folder; the default run's folder keeps its name."""
-    from videoktr.train import world_run
+    from videoktr.world import run as world_run
     from videoktr.train.config import load_config
 
     calls = []

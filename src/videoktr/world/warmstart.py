@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .threads import one_thread
+from ..train.threads import one_thread
 
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
@@ -139,8 +139,8 @@ def warm_start(base_model_dir: str | Path, world_dir: str | Path, output_dir: st
     import torch
     from tqdm.auto import tqdm
 
-    from ..analysis.world import heldout_accuracy
-    from ..data import synthetic
+    from .metrics import heldout_accuracy
+    from .. import world as synthetic
     from ..models.factory import load_model, load_processor
 
     settings = WarmStartSettings(max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,

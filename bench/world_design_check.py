@@ -135,7 +135,7 @@ def run_check(args) -> dict:
 
 def check_trainer(config) -> dict:
     """Train (at 1e-12) for config.rl.max_steps on the world's RL prompts; the rollout log is the result."""
-    from videoktr.train.run import start_run_dir
+    from videoktr.train.rundir import start_run_dir
     from videoktr.world.warmstart import read_info
     from videoktr.world.run import world_trainer
 

@@ -60,7 +60,7 @@ def allow_deepspeed_on_cpu() -> None:
     accelerate counts one process. The ZeRO-3 worker therefore trains with use_cpu=False, and this shim gives a
     DeepSpeed launch on CPU accelerate's own CPU backend choice (gloo, MULTI_CPU; accelerate then switches the type
     to DEEPSPEED itself); DeepSpeed runs on its CPU accelerator (DS_ACCELERATOR=cpu). Test-only: the product code
-    asks for use_cpu on a machine without GPUs (train.run.cpu_only) and no engine code is patched."""
+    asks for use_cpu on a machine without GPUs (train.rundir.cpu_only) and no engine code is patched."""
     from accelerate.state import PartialState
     from accelerate.utils import DistributedType
 

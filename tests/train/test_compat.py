@@ -79,7 +79,7 @@ def test_options_honoured_elsewhere_pass(tmp_path):
 def test_run_arguments_pass(tmp_path, recipe):
     """The GRPOConfig every run builds (the default run and each paper recipe) passes the check."""
     from videoktr.train.config import load_config
-    from videoktr.train.run import grpo_args
+    from videoktr.train.build import grpo_args
 
     config = load_config(CONFIGS / recipe if recipe else None, {"output_dir": str(tmp_path)})
     args = grpo_args(config, suppress_tokens=[])

@@ -11,7 +11,7 @@ from videor1_fixture import write_videor1_fixture
 
 from videoktr.cli import main
 from videoktr.train.console import compact_line
-from videoktr.train.run import smooth
+from videoktr.train.report import smooth
 
 
 def test_compact_line_shows_the_numbers_that_matter():
@@ -46,7 +46,7 @@ def _drawn_figures(monkeypatch) -> list:
 def test_training_plot_draws_only_what_the_run_logged(tmp_path, monkeypatch):
     """Issue 20 item 10: half of the default run's training.png was empty or flat (KL "not logged by this run"
     with rl.beta 0, the clip ratio 0 at every step). Such series are named in a note instead of drawn."""
-    from videoktr.train.run import history_panels, plot_history
+    from videoktr.train.report import history_panels, plot_history
 
     acc = "rewards/accuracy_reward/mean"
     default_run = [{"step": i, "reward": 0.1 * i, acc: 0.5, "ktr/update_ratio": 0.3, "frac_reward_zero_std": 0.25,

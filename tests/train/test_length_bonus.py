@@ -38,7 +38,8 @@ def test_defaults_off_and_flags():
 
 
 def test_data_run_rewards(tmp_path):
-    from videoktr.train.run import dataset_rewards, grpo_args
+    from videoktr.train.build import grpo_args
+    from videoktr.train.run import dataset_rewards
 
     off = load_config(None, {"output_dir": str(tmp_path)})
     funcs, weights = build_rewards(dataset_rewards(off))

@@ -318,7 +318,7 @@ def test_methods_with_dynamic_sampling_run_on_the_default_world(method, world_ca
 
 
 def test_training_summary_reports_vppo_papo_and_dynamic_sampling():
-    from videoktr.train.run import training_summary
+    from videoktr.train.report import training_summary
 
     history = [{"reward": 1.0, "vppo/update_ratio": 0.4, "papo/perception_kl": 0.1,
                 "dynamic_sampling/resampled_groups": 2.0, "dynamic_sampling/unfilled_groups": 0.0,

@@ -150,7 +150,7 @@ def test_bf16_training_keeps_fp32_master_weights(tiny_dir, clip_rows, tmp_path):
     """Finding: dtype bfloat16 loaded bf16 parameters and AdamW at lr 2e-6 left almost every entry unchanged.
     The run now loads fp32 master weights and computes under bf16 autocast."""
     from videoktr.train.config import load_config
-    from videoktr.train.run import load_training_model
+    from videoktr.train.build import load_training_model
 
     config = load_config(overrides={"dtype": "bfloat16"})
     model = load_training_model(config, tiny_dir)

@@ -160,7 +160,7 @@ def test_auto_dtype_is_the_checkpoints_own(tiny_dir, tmp_path):
     import shutil
 
     from videoktr.train.config import load_config
-    from videoktr.train.run import grpo_args, resolve_auto_dtype
+    from videoktr.train.build import grpo_args, resolve_auto_dtype
 
     bf16 = tmp_path / "bf16"
     shutil.copytree(tiny_dir, bf16)

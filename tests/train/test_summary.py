@@ -64,7 +64,7 @@ def test_steps_without_gradient_warn_on_data_and_are_explained_on_the_world():
     data is too hard or too easy". On the world that is its difficulty mix: a note that says so; on data the
     warning keeps its meaning."""
     from videoktr.train.config import load_config
-    from videoktr.train.run import NO_SIGNAL_HINT, no_signal_message
+    from videoktr.train.report import NO_SIGNAL_HINT, no_signal_message
 
     world = no_signal_message(load_config(), 269, "500 logged steps")
     assert world.startswith("note: 269 of 500 logged steps had no gradient") and "synthetic world" in world

@@ -19,7 +19,7 @@ def test_rule():
 
 
 def test_a_run_sets_its_threads(tmp_path, monkeypatch):
-    from videoktr.train.run import start_run_dir
+    from videoktr.train.rundir import start_run_dir
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
@@ -36,7 +36,7 @@ def test_a_run_sets_its_threads(tmp_path, monkeypatch):
 
 def test_cpu_threads_is_resumable_and_validated():
     from videoktr.train.config import ConfigError
-    from videoktr.train.run import run_identity
+    from videoktr.train.rundir import run_identity
 
     a = run_identity(load_config(overrides={"cpu_threads": 1}), "m")
     b = run_identity(load_config(overrides={"cpu_threads": 4}), "m")

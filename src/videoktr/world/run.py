@@ -92,7 +92,7 @@ def world_trainer(config: TrainConfig):
     bookkeeping (benchmarks). Returns (trainer, world, model_dir)."""
     from .. import world as synthetic
     from ..models.factory import load_processor
-    from ..train.run import build_trainer, load_training_model, trl_rows
+    from ..train.build import build_trainer, load_training_model, trl_rows
 
     world, model_dir = prepare_world_and_model(config)
     model = load_training_model(config, model_dir)
@@ -110,7 +110,7 @@ def filter_rl_prompts(config: TrainConfig, model, processor, model_dir, world, r
     """data.world_rl_filter: the RL prompts the starting model solves sometimes but not always (world/filter.py),
     and the filter's summary. One process samples (the result is cached); the others read its cache."""
     from ..models.lora import base_model
-    from ..train.run import process_state
+    from ..train.rundir import process_state
     from .filter import filter_world_prompts
 
     rl = config.rl
@@ -130,7 +130,7 @@ def filter_rl_prompts(config: TrainConfig, model, processor, model_dir, world, r
 
 
 def run_synthetic(config: TrainConfig, clock=None) -> dict:
-    """The default experiment; `clock` (run.WallClock) records the invocation's wall time as it trains."""
+    """The default experiment; `clock` (train.rundir.WallClock) records the invocation's wall time as it trains."""
     if config.rl.length_bonus > 0:
         # the world's answers are a few tokens long (responses of at most rl.max_completion_length, 64 by default):
         # a bonus for 320-512-token reasoning has nothing to reward there, and its rewards are the world's own
@@ -140,8 +140,10 @@ def run_synthetic(config: TrainConfig, clock=None) -> dict:
     from .. import world as synthetic
     from ..models.factory import load_processor
     from ..models.lora import base_model
-    from ..train.run import (PLOT_NAME, build_trainer, load_training_model, plot_history, prepare_resume,
-                             process_state, start_run_dir, train_and_record, trl_rows)
+    from ..train.build import build_trainer, load_training_model, trl_rows
+    from ..train.report import PLOT_NAME, plot_history
+    from ..train.rundir import prepare_resume, process_state, start_run_dir
+    from ..train.run import train_and_record
 
     world_cfg = synthetic.world_config(config.data.world_style)
     if config.rl.max_completion_length < world_cfg.completion_tokens and world_cfg.style != "short":

@@ -318,129 +318,195 @@ def attribute(
     options.validate()
     start = time.perf_counter()
     adapter = adapter_for(model)
-    device = completion_ids.device
-    B, P = prompt_ids.shape
-    C = completion_ids.shape[1]
-    cmask = completion_mask.bool()
-    perturb_kinds = [s for s in ("visual", "temporal") if s in options.signals]
+    B = prompt_ids.shape[0]
     # unperturbed rows: all rows when the caller has no log-probs/entropies yet; only the video rows when they
     # are needed just as the reference of a full-distribution distance
     need_all_full = logp is None or ("entropy" in options.signals and entropy is None)
     need_full = need_all_full or options.distance != "logprob"
 
-    videos_of_row: list[list[int]] = [[] for _ in range(B)]
-    features: list[torch.Tensor] = []
-    owner: list[int] = []
-    groups: list[int] = []
-    if video_grid_thw is not None and video_grid_thw.numel():
-        videos_of_row = _media_per_row(prompt_ids, adapter.video_token_id, video_grid_thw, adapter.spatial_merge_size)
-        groups = adapter.num_groups(video_grid_thw).tolist()
-        if video_features is None:
-            pixels = adapter.split_pixels(pixel_values_videos, video_grid_thw)
-            owner = unique_items(pixels, video_grid_thw)
-            uniq = sorted(set(owner))
-            encoded = adapter.encode_videos(model, torch.cat([pixels[u] for u in uniq]), video_grid_thw[uniq])
-            by_owner = dict(zip(uniq, encoded))
-            features = [by_owner[o] for o in owner]
-        else:
-            features = list(video_features)
-            owner = list(range(len(features)))
-        if video_keys is not None:
-            if len(video_keys) != len(groups):
-                raise ValueError(f"video_keys has {len(video_keys)} entries for {len(groups)} videos")
-            first: dict = {}
-            owner = [first.setdefault(k, i) for i, k in enumerate(video_keys)]
+    media = _batch_videos(model, adapter, prompt_ids, pixel_values_videos, video_grid_thw, video_features,
+                          video_keys)
+    _add_batch_images(media, adapter, prompt_ids, image_features, image_grid_thw, image_keys, need_all_full)
+    full_rows = list(range(B)) if need_all_full else media.visual_rows  # batch rows of the "full" part, in order
+    parts, draws = _forward_parts(media, options, full_rows if need_full else None, generator, donors, video_keys,
+                                  image_keys)
+    hidden_by_part = _batched_pass(model, adapter, media, parts, prompt_ids, prompt_mask, completion_ids,
+                                   completion_mask, video_grid_thw, second_per_grid_ts, image_grid_thw, options)
+    if need_all_full:
+        full_logp, full_ent = lm_head_logprobs(
+            hidden_by_part["full"], model.lm_head.weight, completion_ids, bias=getattr(model.lm_head, "bias", None),
+            chunk_size=options.chunk_size, with_entropy=True)
+        logp = full_logp if logp is None else logp
+        entropy = full_ent if entropy is None else entropy
+    scores, valid, perturbed_logp = _perturbation_scores(model, media, hidden_by_part, full_rows, completion_ids,
+                                                         completion_mask, logp, options, keep_perturbed_logp)
+    if "entropy" in options.signals:
+        scores["entropy"] = entropy.float()
+        valid["entropy"] = completion_mask.bool().clone()
+    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, draws[0] if draws else [],
+                       draws, perturbed_logp)
 
-    images_of_row: list[list[int]] = [[] for _ in range(B)]
-    image_feats: list[torch.Tensor] = []
-    image_owner: list[int] = []
+
+@dataclass
+class _Media:
+    """The batch's videos and images as attribution uses them. videos_of_row[b] / images_of_row[b]: indices of
+    row b's videos / images; features / image_feats: encoder output per video [N_v, D] / image; owner[v]: index
+    of the first video of the same clip (copies share one perturbation draw and one prompt prefix); groups[v]:
+    temporal groups of video v."""
+
+    videos_of_row: list[list[int]]
+    features: list[torch.Tensor] = field(default_factory=list)
+    owner: list[int] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    images_of_row: list[list[int]] = field(default_factory=list)
+    image_feats: list[torch.Tensor] = field(default_factory=list)
+    image_owner: list[int] = field(default_factory=list)
+
+    @property
+    def video_rows(self) -> list[int]:
+        """Rows with a video: the rows of the temporal parts."""
+        return [b for b, videos in enumerate(self.videos_of_row) if videos]
+
+    @property
+    def visual_rows(self) -> list[int]:
+        """Rows with a video or an image: the rows of the visual parts."""
+        return [b for b, videos in enumerate(self.videos_of_row) if videos or self.images_of_row[b]]
+
+
+def _batch_videos(model, adapter, prompt_ids, pixel_values_videos, video_grid_thw, video_features,
+                  video_keys) -> _Media:
+    """Media step 1: which videos each row holds and their encoder outputs, the vision tower run once per unique
+    video (identical pixels, or equal `video_keys`, are one clip) unless the caller passes `video_features`."""
+    B = prompt_ids.shape[0]
+    media = _Media(videos_of_row=[[] for _ in range(B)], images_of_row=[[] for _ in range(B)])
+    if video_grid_thw is None or not video_grid_thw.numel():
+        return media
+    media.videos_of_row = _media_per_row(prompt_ids, adapter.video_token_id, video_grid_thw,
+                                         adapter.spatial_merge_size)
+    media.groups = adapter.num_groups(video_grid_thw).tolist()
+    if video_features is None:
+        pixels = adapter.split_pixels(pixel_values_videos, video_grid_thw)
+        owner = unique_items(pixels, video_grid_thw)
+        uniq = sorted(set(owner))
+        encoded = adapter.encode_videos(model, torch.cat([pixels[u] for u in uniq]), video_grid_thw[uniq])
+        by_owner = dict(zip(uniq, encoded))
+        media.features, media.owner = [by_owner[o] for o in owner], owner
+    else:
+        media.features = list(video_features)
+        media.owner = list(range(len(media.features)))
+    if video_keys is not None:
+        if len(video_keys) != len(media.groups):
+            raise ValueError(f"video_keys has {len(video_keys)} entries for {len(media.groups)} videos")
+        first: dict = {}
+        media.owner = [first.setdefault(k, i) for i, k in enumerate(video_keys)]
+    return media
+
+
+def _add_batch_images(media: _Media, adapter, prompt_ids, image_features, image_grid_thw, image_keys,
+                      need_all_full: bool) -> None:
+    """Media step 2: which images each row holds, with the caller's encoder outputs (attribute() encodes videos
+    only); refuses image rows without them when the unperturbed rows must be computed here."""
     if image_grid_thw is not None and image_grid_thw.numel():
         if image_features is None or len(image_features) != len(image_grid_thw):
             raise ValueError("image rows need `image_features`: one encoder output per image of image_grid_thw")
-        images_of_row = _media_per_row(prompt_ids, adapter.image_token_id, image_grid_thw,
-                                       adapter.spatial_merge_size, "image")
-        image_feats = list(image_features)
+        media.images_of_row = _media_per_row(prompt_ids, adapter.image_token_id, image_grid_thw,
+                                             adapter.spatial_merge_size, "image")
+        media.image_feats = list(image_features)
         first_image: dict = {}
-        image_owner = [first_image.setdefault(k, i) for i, k in enumerate(image_keys or range(len(image_feats)))]
+        media.image_owner = [first_image.setdefault(k, i)
+                             for i, k in enumerate(image_keys or range(len(media.image_feats)))]
     elif need_all_full and (prompt_ids == adapter.image_token_id).any():
         raise ValueError("attribute() encodes videos only: for rows with images pass `image_features` and "
                          "`image_grid_thw`, or `logp` and `entropy` from the caller's own forward")
 
-    # Assemble the rows of the single forward: [unperturbed?] + [visual] + [temporal]. The visual part holds the
-    # rows with a video or an image, the temporal part the rows with a video. Each part lists (name, rows, video
-    # features, image features): the features of every video/image of the batch, perturbed for that part or not.
+
+def _forward_parts(media: _Media, options: AttributionOptions, full_rows: list[int] | None, generator, donors,
+                   video_keys, image_keys) -> tuple[list[tuple], list[list[torch.Tensor]]]:
+    """The perturbations: the parts of the single forward, [unperturbed (rows `full_rows`; None: no such
+    part)] + [visual] + [temporal draws], each (name, batch rows, video features, image features) with the
+    features of every video/image of the batch, perturbed for that part or not; and the temporal permutation per
+    video of each temporal draw. The visual parts hold the rows with a video or an image, the temporal parts the
+    rows with a video."""
     parts: list[tuple[str, list[int], list[torch.Tensor], list[torch.Tensor]]] = []
-    video_rows = [b for b in range(B) if videos_of_row[b]]
-    visual_rows = [b for b in range(B) if videos_of_row[b] or images_of_row[b]]
-    if need_full:
-        parts.append(("full", list(range(B)) if need_all_full else visual_rows, features, image_feats))
+    if full_rows is not None:
+        parts.append(("full", full_rows, media.features, media.image_feats))
     draws: list[list[torch.Tensor]] = []  # temporal permutation per video, per draw
-    for kind in perturb_kinds:
-        part_rows = visual_rows if kind == "visual" else video_rows
+    video_rows = media.video_rows
+    for kind in [s for s in ("visual", "temporal") if s in options.signals]:
+        part_rows = media.visual_rows if kind == "visual" else video_rows
         if not part_rows:
             continue
         for name in _draw_names(kind, options):
-            pert = features
+            pert = media.features
             if video_rows:
-                pert, perms = perturbed_features(features, groups, kind, options, generator, donors, owner,
-                                                 video_keys)
+                pert, perms = perturbed_features(media.features, media.groups, kind, options, generator, donors,
+                                                 media.owner, video_keys)
                 if kind == "temporal":
                     draws.append(perms)
-            pert_images = image_feats
-            if kind == "visual" and image_feats:
-                pert_images, _ = perturbed_features(image_feats, [1] * len(image_feats), kind, options, generator,
-                                                    donors, image_owner, image_keys)
+            pert_images = media.image_feats
+            if kind == "visual" and media.image_feats:
+                pert_images, _ = perturbed_features(media.image_feats, [1] * len(media.image_feats), kind, options,
+                                                    generator, donors, media.image_owner, image_keys)
             parts.append((name, part_rows, pert, pert_images))
+    return parts, draws
 
-    hidden_by_part: dict[str, torch.Tensor] = {}
-    if parts:
-        rows, prefix_keys, row_videos, row_images = [], [], [], []  # per forward row: batch row, prefix id, media
-        first_of: dict[tuple, int] = {}  # prefix key -> index of its first row in the forward
-        for name, part_rows, part_feats, part_images in parts:
-            for b in part_rows:
-                # rows whose prompt and (perturbed) media are identical share one prompt prefix
-                key = (name, tuple(owner[v] for v in videos_of_row[b]),
-                       tuple(image_owner[i] for i in images_of_row[b]), tuple(prompt_ids[b].tolist()))
-                prefix_keys.append(first_of.setdefault(key, len(rows)))
-                rows.append(b)
-                row_videos.append([(part_feats[v], video_grid_thw[v],
-                                    None if second_per_grid_ts is None else second_per_grid_ts[v])
-                                   for v in videos_of_row[b]])
-                row_images.append([(part_images[i], image_grid_thw[i]) for i in images_of_row[b]])
-        # the choice depends on the options and the family only, never on the data: under ZeRO-3 / FSDP every
-        # process must run the same sequence of forwards (a prefix that nothing shares costs one extra call)
-        if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES:
-            hidden = _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask,
-                                            rows, prefix_keys, row_videos, row_images)
-        else:
-            idx = torch.tensor(rows, device=device)
-            input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
-            attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
-            out = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                              mm_token_type_ids=adapter.mm_token_type_ids(input_ids),
-                              **_media_forward_kwargs(adapter, row_videos, row_images))
-            hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # position P-1+t predicts completion token t
-        hidden = hidden / options.temperature  # [R, C, H]
-        start_row = 0
-        for name, part_rows, _, _ in parts:
-            hidden_by_part[name] = hidden[start_row : start_row + len(part_rows)]
-            start_row += len(part_rows)
 
-    head = model.lm_head
+def _batched_pass(model, adapter, media: _Media, parts, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                  video_grid_thw, second_per_grid_ts, image_grid_thw, options) -> dict[str, torch.Tensor]:
+    """The batched pass: every part's rows in one no-grad forward (prompt prefixes shared where the family
+    allows it); returns each part's hidden states predicting the completion tokens, divided by the temperature,
+    {name: [rows of the part, C, H]}."""
+    if not parts:
+        return {}
+    P, C = prompt_ids.shape[1], completion_ids.shape[1]
+    rows, prefix_keys, row_videos, row_images = [], [], [], []  # per forward row: batch row, prefix id, media
+    first_of: dict[tuple, int] = {}  # prefix key -> index of its first row in the forward
+    for name, part_rows, part_feats, part_images in parts:
+        for b in part_rows:
+            # rows whose prompt and (perturbed) media are identical share one prompt prefix
+            key = (name, tuple(media.owner[v] for v in media.videos_of_row[b]),
+                   tuple(media.image_owner[i] for i in media.images_of_row[b]), tuple(prompt_ids[b].tolist()))
+            prefix_keys.append(first_of.setdefault(key, len(rows)))
+            rows.append(b)
+            row_videos.append([(part_feats[v], video_grid_thw[v],
+                                None if second_per_grid_ts is None else second_per_grid_ts[v])
+                               for v in media.videos_of_row[b]])
+            row_images.append([(part_images[i], image_grid_thw[i]) for i in media.images_of_row[b]])
+    # the choice depends on the options and the family only, never on the data: under ZeRO-3 / FSDP every
+    # process must run the same sequence of forwards (a prefix that nothing shares costs one extra call)
+    if options.share_prefix and adapter.family in PREFIX_SHARING_FAMILIES:
+        hidden = _forward_shared_prefix(model, adapter, prompt_ids, prompt_mask, completion_ids, completion_mask,
+                                        rows, prefix_keys, row_videos, row_images)
+    else:
+        idx = torch.tensor(rows, device=completion_ids.device)
+        input_ids = torch.cat([prompt_ids[idx], completion_ids[idx]], dim=1)
+        attention_mask = torch.cat([prompt_mask[idx], completion_mask[idx]], dim=1)
+        out = model.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                          mm_token_type_ids=adapter.mm_token_type_ids(input_ids),
+                          **_media_forward_kwargs(adapter, row_videos, row_images))
+        hidden = out.last_hidden_state[:, P - 1 : P - 1 + C]  # position P-1+t predicts completion token t
+    hidden = hidden / options.temperature  # [R, C, H]
+    hidden_by_part, start_row = {}, 0
+    for name, part_rows, _, _ in parts:
+        hidden_by_part[name] = hidden[start_row : start_row + len(part_rows)]
+        start_row += len(part_rows)
+    return hidden_by_part
+
+
+def _perturbation_scores(model, media: _Media, hidden_by_part, full_rows, completion_ids, completion_mask, logp,
+                         options, keep_perturbed_logp) -> tuple[dict, dict, dict]:
+    """The scores: per perturbation signal, each token's |Delta log p| (or distribution distance) between the
+    unperturbed and the perturbed pass, the mean over its draws, [B, C] float32, with where it is defined (rows
+    with the medium it perturbs); and the perturbed log-probs where computed (see attribute())."""
+    head, device = model.lm_head, completion_ids.device
     bias = getattr(head, "bias", None)
-    if need_all_full:
-        full_logp, full_ent = lm_head_logprobs(
-            hidden_by_part["full"], head.weight, completion_ids, bias=bias,
-            chunk_size=options.chunk_size, with_entropy=True)
-        logp = full_logp if logp is None else logp
-        entropy = full_ent if entropy is None else entropy
-
+    B, C = completion_ids.shape
+    cmask = completion_mask.bool()
     scores: dict[str, torch.Tensor] = {}
     valid: dict[str, torch.Tensor] = {}
     perturbed_logp: dict[str, torch.Tensor] = {}
-    full_rows = list(range(B)) if need_all_full else visual_rows  # batch rows of the "full" part, in order
-    for kind in perturb_kinds:
-        part_rows = visual_rows if kind == "visual" else video_rows
+    for kind in [s for s in ("visual", "temporal") if s in options.signals]:
+        part_rows = media.visual_rows if kind == "visual" else media.video_rows
         score = torch.zeros(B, C, dtype=torch.float32, device=device)
         if part_rows:
             rows_t = torch.tensor(part_rows, dtype=torch.long, device=device)
@@ -464,11 +530,7 @@ def attribute(
         has = torch.zeros(B, dtype=torch.bool, device=device)
         has[part_rows] = True
         valid[kind] = cmask & has[:, None]
-    if "entropy" in options.signals:
-        scores["entropy"] = entropy.float()
-        valid["entropy"] = cmask.clone()
-    return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, draws[0] if draws else [],
-                       draws, perturbed_logp)
+    return scores, valid, perturbed_logp
 
 
 def _draw_names(kind: str, options: AttributionOptions) -> list[str]:

@@ -193,87 +193,9 @@ class RolloutLog:
         B = batch["completion_ids"].shape[0]
         groups = [int(g) for g in batch["prompt_group"].tolist()]
         rows = pick_rows(groups, self.options.max_responses)
-        take = torch.tensor(rows, dtype=torch.long)
-
-        def cpu(t):  # only the chosen rows travel to the CPU
-            return None if t is None else t.detach()[take.to(t.device)].cpu()
-
-        completion_ids, completion_mask = cpu(batch["completion_ids"]), cpu(batch["completion_mask"]).bool()
-        prompt_ids, prompt_mask = cpu(batch["prompt_ids"]), cpu(batch["prompt_mask"]).bool()
-        advantages = cpu(batch["advantages"].reshape(B, -1)[:, 0]).float()
-        weights = cpu(batch.get("token_weights"))
-        old = cpu(batch.get("old_per_token_logps"))
-        per_func = cpu(rewards)
-        total = None
-        if per_func is not None:
-            w = reward_weights.detach().cpu() if reward_weights is not None else torch.ones(per_func.shape[1])
-            total = (per_func.float() * w.float()).nansum(1)
-            total[per_func.isnan().all(1)] = float("nan")
-
-        attributed: dict[int, int] = {}  # batch row -> row of the attribution tensors
-        att, masks, perms = None, {}, {}
-        if capture and capture.get("attribution") is not None:
-            att = capture["attribution"]
-            attributed = {b: j for j, b in enumerate(capture["rows"])}
-            masks = capture.get("masks") or {}
-            media = batch.get("videos") or [None] * B  # each row's RowVideo: the attribution's videos, in row order
-            videos = [b for b in capture["rows"] if media[b] is not None and media[b].kind == "video"]
-            perms = {b: p.tolist() for b, p in zip(videos, att.permutations)}
-        sub = [attributed[b] for b in rows if b in attributed]
-        pick = torch.tensor(sub, dtype=torch.long)
-        position = {b: k for k, b in enumerate(b for b in rows if b in attributed)}  # batch row -> row of `sub`
-
-        def att_cpu(t):
-            return None if t is None or not sub else t.detach()[pick.to(t.device)].float().cpu()
-
-        scores = {s: att_cpu(att.scores.get(s)) if att is not None else None for s in SIGNALS}
-        valid = {s: att_cpu(att.valid.get(s)) if att is not None else None for s in SIGNALS}
-        selected = {s: att_cpu(masks.get(s)) for s in SIGNALS}
-        logp_full = att_cpu(att.logp) if att is not None else None
-        logp_pert = {s: att_cpu(att.perturbed_logp.get(s)) if att is not None else None
-                     for s in ("visual", "temporal")}
-
-        records = []
-        for k, b in enumerate(rows):
-            n = int(completion_mask[k].sum())
-            ids = completion_ids[k, :n].tolist()
-            tokens = token_strings(self.tokenizer, ids)
-            prompt = inputs[b].get("prompt") if b < len(inputs) else None
-            j = position.get(b)
-            rec = {
-                "step": step, "rank": self.rank, "row": b, "prompt_group": groups[b], "method": method,
-                "ratio": ratio,
-                "question": _text_of(prompt), "prompt": json.dumps(prompt, default=str),
-                "videos": _media(prompt, "video"), "images": _media(prompt, "image"),
-                "solution": str(inputs[b]["solution"]) if b < len(inputs) and inputs[b].get("solution") is not None
-                else None,
-                "prompt_ids": prompt_ids[k][prompt_mask[k]].tolist(), "prompt_length": int(prompt_mask[k].sum()),
-                "completion_ids": ids, "tokens": tokens, "response": "".join(tokens),
-                "reward": None if total is None else _finite(float(total[k])),
-                "rewards_per_func": None if per_func is None else [_finite(float(v)) for v in per_func[k]],
-                "advantage": float(advantages[k]),
-                "attributed": j is not None,
-                "weights": None if weights is None else weights[k, :n].float().tolist(),
-                "logp_old": None if old is None else old[k, :n].float().tolist(),
-                "permutation": perms.get(b),
-            }
-            for s in SIGNALS:
-                rec[f"scores_{s}"] = None
-                rec[f"selected_{s}"] = None
-                if j is not None and scores[s] is not None:
-                    v = valid[s][j, :n].bool().tolist()
-                    if any(v):
-                        rec[f"scores_{s}"] = [x if ok else None for x, ok in zip(scores[s][j, :n].tolist(), v)]
-                        if selected[s] is not None:
-                            rec[f"selected_{s}"] = selected[s][j, :n].bool().tolist()
-            chosen = [selected[s][j, :n].bool() for s in SIGNALS if j is not None and selected[s] is not None]
-            rec["selected_union"] = torch.stack(chosen).any(0).tolist() if chosen else None
-            rec["logp_full"] = logp_full[j, :n].tolist() if j is not None and logp_full is not None else None
-            for s in ("visual", "temporal"):
-                rec[f"logp_{s}"] = None
-                if j is not None and logp_pert[s] is not None and valid[s] is not None and valid[s][j, :n].any():
-                    rec[f"logp_{s}"] = logp_pert[s][j, :n].tolist()
-            records.append(rec)
+        chosen = _chosen_rows(batch, rows, rewards, reward_weights)
+        att = _chosen_attribution(capture, batch, rows)
+        records = [self._record(step, k, b, groups[b], inputs, chosen, att, method, ratio) for k, b in enumerate(rows)]
 
         meta = {"schema_version": SCHEMA_VERSION, "step": step, "rank": self.rank, "rows_in_batch": B,
                 "method": method, "ratio": ratio, **self.settings}
@@ -284,6 +206,108 @@ class RolloutLog:
         pq.write_table(table, partial)
         os.replace(partial, path)  # complete or absent
         return path, time.perf_counter() - start
+
+    def _record(self, step: int, k: int, b: int, group: int, inputs: list[dict], chosen: dict, att: dict,
+                method: str, ratio: float | None) -> dict:
+        """The log row of batch row `b`, the k-th chosen row (`_chosen_rows`, `_chosen_attribution`)."""
+        n = int(chosen["completion_mask"][k].sum())
+        ids = chosen["completion_ids"][k, :n].tolist()
+        tokens = token_strings(self.tokenizer, ids)
+        prompt = inputs[b].get("prompt") if b < len(inputs) else None
+        prompt_ids, prompt_mask = chosen["prompt_ids"], chosen["prompt_mask"]
+        total, per_func, weights, old = chosen["total"], chosen["per_func"], chosen["weights"], chosen["old"]
+        scores, valid, selected = att["scores"], att["valid"], att["selected"]
+        logp_full, logp_pert = att["logp_full"], att["logp_pert"]
+        j = att["position"].get(b)
+        rec = {
+            "step": step, "rank": self.rank, "row": b, "prompt_group": group, "method": method,
+            "ratio": ratio,
+            "question": _text_of(prompt), "prompt": json.dumps(prompt, default=str),
+            "videos": _media(prompt, "video"), "images": _media(prompt, "image"),
+            "solution": str(inputs[b]["solution"]) if b < len(inputs) and inputs[b].get("solution") is not None
+            else None,
+            "prompt_ids": prompt_ids[k][prompt_mask[k]].tolist(), "prompt_length": int(prompt_mask[k].sum()),
+            "completion_ids": ids, "tokens": tokens, "response": "".join(tokens),
+            "reward": None if total is None else _finite(float(total[k])),
+            "rewards_per_func": None if per_func is None else [_finite(float(v)) for v in per_func[k]],
+            "advantage": float(chosen["advantages"][k]),
+            "attributed": j is not None,
+            "weights": None if weights is None else weights[k, :n].float().tolist(),
+            "logp_old": None if old is None else old[k, :n].float().tolist(),
+            "permutation": att["perms"].get(b),
+        }
+        for s in SIGNALS:
+            rec[f"scores_{s}"] = None
+            rec[f"selected_{s}"] = None
+            if j is not None and scores[s] is not None:
+                v = valid[s][j, :n].bool().tolist()
+                if any(v):
+                    rec[f"scores_{s}"] = [x if ok else None for x, ok in zip(scores[s][j, :n].tolist(), v)]
+                    if selected[s] is not None:
+                        rec[f"selected_{s}"] = selected[s][j, :n].bool().tolist()
+        chosen_masks = [selected[s][j, :n].bool() for s in SIGNALS if j is not None and selected[s] is not None]
+        rec["selected_union"] = torch.stack(chosen_masks).any(0).tolist() if chosen_masks else None
+        rec["logp_full"] = logp_full[j, :n].tolist() if j is not None and logp_full is not None else None
+        for s in ("visual", "temporal"):
+            rec[f"logp_{s}"] = None
+            if j is not None and logp_pert[s] is not None and valid[s] is not None and valid[s][j, :n].any():
+                rec[f"logp_{s}"] = logp_pert[s][j, :n].tolist()
+        return rec
+
+
+def _chosen_rows(batch: dict, rows: list[int], rewards: torch.Tensor | None,
+                 reward_weights: torch.Tensor | None) -> dict:
+    """The batch's tensors at the chosen `rows`, on the CPU (only those rows travel), with each row's weighted
+    total reward (NaN where every reward function gave NaN)."""
+    B = batch["completion_ids"].shape[0]
+    take = torch.tensor(rows, dtype=torch.long)
+
+    def cpu(t):  # only the chosen rows travel to the CPU
+        return None if t is None else t.detach()[take.to(t.device)].cpu()
+
+    out = {"completion_ids": cpu(batch["completion_ids"]), "completion_mask": cpu(batch["completion_mask"]).bool(),
+           "prompt_ids": cpu(batch["prompt_ids"]), "prompt_mask": cpu(batch["prompt_mask"]).bool(),
+           "advantages": cpu(batch["advantages"].reshape(B, -1)[:, 0]).float(),
+           "weights": cpu(batch.get("token_weights")), "old": cpu(batch.get("old_per_token_logps"))}
+    per_func = cpu(rewards)
+    total = None
+    if per_func is not None:
+        w = reward_weights.detach().cpu() if reward_weights is not None else torch.ones(per_func.shape[1])
+        total = (per_func.float() * w.float()).nansum(1)
+        total[per_func.isnan().all(1)] = float("nan")
+    return {**out, "per_func": per_func, "total": total}
+
+
+def _chosen_attribution(capture: dict | None, batch: dict, rows: list[int]) -> dict:
+    """The step's attribution at the chosen rows that it attributed, on the CPU: per-signal scores, where they are
+    defined, selections, log-probs (full and perturbed), each row's temporal permutation, and `position` (batch
+    row -> row of these tensors)."""
+    B = batch["completion_ids"].shape[0]
+    attributed: dict[int, int] = {}  # batch row -> row of the attribution tensors
+    att, masks, perms = None, {}, {}
+    if capture and capture.get("attribution") is not None:
+        att = capture["attribution"]
+        attributed = {b: j for j, b in enumerate(capture["rows"])}
+        masks = capture.get("masks") or {}
+        media = batch.get("videos") or [None] * B  # each row's RowVideo: the attribution's videos, in row order
+        videos = [b for b in capture["rows"] if media[b] is not None and media[b].kind == "video"]
+        perms = {b: p.tolist() for b, p in zip(videos, att.permutations)}
+    sub = [attributed[b] for b in rows if b in attributed]
+    pick = torch.tensor(sub, dtype=torch.long)
+    position = {b: k for k, b in enumerate(b for b in rows if b in attributed)}  # batch row -> row of `sub`
+
+    def att_cpu(t):
+        return None if t is None or not sub else t.detach()[pick.to(t.device)].float().cpu()
+
+    return {
+        "position": position, "perms": perms,
+        "scores": {s: att_cpu(att.scores.get(s)) if att is not None else None for s in SIGNALS},
+        "valid": {s: att_cpu(att.valid.get(s)) if att is not None else None for s in SIGNALS},
+        "selected": {s: att_cpu(masks.get(s)) for s in SIGNALS},
+        "logp_full": att_cpu(att.logp) if att is not None else None,
+        "logp_pert": {s: att_cpu(att.perturbed_logp.get(s)) if att is not None else None
+                      for s in ("visual", "temporal")},
+    }
 
 
 def _finite(x: float) -> float | None:

@@ -42,6 +42,32 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
+def _check_loss_inputs(logp, old_logp, advantages, completion_mask, token_weights, ref_logp, beta, epsilon_low,
+                       epsilon_high, normalization, importance_weights) -> None:
+    """masked_clipped_loss's arguments: a ValueError naming the first bad one (options, then shapes)."""
+    if normalization not in LOSS_NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
+    if not (epsilon_low >= 0 and epsilon_high >= 0):
+        raise ValueError(f"epsilon_low and epsilon_high must be >= 0, got {epsilon_low} and {epsilon_high}")
+    if not beta >= 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError(f"beta={beta} > 0 needs ref_logp")
+    shape = logp.shape
+    if logp.dim() != 2:
+        raise ValueError(f"logp must be [B, T], got {tuple(shape)}")
+    for name, t in (("old_logp", old_logp), ("completion_mask", completion_mask),
+                    ("token_weights", token_weights), ("ref_logp", ref_logp)):
+        if t is not None and t.shape != shape:
+            raise ValueError(f"{name} must have logp's shape {tuple(shape)}, got {tuple(t.shape)}")
+    if advantages.shape not in ((shape[0],), shape):
+        raise ValueError(f"advantages must be [B] or [B, T] with [B, T] = {tuple(shape)}, "
+                         f"got {tuple(advantages.shape)}")
+    if importance_weights is not None and importance_weights.shape not in ((shape[0],), (shape[0], 1), shape):
+        raise ValueError(f"importance_weights must be [B], [B, 1] or [B, T] with [B, T] = {tuple(shape)}, "
+                         f"got {tuple(importance_weights.shape)}")
+
+
 def masked_clipped_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -85,27 +111,9 @@ def masked_clipped_loss(
     responses). Positions outside the response get exactly zero gradient, and so do unselected ones (m = 0)
     unless the KL term covers them (beta > 0 and mask_kl=False).
     """
-    if normalization not in LOSS_NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {LOSS_NORMALIZATIONS}, got {normalization!r}")
-    if not (epsilon_low >= 0 and epsilon_high >= 0):
-        raise ValueError(f"epsilon_low and epsilon_high must be >= 0, got {epsilon_low} and {epsilon_high}")
-    if not beta >= 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if beta > 0 and ref_logp is None:
-        raise ValueError(f"beta={beta} > 0 needs ref_logp")
+    _check_loss_inputs(logp, old_logp, advantages, completion_mask, token_weights, ref_logp, beta, epsilon_low,
+                       epsilon_high, normalization, importance_weights)
     shape = logp.shape
-    if logp.dim() != 2:
-        raise ValueError(f"logp must be [B, T], got {tuple(shape)}")
-    for name, t in (("old_logp", old_logp), ("completion_mask", completion_mask),
-                    ("token_weights", token_weights), ("ref_logp", ref_logp)):
-        if t is not None and t.shape != shape:
-            raise ValueError(f"{name} must have logp's shape {tuple(shape)}, got {tuple(t.shape)}")
-    if advantages.shape not in ((shape[0],), shape):
-        raise ValueError(f"advantages must be [B] or [B, T] with [B, T] = {tuple(shape)}, "
-                         f"got {tuple(advantages.shape)}")
-    if importance_weights is not None and importance_weights.shape not in ((shape[0],), (shape[0], 1), shape):
-        raise ValueError(f"importance_weights must be [B], [B, 1] or [B, T] with [B, T] = {tuple(shape)}, "
-                         f"got {tuple(importance_weights.shape)}")
 
     live = completion_mask.bool()  # [B, T] response tokens
     zero = torch.zeros_like(logp)

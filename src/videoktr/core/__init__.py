@@ -1,4 +1,6 @@
-"""videoktr.core: the paper's math as small, pure functions of torch tensors (no transformers, no trl).
+"""The paper's math as small, pure functions of torch tensors with shape comments: log-probs and entropies,
+attribution scores, key-token selection, controls, soft weights, the baselines' terms and the clipped objective.
+May import: torch only (no other part of videoktr, no transformers, no trl).
 
 Log-probabilities and entropies (paper Sec. 3.1), chunked over rows so no full fp32 [B, T, V] tensor exists:
     selective_log_softmax(logits, index)          log softmax(logits)[index], [..., V] -> [...] float32

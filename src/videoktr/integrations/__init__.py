@@ -1,5 +1,4 @@
-"""Plugins that let other evaluation tools run videoktr's frame sampling, prompts and answer extraction.
-
-`lmms_eval`: a model for lmms-eval (`lmms-eval --model videoktr --model_args pretrained=DIR`), registered through
-lmms-eval's `lmms_eval.models` entry points. lmms-eval itself is never imported by the rest of the package.
+"""Plugins that let other evaluation tools run videoktr's frame sampling, prompts and answer reading: `lmms_eval`,
+a model for lmms-eval (`lmms-eval --model videoktr`), found through lmms-eval's `lmms_eval.models` entry points.
+May import: eval, data, text, models; lmms-eval only when lmms-eval asks for the model class. Nothing imports it.
 """

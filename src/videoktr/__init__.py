@@ -11,17 +11,20 @@ Entry points
         merge-lora  a LoRA adapter merged into a plain model
     Python (docs/api.md):
         videoktr.train.config.load_config   options from YAML and overrides -> TrainConfig
-        videoktr.train.run.run              one experiment from a TrainConfig -> its report
+        videoktr.cli.train                  what `videoktr train` runs: a TrainConfig -> its report
+        videoktr.train.run.run, videoktr.world.run.run   a run on data; the synthetic world's default run
         videoktr.attribution.attribute      per-token visual, temporal and entropy scores of responses
         videoktr.attribution.select_key_tokens   the top-r key-token masks
         videoktr.eval.runner.run_generation, videoktr.eval.scoring.score_items   evaluation pieces
         videoktr.models.factory.create_model_dir, load_model, load_processor
 
 Importing the package is cheap; torch, transformers and trl are imported by the submodules that need them.
-Layout: `core` (the paper's math, torch only), `models` (offline factory, family adapters, perturbations),
-`data` (video decoding, Video-R1 rows, the synthetic world), `attribution` (scores and key-token masks for a batch
-of responses), `train` (trainer, configuration, runs), `eval` (benchmarks), `analysis` (explain, analyze),
-`cli` (the `videoktr` command).
+Layout, in dependency order (each part imports only parts before it; tests/test_layout.py): `core` (the paper's
+math, torch only) and `text` (the question Item, prompts, answer reading); `models` (offline factory, family
+adapters, perturbations) and `rewards`; `attribution` (scores and key-token masks for a batch of responses) and
+`data` (video decoding, Video-R1 rows); `eval` (benchmarks); `filter` and `train` (trainer, configuration, a run
+on data); `world` (the synthetic world, its warm start, metrics and the default run); `analysis` (explain,
+analyze) and `integrations` (lmms-eval); `cli` (the `videoktr` command).
 """
 
 __version__ = "0.1.0"

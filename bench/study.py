@@ -138,45 +138,56 @@ def shared_overrides(args, world: str) -> dict:
     return base
 
 
-def prepare_warm_start(args, world: str) -> str:
-    """The world's clips and its one warm-started model (cached under the cache dir), built in this process."""
+def prepare_warm_start(args, world: str, warmstart_seed: int) -> str:
+    """The world's clips and its warm-started model for one warm-start seed (run.seed of the supervised warm start:
+    its base model's initialisation and its data order; cached under the cache dir), built in this process."""
     from videoktr.train.config import load_config
     from videoktr.world.run import prepare_world_and_model
 
     over = shared_overrides(args, world)
-    over["seed"] = args.warmstart_seed
-    over["output_dir"] = str(Path(args.out) / world / ".warmstart")
+    over["seed"] = warmstart_seed
+    over["output_dir"] = str(Path(args.out) / world / f".warmstart-{warmstart_seed}")
     _, model_dir = prepare_world_and_model(load_config(overrides=over))
     return str(model_dir)
 
 
-def cell_dir(args, world: str, arm: str, seed: int) -> Path:
-    return Path(args.out) / world / arm / f"seed-{seed}"
+def replicate(warmstart_seed: int, seed: int) -> str:
+    """A replicate's name: its warm start and its RL seed. Paired tests pair cells of the same replicate."""
+    return f"ws{warmstart_seed}-seed{seed}"
 
 
-def cell_command(args, world: str, arm: str, seed: int, model_dir: str) -> list[str]:
+def cell_dir(args, world: str, arm: str, seed: int, warmstart_seed: int = 0) -> Path:
+    """OUT/<world>/<arm>/seed-<s> from warm start 0 (the layout of studies with one warm start), else
+    OUT/<world>/<arm>/ws<w>-seed-<s>."""
+    name = f"seed-{seed}" if warmstart_seed == 0 else f"ws{warmstart_seed}-seed-{seed}"
+    return Path(args.out) / world / arm / name
+
+
+def cell_command(args, world: str, arm: str, seed: int, model_dir: str, warmstart_seed: int = 0) -> list[str]:
     over = shared_overrides(args, world)
-    over.update({"model": model_dir, "seed": seed, "output_dir": str(cell_dir(args, world, arm, seed)),
+    over.update({"model": model_dir, "seed": seed, "output_dir": str(cell_dir(args, world, arm, seed, warmstart_seed)),
                  "max_steps": args.steps, "log_rollouts_every": args.log_rollouts_every,
                  "save_steps": args.save_steps, "save_final": False})
     over.update(ARMS[arm][0])
     return [sys.executable, "-m", "videoktr.cli", "train", *flag_args(over)]
 
 
-def run_cell(args, world: str, arm: str, seed: int, model_dir: str, slot: int) -> dict:
-    d = cell_dir(args, world, arm, seed)
+def run_cell(args, world: str, arm: str, seed: int, warmstart_seed: int, model_dir: str, slot: int) -> dict:
+    d = cell_dir(args, world, arm, seed, warmstart_seed)
+    name = f"{world}/{arm}/{d.name}"
     d.mkdir(parents=True, exist_ok=True)
     # beside the run directory: a fresh start moves everything inside it to superseded-*/
     log_path = d.parent / f"{d.name}.log"
-    cmd = cell_command(args, world, arm, seed, model_dir)
+    cmd = cell_command(args, world, arm, seed, model_dir, warmstart_seed)
     env = dict(os.environ)
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     if args.gpus:
         env["CUDA_VISIBLE_DEVICES"] = args.gpus[slot % len(args.gpus)]
     with open(Path(args.out) / "launched.jsonl", "a") as f:
-        f.write(json.dumps({"world": world, "arm": arm, "seed": seed, "time": time.time()}) + "\n")
-    print(f"  run  {world}/{arm}/seed-{seed}", flush=True)
+        f.write(json.dumps({"world": world, "arm": arm, "seed": seed, "warmstart_seed": warmstart_seed,
+                            "time": time.time()}) + "\n")
+    print(f"  run  {name}", flush=True)
     start = time.perf_counter()
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
@@ -185,10 +196,10 @@ def run_cell(args, world: str, arm: str, seed: int, model_dir: str, slot: int) -
     seconds = time.perf_counter() - start
     if rc != 0 or not (d / "report.json").is_file():
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
-        print(f"  FAILED {world}/{arm}/seed-{seed} (exit {rc}); last lines of {log_path}:\n    "
+        print(f"  FAILED {name} (exit {rc}); last lines of {log_path}:\n    "
               + "\n    ".join(tail), flush=True)
         return {"ok": False}
-    print(f"  done {world}/{arm}/seed-{seed} in {seconds:.0f} s", flush=True)
+    print(f"  done {name} in {seconds:.0f} s", flush=True)
     return {"ok": True}
 
 
@@ -305,6 +316,44 @@ def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dic
             "responses": len(records)}
 
 
+COLLAPSE = 0.05  # a cell collapsed when its held-out accuracy fell this much (5 points) or more below its warm start's
+
+
+def output_profile(responses: list[str], families: list[str]) -> dict:
+    """What a model's greedy held-out responses look like: the share in the <answer> format, the mean length in
+    words, the share of distinct responses, and per question family the share of its most common answer
+    (averaged over families, weighted by their clips): 1.0 when a family gets one answer whatever the clip."""
+    answers = []
+    for r in responses:
+        m = _ANSWER.search(r)
+        answers.append(m.group(1).strip() if m else None)
+    by_family: dict[str, list[str]] = {}
+    for a, f in zip(answers, families):
+        if a is not None:
+            by_family.setdefault(f, []).append(a)
+    top = sum(max(v.count(x) for x in set(v)) for v in by_family.values())
+    answered = sum(len(v) for v in by_family.values())
+    n = max(len(responses), 1)
+    return {"format": answered / n, "mean_words": sum(len(r.split()) for r in responses) / n,
+            "distinct_responses": len(set(responses)) / n,
+            "top_answer_share": top / answered if answered else None}
+
+
+def sampling_path(history: list[dict], window: float = 0.1) -> dict:
+    """The training rollouts' side of a run, from its log history: sampled accuracy reward, policy entropy and
+    response length in the first and the last `window` of the logged steps (what sampling at the training
+    temperature saw, beside the greedy held-out accuracy)."""
+    steps = [h for h in history if "reward" in h]
+    k = max(1, int(len(steps) * window))
+
+    def mean(key, rows):
+        v = [h[key] for h in rows if h.get(key) is not None]
+        return sum(v) / len(v) if v else None
+
+    keys = {"accuracy": "rewards/accuracy_reward/mean", "entropy": "entropy", "length": "completions/mean_length"}
+    return {name: {"start": mean(key, steps[:k]), "end": mean(key, steps[-k:])} for name, key in keys.items()}
+
+
 def _attribution(report: dict, key: str) -> dict:
     """report.json's attribution table `key` (auc, precision); reports written before 2026-12-06 kept a copy of
     both at the top level (attribution_auc, attribution_precision)."""
@@ -328,13 +377,19 @@ def measure_cell(d: Path) -> dict:
     report_path = d / "report.json"
     if cached.is_file() and cached.stat().st_mtime >= report_path.stat().st_mtime:
         cell = json.loads(cached.read_text())
-        if "mask_gradient" in cell:  # else written by an earlier version of this script: measure again
+        if "outputs" in cell:  # else written by an earlier version of this script: measure again
             return cell
     report = json.loads(report_path.read_text())
     items = json.loads((d / "heldout_items.json").read_text())
     train = report.get("train") or {}
     signal = train.get("learning_signal") or {}
     rollouts = logged_rollouts(d)  # read once for both measurements below
+    history = json.loads((d / "log_history.json").read_text()) if (d / "log_history.json").is_file() else []
+    outputs = None
+    if "responses_after" in items:  # runs before 2026-12-06 kept correctness only
+        outputs = {k: output_profile(items[f"responses_{k}"], items["families"]) for k in ("before", "after")}
+        # the responses themselves stay in heldout_items.json: cell.json keeps the numbers
+        items = {k: v for k, v in items.items() if not k.startswith("responses_")}
 
     def acc(block):
         return {"overall": block["overall"]["accuracy"],
@@ -355,6 +410,9 @@ def measure_cell(d: Path) -> dict:
         "wall_seconds": report.get("wall_seconds_total", report.get("wall_seconds")),
         "answer_span": answer_span_rates(d, rollouts),
         "mask_gradient": mask_gradient_share(d, rollouts),
+        "collapsed": report["accuracy_gain"]["gain"] <= -COLLAPSE,
+        "outputs": outputs,
+        "sampling": sampling_path(history),
     }
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(cell, indent=1))
@@ -396,10 +454,47 @@ def student_t_sf2(t: float, df: int) -> float:
     return max(0.0, min(1.0, 2.0 * (1.0 - cdf)))
 
 
-def paired_seed_test(reference: dict[int, dict], cells: dict[int, dict]) -> dict | None:
-    """The arm against grpo over seeds: per seed, its held-out accuracy after RL minus grpo's (same seed, same
-    clips), and a paired t-test of those differences (n = seeds, df = n - 1). Unlike the McNemar test over clips,
-    which counts every clip as an independent pair, this one sees the run-to-run variance of RL itself."""
+def student_t_quantile(p_two_sided: float, df: int) -> float:
+    """The t > 0 with two-sided p-value `p_two_sided` at `df` degrees of freedom (bisection on student_t_sf2)."""
+    lo, hi = 0.0, 1.0
+    while student_t_sf2(hi, df) > p_two_sided:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if student_t_sf2(mid, df) > p_two_sided else (lo, mid)
+    return (lo + hi) / 2
+
+
+DETECT = 0.02  # the difference the study must be able to detect (2 points of held-out accuracy)
+ALPHA, POWER = 0.05, 0.8
+
+
+def detectable_difference(sd: float, n: int, alpha: float = ALPHA, power: float = POWER) -> float | None:
+    """The smallest true mean difference a paired t-test over n replicates detects at two-sided level `alpha` with
+    probability `power`, given the per-replicate differences' standard deviation sd: (t_{1-a/2} + t_{power}) sd /
+    sqrt(n), df = n - 1 (the usual approximation that ignores the non-central t's skew)."""
+    if n < 2:
+        return None
+    df = n - 1
+    return (student_t_quantile(alpha, df) + student_t_quantile(2 * (1 - power), df)) * sd / math.sqrt(n)
+
+
+def replicates_needed(sd: float, delta: float = DETECT, alpha: float = ALPHA, power: float = POWER,
+                      most: int = 1000) -> int | None:
+    """The fewest replicates (warm start x RL seed pairs) at which detectable_difference(sd, n) <= delta; None when
+    more than `most` would be needed."""
+    for n in range(2, most + 1):
+        if detectable_difference(sd, n, alpha, power) <= delta:
+            return n
+    return None
+
+
+def paired_seed_test(reference: dict[str, dict], cells: dict[str, dict]) -> dict | None:
+    """The arm against grpo over replicates (warm start x RL seed): per replicate, its held-out accuracy after RL
+    minus grpo's (same warm start, same seed, same clips), and a paired t-test of those differences (n =
+    replicates, df = n - 1). Unlike the McNemar test over clips, which counts every clip as an independent pair,
+    this one sees the run-to-run variance of RL itself. `power`: the difference it detects at n (ALPHA, POWER)
+    and the replicates a 2-point difference needs, from the measured spread of the differences."""
     diffs = [cells[s]["accuracy_after"]["overall"] - reference[s]["accuracy_after"]["overall"]
              for s in sorted(cells) if s in reference]
     if len(diffs) < 2:
@@ -407,17 +502,42 @@ def paired_seed_test(reference: dict[int, dict], cells: dict[int, dict]) -> dict
     n = len(diffs)
     mean = sum(diffs) / n
     sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    keys = [k for k in sorted(cells) if k in reference]
+    power = {"detectable_at_n": detectable_difference(sd, n), "replicates_for_2_points": replicates_needed(sd)}
     if sd == 0:
         return {"mean_diff": mean, "sd": 0.0, "t": None, "df": n - 1, "p_value": 1.0 if mean == 0 else 0.0,
-                "n": n, "diffs": diffs}
+                "n": n, "diffs": diffs, "replicates": keys, "power": power}
     t = mean / (sd / math.sqrt(n))
     return {"mean_diff": mean, "sd": sd, "t": t, "df": n - 1, "p_value": student_t_sf2(t, n - 1), "n": n,
-            "diffs": diffs}
+            "diffs": diffs, "replicates": keys, "power": power}
 
 
-def paired_vs(reference: dict[int, dict], cells: dict[int, dict], family: str | None = None) -> dict | None:
-    """Paired test of an arm's held-out correctness after RL against grpo's, same seed, same clips: one test per
-    seed, and one pooled over seeds (the per-seed lists concatenated: n = seeds x clips)."""
+def variance_parts(cells: dict[str, dict]) -> dict:
+    """How an arm's held-out accuracy after RL spreads: per warm start (mean ± std over its RL seeds), the std of
+    the warm starts' means (between warm starts) and the pooled std over RL seeds within a warm start."""
+    by_ws: dict[int, list[float]] = {}
+    for c in cells.values():
+        by_ws.setdefault(c.get("warmstart_seed", 0), []).append(c["accuracy_after"]["overall"])
+    per = {str(w): mean_std(v) for w, v in sorted(by_ws.items())}
+    means = [sum(v) / len(v) for v in by_ws.values()]
+    within = [(len(v) - 1, mean_std(v)["std"]) for v in by_ws.values() if len(v) > 1]
+    dof = sum(d for d, _ in within)
+    return {"per_warm_start": per,
+            "between_warm_starts": mean_std(means)["std"] if len(means) > 1 else None,
+            "within_warm_start": math.sqrt(sum(d * sd * sd for d, sd in within) / dof) if dof else None}
+
+
+def collapse_summary(cells: dict[str, dict]) -> dict:
+    """The arm's collapses: cells whose held-out accuracy fell COLLAPSE or more below their warm start's."""
+    hit = sorted(k for k, c in cells.items() if c["gain"]["gain"] <= -COLLAPSE)
+    return {"threshold": COLLAPSE, "count": len(hit), "n": len(cells), "rate": len(hit) / len(cells) if cells else None,
+            "replicates": hit}
+
+
+def paired_vs(reference: dict[str, dict], cells: dict[str, dict], family: str | None = None) -> dict | None:
+    """Paired test of an arm's held-out correctness after RL against grpo's, same replicate (warm start and seed),
+    same clips: one test per replicate, and one pooled over replicates (the lists concatenated: n = replicates x
+    clips)."""
     from videoktr.world.metrics import paired_gain
 
     per_seed, pooled_ref, pooled_arm = {}, [], []
@@ -431,7 +551,7 @@ def paired_vs(reference: dict[int, dict], cells: dict[int, dict], family: str | 
         b = [cell["items"]["after"][i] for i in keep]
         if not keep:
             continue
-        per_seed[str(seed)] = paired_gain(a, b)
+        per_seed[seed] = paired_gain(a, b)
         pooled_ref += a
         pooled_arm += b
     if not pooled_ref:
@@ -450,14 +570,22 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                 continue
             families = sorted(cs[0]["accuracy_after"]["per_family"])
             entry = {
-                "description": ARMS[arm][1], "options": ARMS[arm][0], "seeds": sorted(by_seed),
+                "description": ARMS[arm][1], "options": ARMS[arm][0], "replicates": sorted(by_seed),
+                "seeds": sorted({c.get("seed", 0) for c in cs}),
+                "warmstart_seeds": sorted({c.get("warmstart_seed", 0) for c in cs}),
                 "steps": sorted({c["steps"] for c in cs}),
                 "accuracy_before": mean_std(c["accuracy_before"]["overall"] for c in cs),
                 "accuracy_after": mean_std(c["accuracy_after"]["overall"] for c in cs),
                 "accuracy_after_per_family": {f: mean_std(c["accuracy_after"]["per_family"].get(f) for c in cs)
                                               for f in families},
                 "gain_over_warm_start": mean_std(c["gain"]["gain"] for c in cs),
-                "gain_over_warm_start_p": {str(s): c["gain"]["p_value"] for s, c in sorted(by_seed.items())},
+                "gain_over_warm_start_p": {s: c["gain"]["p_value"] for s, c in sorted(by_seed.items())},
+                "outcomes": [{"replicate": k, "warmstart_seed": c.get("warmstart_seed", 0), "seed": c.get("seed"),
+                              "before": c["accuracy_before"]["overall"], "after": c["accuracy_after"]["overall"],
+                              "gain": c["gain"]["gain"], "outputs": c.get("outputs"), "sampling": c.get("sampling")}
+                             for k, c in sorted(by_seed.items())],
+                "collapse": collapse_summary(by_seed),
+                "variance": variance_parts(by_seed),
                 "vs_grpo": None if arm == "grpo" else paired_vs(ref, by_seed),
                 "vs_grpo_seeds": None if arm == "grpo" else paired_seed_test(ref, by_seed),
                 "vs_grpo_per_family": None if arm == "grpo" else {f: paired_vs(ref, by_seed, f) for f in families},
@@ -480,8 +608,25 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                                   for k in ("unselected_share", "unselected_confident")},
             }
             w[arm] = entry
-        summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w]}
+        summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w],
+                                    "power": world_power(w)}
     return summary
+
+
+def world_power(arms: dict) -> dict:
+    """The seed count's power on one world: grpo's spread over replicates, the pooled std of the per-replicate
+    differences to grpo over every arm (df-weighted), the difference the current replicates detect with it, and the
+    replicates a 2-point difference needs (ALPHA two-sided, POWER)."""
+    tests = [e["vs_grpo_seeds"] for e in arms.values() if e.get("vs_grpo_seeds")]
+    dof = sum(t["n"] - 1 for t in tests)
+    sd = math.sqrt(sum((t["n"] - 1) * t["sd"] ** 2 for t in tests) / dof) if dof else None
+    n = max((t["n"] for t in tests), default=0)
+    grpo = arms.get("grpo")
+    return {"grpo_after_std": grpo["accuracy_after"]["std"] if grpo else None,
+            "pooled_sd_of_differences": sd, "replicates": n,
+            "detectable_at_n": detectable_difference(sd, n) if sd is not None else None,
+            "replicates_for_2_points": replicates_needed(sd) if sd is not None else None,
+            "alpha": ALPHA, "power": POWER, "delta": DETECT}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -512,8 +657,9 @@ def markdown(summary: dict) -> str:
     meta = summary["meta"]
     lines = [f"# Study results ({meta['mode']})", "",
              f"Written by `bench/study.py` from `{meta['out']}/summary.json` ({meta['written']}). "
-             f"{meta['note']} Seeds {meta['seeds']}, {meta['steps']} RL steps per cell, every cell of a world "
-             "from the same warm start. docs/benchmarks.md says what every column means.", ""]
+             f"{meta['note']} RL seeds {meta['seeds']} from each of the warm starts {meta.get('warmstart_seeds', [0])} "
+             f"(a replicate = a warm start and an RL seed; paired tests pair arms within a replicate), {meta['steps']} "
+             "RL steps per cell. docs/benchmarks.md says what every column means.", ""]
     for world, w in summary["worlds"].items():
         arms = w["arms"]
         if not arms:
@@ -525,16 +671,17 @@ def markdown(summary: dict) -> str:
                   "from run to run. Δ vs grpo over seeds: the mean of the per-seed accuracy differences (same "
                   "seed, same clips) with the paired t-test's p over seeds (df = seeds - 1), the test to read "
                   "before calling a difference a property of the method.", "",
-                  "| arm | what | seeds | before | after | Δ vs warm start | Δ vs grpo over clips | "
-                  "Δ vs grpo over seeds | update ratio | steps without gradient | answer span selected (union) |",
+                  "| arm | what | replicates | before | after | Δ vs warm start | Δ vs grpo over clips | "
+                  "Δ vs grpo over replicates | update ratio | steps without gradient | answer span selected (union) |",
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for arm, e in arms.items():
             union = (e["answer_span"].get("union") or {}).get("answer_selected")
-            lines.append(f"| {arm} | {e['description']} | {len(e['seeds'])} | {_ms(e['accuracy_before'])} | "
+            lines.append(f"| {arm} | {e['description']} | {len(e['replicates'])} | {_ms(e['accuracy_before'])} | "
                          f"{_ms(e['accuracy_after'])} | {_ms(e['gain_over_warm_start'], 100, 1)} | {_vs(e['vs_grpo'])} | "
                          f"{_vs_seeds(e.get('vs_grpo_seeds'))} | "
                          f"{_ms(e['update_ratio'], digits=2)} | {_ms(e['share_steps_without_gradient'], digits=2)} | "
                          f"{_ms(union, digits=2)} |")
+        lines += outcome_lines(arms, w.get("power"))
         families = sorted({f for e in arms.values() for f in e["accuracy_after_per_family"]})
         lines += ["", "Per question family: accuracy after RL (mean ± std), and the pooled paired Δ vs grpo "
                   "(points, p).", "", "| arm | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
@@ -587,6 +734,52 @@ def markdown(summary: dict) -> str:
             lines += ["", f"Not run yet: {', '.join(w['missing'])}"]
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _arrow(x: dict | None, key: str, digits: int = 2) -> str:
+    a, b = (x or {}).get("start" if key == "sampling" else "before"), (x or {}).get("end" if key == "sampling" else "after")
+    return "-" if a is None or b is None else f"{a:.{digits}f} → {b:.{digits}f}"
+
+
+def outcome_lines(arms: dict, power: dict | None) -> list[str]:
+    """The distribution of outcomes, the collapse rate, the variance parts, the power of the replicate count, and
+    what the collapsed cells' outputs became (Markdown lines)."""
+    lines = ["", f"Outcomes: each replicate's change of held-out accuracy from its warm start (points; `!` marks a "
+             f"collapse, a drop of {COLLAPSE * 100:.0f} points or more), the collapse rate, and the spread of the "
+             "accuracy after RL between warm starts (std of their means) and within one (pooled std over RL seeds).",
+             "", "| arm | Δ per replicate | collapses | std between warm starts | std within a warm start |",
+             "|---|---|---|---|---|"]
+    for arm, e in arms.items():
+        deltas = ", ".join(f"{o['replicate']} {o['gain'] * 100:+.1f}{'!' if o['gain'] <= -COLLAPSE else ''}"
+                           for o in e["outcomes"])
+        c, v = e["collapse"], e["variance"]
+        fmt = lambda x: "-" if x is None else f"{x * 100:.1f}"  # noqa: E731
+        lines.append(f"| {arm} | {deltas} | {c['count']}/{c['n']} | {fmt(v['between_warm_starts'])} | "
+                     f"{fmt(v['within_warm_start'])} |")
+    if power and power.get("pooled_sd_of_differences") is not None:
+        need = power["replicates_for_2_points"]
+        lines += ["", f"Power: the per-replicate differences to grpo have a pooled std of "
+                  f"{power['pooled_sd_of_differences'] * 100:.2f} points (grpo's own std over replicates "
+                  f"{(power['grpo_after_std'] or 0) * 100:.2f}); with {power['replicates']} replicates the paired "
+                  f"t-test detects a true difference of {power['detectable_at_n'] * 100:.1f} points (two-sided "
+                  f"p < {power['alpha']}, power {power['power']}); a {power['delta'] * 100:.0f}-point difference needs "
+                  f"{need if need else 'more than 1000'} replicates."]
+    collapsed = [(arm, o) for arm, e in arms.items() for o in e["outcomes"] if o["gain"] <= -COLLAPSE]
+    if collapsed:
+        lines += ["", "What a collapse is: the collapsed cells' greedy held-out outputs before → after RL (share in "
+                  "the answer format, share of a family's most common answer, mean words, share of distinct "
+                  "responses) beside what the training rollouts sampled (accuracy reward, policy entropy, over the "
+                  "first and last 10% of logged steps).", "",
+                  "| arm | replicate | accuracy | format | top answer share | words | distinct | sampled accuracy | "
+                  "entropy |", "|---|---|---|---|---|---|---|---|---|"]
+        for arm, o in collapsed:
+            out, smp = o.get("outputs") or {}, o.get("sampling") or {}
+            per = lambda k: {"before": (out.get("before") or {}).get(k), "after": (out.get("after") or {}).get(k)}  # noqa: E731
+            lines.append(f"| {arm} | {o['replicate']} | {o['before']:.3f} → {o['after']:.3f} | "
+                         f"{_arrow(per('format'), 'outputs')} | {_arrow(per('top_answer_share'), 'outputs')} | "
+                         f"{_arrow(per('mean_words'), 'outputs', 1)} | {_arrow(per('distinct_responses'), 'outputs')} | "
+                         f"{_arrow(smp.get('accuracy'), 'sampling')} | {_arrow(smp.get('entropy'), 'sampling')} |")
+    return lines
 
 
 def _values(entry, key, k):
@@ -663,6 +856,27 @@ def plots(summary: dict, out: Path) -> dict[str, list[str]]:
             fig.savefig(out / f"{world}-families.png", dpi=110)
             plt.close(fig)
             files.append(f"{world}-families.png")
+        if any(len(e.get("outcomes") or []) > 1 for e in arms.values()):
+            names = list(arms)
+            fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 1.5), 3.4))
+            warm = sorted({o["warmstart_seed"] for e in arms.values() for o in e["outcomes"]})
+            for j, name in enumerate(names):
+                for o in arms[name]["outcomes"]:
+                    k = warm.index(o["warmstart_seed"])
+                    ax.scatter(j + (k - (len(warm) - 1) / 2) * 0.15, o["gain"] * 100, s=18,
+                               color=plt.cm.tab10(k), label=f"warm start {o['warmstart_seed']}")
+            ax.axhline(-COLLAPSE * 100, color="tab:red", ls=":", lw=1, label="collapse")
+            ax.axhline(0, color="grey", lw=0.8)
+            handles, labels = ax.get_legend_handles_labels()
+            unique = dict(zip(labels, handles))
+            ax.legend(unique.values(), unique.keys(), fontsize=7)
+            ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+            ax.set_ylabel("Δ held-out accuracy vs warm start (points)")
+            ax.set_title(f"outcome per replicate, {world}")
+            fig.tight_layout()
+            fig.savefig(out / f"{world}-outcomes.png", dpi=110)
+            plt.close(fig)
+            files.append(f"{world}-outcomes.png")
         written[world] = files
     return written
 
@@ -678,7 +892,9 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--steps", type=int, default=None, help="RL steps per cell (equal for all)")
     p.add_argument("--world-seed", type=int, default=0)
-    p.add_argument("--warmstart-seed", type=int, default=0, help="run.seed of the world's one warm start")
+    p.add_argument("--warmstart-seeds", "--warmstart-seed", nargs="+", type=int, default=[0],
+                   help="run.seed of each warm start of a world (each gets every arm x seed; replicates pair by "
+                        "warm start and seed)")
     p.add_argument("--cache-dir", default=None, help="world and warm-start cache (default OUT/cache; "
                                                      ".cache/videoktr reuses the default run's warm start)")
     p.add_argument("--jobs", type=int, default=1, help="cells run at once")
@@ -708,7 +924,9 @@ def main(argv=None) -> int:
     plan = grid(args)
     if args.list:
         for world, arms in plan.items():
-            print(f"world {world}: {len(arms)} arms x {len(args.seeds)} seeds = {len(arms) * len(args.seeds)} cells")
+            n = len(args.seeds) * len(args.warmstart_seeds)
+            print(f"world {world}: {len(arms)} arms x {len(args.seeds)} seeds x {len(args.warmstart_seeds)} warm "
+                  f"starts = {len(arms) * n} cells")
             for a in arms:
                 print(f"  {a:24s} {ARMS[a][1]:60s} {flag_args(ARMS[a][0])}")
         return 0
@@ -717,31 +935,44 @@ def main(argv=None) -> int:
     failed = []
     if not args.aggregate_only:
         for world, arms in plan.items():
-            todo = [(a, s) for a in arms for s in args.seeds if not (cell_dir(args, world, a, s) / "report.json").is_file()]
-            print(f"world {world}: {len(arms) * len(args.seeds) - len(todo)} cells finished, {len(todo)} to run")
-            if not todo:
-                continue
-            print(f"  warm start of world {world} (cached after the first time)", flush=True)
-            model_dir = prepare_warm_start(args, world)
-            with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-                results = list(pool.map(
-                    lambda x, world=world, model_dir=model_dir: (x, run_cell(args, world, *x[1], model_dir, x[0])),
-                    enumerate(todo)))
-            failed += [f"{world}/{a}/seed-{s}" for (_, (a, s)), r in results if not r["ok"]]
+            for ws in args.warmstart_seeds:
+                # replicate by replicate (every arm of a seed before the next seed), so that the paired comparisons
+                # of an interrupted study are complete for the replicates it finished
+                todo = [(a, s) for s in args.seeds for a in arms
+                        if not (cell_dir(args, world, a, s, ws) / "report.json").is_file()]
+                print(f"world {world}, warm start {ws}: {len(arms) * len(args.seeds) - len(todo)} cells finished, "
+                      f"{len(todo)} to run")
+                if not todo:
+                    continue
+                print(f"  warm start {ws} of world {world} (cached after the first time)", flush=True)
+                model_dir = prepare_warm_start(args, world, ws)
+                with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+                    results = list(pool.map(
+                        lambda x, world=world, ws=ws, model_dir=model_dir:
+                            (x, run_cell(args, world, x[1][0], x[1][1], ws, model_dir, x[0])),
+                        enumerate(todo)))
+                failed += [str(cell_dir(args, world, a, s, ws).relative_to(args.out))
+                           for (_, (a, s)), r in results if not r["ok"]]
     cells: dict = {}
     for world, arms in plan.items():
         cells[world] = {}
         for a in arms:
-            by_seed = {s: measure_cell(cell_dir(args, world, a, s)) for s in args.seeds
-                       if (cell_dir(args, world, a, s) / "report.json").is_file()}
-            if by_seed:
-                cells[world][a] = by_seed
+            by_rep = {}
+            for ws in args.warmstart_seeds:
+                for s in args.seeds:
+                    d = cell_dir(args, world, a, s, ws)
+                    if (d / "report.json").is_file():
+                        by_rep[replicate(ws, s)] = {**measure_cell(d), "seed": s, "warmstart_seed": ws}
+            if by_rep:
+                cells[world][a] = by_rep
     summary = aggregate(cells, plan)
     summary["meta"] = {"mode": "quick" if args.quick else "full", "out": str(out), "seeds": args.seeds,
+                       "warmstart_seeds": args.warmstart_seeds,
                        "steps": args.steps, "worlds": list(plan), "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                        "note": args.note, "failed": failed,
-                       "paired_tests": "arm vs grpo after RL, same seed and held-out clips; 'pooled' concatenates the "
-                                       "seeds' per-clip lists (n = seeds x clips), 'per_seed' tests each seed alone"}
+                       "paired_tests": "arm vs grpo after RL, same replicate (warm start and RL seed) and held-out "
+                                       "clips; 'pooled' concatenates the replicates' per-clip lists (n = replicates "
+                                       "x clips), 'per_seed' tests each replicate alone"}
     summary["plots"] = plots(summary, out)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     text = markdown(summary)

@@ -52,13 +52,26 @@ def test_quick_study(tmp_path):
     assert arms["grpo"]["accuracy_before"]["mean"] == arms["ktr"]["accuracy_before"]["mean"]
     assert arms["grpo"]["vs_grpo"] is None
     vs = arms["ktr"]["vs_grpo"]
-    assert set(vs["per_seed"]) == {"0", "1"}
-    n_clips = vs["per_seed"]["0"]["n"]
+    assert set(vs["per_seed"]) == {"ws0-seed0", "ws0-seed1"}  # replicates: warm start 0, RL seeds 0 and 1
+    n_clips = vs["per_seed"]["ws0-seed0"]["n"]
     assert vs["pooled"]["n"] == 2 * n_clips  # pooled over seeds: the per-seed lists concatenated
     assert 0 <= vs["pooled"]["p_value"] <= 1 and vs["pooled"]["ci95"][0] <= vs["pooled"]["gain"]
     assert set(arms["ktr"]["vs_grpo_per_family"]) == {"count", "order", "presence", "text"}
     seeds = arms["ktr"]["vs_grpo_seeds"]  # the per-seed accuracy differences and their paired t-test
     assert seeds["n"] == 2 and seeds["df"] == 1 and len(seeds["diffs"]) == 2 and 0 <= seeds["p_value"] <= 1
+    # outcomes per replicate, with what the greedy outputs and the training rollouts looked like
+    for name, arm in arms.items():
+        assert [o["replicate"] for o in arm["outcomes"]] == ["ws0-seed0", "ws0-seed1"], name
+        for o in arm["outcomes"]:
+            assert o["gain"] == pytest.approx(o["after"] - o["before"], abs=1e-9)
+            assert 0 <= o["outputs"]["after"]["format"] <= 1 and o["outputs"]["before"]["mean_words"] > 0
+            assert o["sampling"]["accuracy"]["start"] is not None
+        assert arm["collapse"]["n"] == 2 and arm["collapse"]["count"] == len(arm["collapse"]["replicates"])
+        assert set(arm["variance"]["per_warm_start"]) == {"0"} and arm["variance"]["between_warm_starts"] is None
+    power = summary["worlds"]["short"]["power"]
+    assert power["replicates"] == 2 and power["delta"] == 0.02
+    items = json.loads((out / "short" / "ktr" / "seed-0" / "heldout_items.json").read_text())
+    assert len(items["responses_after"]) == len(items["after"]) == len(items["solutions"]) == n_clips
     # the answer span's selection by each signal of ktr, from the rollout log
     span = arms["ktr"]["answer_span"]
     assert set(span) == {"visual", "temporal", "entropy", "union"}
@@ -76,7 +89,8 @@ def test_quick_study(tmp_path):
     assert "visual/zero/vision" in auc and "temporal/shuffle/order" in auc and "entropy/vision" in auc
     text = (out / "study.md").read_text()
     assert "| grpo |" in text and "| ktr |" in text
-    assert (out / "short-families.png").stat().st_size > 0
+    assert (out / "short-families.png").stat().st_size > 0 and (out / "short-outcomes.png").stat().st_size > 0
+    assert "Outcomes: each replicate's change" in text
 
     # resumable: nothing left to run, nothing launched; a removed cell (and only it) runs again
     _study(out)
@@ -87,6 +101,18 @@ def test_quick_study(tmp_path):
     assert len(launched) == 5 and (launched[-1]["arm"], launched[-1]["seed"]) == ("ktr", 1)
     again = json.loads((out / "summary.json").read_text())["worlds"]["short"]["arms"]["ktr"]
     assert again["seeds"] == [0, 1]
+
+    # a second warm start: its own warm-start seed and cells beside the first's, paired within a replicate
+    _study(out, "--warmstart-seeds", "0", "1", "--seeds", "0", "--arms", "grpo", "ktr")
+    launched = _launched(out)
+    assert [(x["arm"], x["warmstart_seed"]) for x in launched[5:]] == [("grpo", 1), ("ktr", 1)]
+    assert (out / "short" / "ktr" / "ws1-seed-0" / "report.json").is_file()
+    arms = json.loads((out / "summary.json").read_text())["worlds"]["short"]["arms"]
+    assert arms["ktr"]["replicates"] == ["ws0-seed0", "ws1-seed0"] and arms["ktr"]["warmstart_seeds"] == [0, 1]
+    before = {o["warmstart_seed"]: o["before"] for o in arms["grpo"]["outcomes"]}
+    assert before == {o["warmstart_seed"]: o["before"] for o in arms["ktr"]["outcomes"]}  # one warm start each
+    assert set(arms["ktr"]["variance"]["per_warm_start"]) == {"0", "1"}
+    assert arms["ktr"]["variance"]["between_warm_starts"] is not None
 
 
 def test_mask_gradient_share(monkeypatch, tmp_path):
@@ -156,3 +182,43 @@ def test_paired_seed_test():
     assert got["t"] == pytest.approx(mean / (sd / 3 ** 0.5))
     assert got["p_value"] == pytest.approx(study.student_t_sf2(got["t"], 2))
     assert study.paired_seed_test(ref, {0: acc(0.7)}) is None  # one seed: no test
+
+
+def test_power_of_a_paired_t_test():
+    """Against textbook values: the two-sided 5% critical t and the one-sided 80% t at df 9, and the sample size
+    of a paired t-test with effect size delta / sd = 1 (two-sided 5%, power 0.8: 10 pairs by the usual iteration)."""
+    study = _module()
+    assert study.student_t_quantile(0.05, 9) == pytest.approx(2.262, abs=1e-3)
+    assert study.student_t_quantile(0.4, 9) == pytest.approx(0.883, abs=1e-3)
+    assert study.detectable_difference(1.0, 10) == pytest.approx((2.262 + 0.883) / 10 ** 0.5, abs=1e-3)
+    assert study.replicates_needed(0.02, delta=0.02) == 10
+    assert study.replicates_needed(0.01, delta=0.02) == 5  # (2.776 + 0.941) / sqrt(5) * 0.5 = 0.83 <= 1
+    assert study.replicates_needed(0.0, delta=0.02) == 2 and study.detectable_difference(1.0, 1) is None
+    assert study.replicates_needed(1.0, delta=0.02, most=50) is None
+
+
+def test_variance_collapse_and_outputs():
+    study = _module()
+
+    def cell(ws, after, gain):
+        return {"warmstart_seed": ws, "accuracy_after": {"overall": after}, "gain": {"gain": gain}}
+
+    cells = {"ws0-seed0": cell(0, 0.70, 0.03), "ws0-seed1": cell(0, 0.60, -0.07), "ws1-seed0": cell(1, 0.66, -0.05),
+             "ws1-seed1": cell(1, 0.68, -0.01)}
+    v = study.variance_parts(cells)
+    assert v["between_warm_starts"] == pytest.approx(study.mean_std([0.65, 0.67])["std"])
+    within = ((0.1 ** 2 / 2) + (0.02 ** 2 / 2)) / 2  # two warm starts, one degree of freedom each
+    assert v["within_warm_start"] == pytest.approx(within ** 0.5)
+    c = study.collapse_summary(cells)
+    assert c["replicates"] == ["ws0-seed1", "ws1-seed0"] and c["rate"] == 0.5  # -5 points counts, -1 does not
+
+    responses = ["<think>a b</think><answer>3</answer>", "<think>a</think><answer>3</answer>",
+                 "<think>a</think><answer>red</answer>", "no format"]
+    got = study.output_profile(responses, ["count", "count", "order", "order"])
+    assert got["format"] == 0.75 and got["distinct_responses"] == 1.0
+    assert got["top_answer_share"] == 1.0  # count: 3, 3; order: red (the unformatted one has no answer)
+    assert got["mean_words"] == pytest.approx((2 + 1 + 1 + 2) / 4)  # whitespace-separated words
+    history = [{"reward": 1, "rewards/accuracy_reward/mean": x, "entropy": 1 - x} for x in (0.1, 0.2, 0.5, 0.9)]
+    path = study.sampling_path(history + [{"train_loss": 0.0}], window=0.5)
+    assert path["accuracy"] == {"start": pytest.approx(0.15), "end": pytest.approx(0.7)}
+    assert path["entropy"]["end"] == pytest.approx(0.3) and path["length"] == {"start": None, "end": None}

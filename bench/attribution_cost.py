@@ -5,7 +5,9 @@ to assert). Prints a table and writes bench/results/attribution_cost.json.
 
 Measures, on the offline model of the given size:
   1. policy pass: forward + backward over B = prompts x generations responses with video (what GRPO does);
-  2. attribution: the extra no-grad pass Video-KTR adds (visual + temporal rows, encoder outputs reused);
+  2. attribution: the extra no-grad pass Video-KTR adds (visual + temporal rows, encoder outputs reused), twice:
+     with the unperturbed log-probs and entropies handed in (ktr.reuse_rollout_logps where TRL computed the
+     old-policy pass) and with the unperturbed input evaluated in the same forward (the path without that pass);
   3. peak memory of per-token log-probs: chunked LM head vs full fp32 logits + log_softmax (subprocesses).
 """
 
@@ -24,13 +26,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
+def _median_times(fns: dict, repeats: int) -> dict[str, float]:
+    """Median CPU seconds of each function (process time: other jobs on the machine do not count), the functions
+    interleaved in every repeat so that drift hits all alike."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[name].append(time.process_time() - start)
+    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
 def timing(size: str, prompts: int, generations: int, tokens: int, repeats: int) -> dict:
@@ -64,18 +69,23 @@ def timing(size: str, prompts: int, generations: int, tokens: int, repeats: int)
         features_holder["logp"] = logp.detach()
         logp.mean().backward()
 
-    def attribution_pass():
-        attribute(model, enc["input_ids"], enc["attention_mask"], completion, cmask,
-                  video_grid_thw=enc["video_grid_thw"], second_per_grid_ts=enc["second_per_grid_ts"],
-                  video_features=features_holder["f"], logp=features_holder["logp"],
-                  entropy=torch.zeros(B, tokens), options=AttributionOptions())
+    def attribution_pass(reuse: bool = True):
+        given = dict(logp=features_holder["logp"], entropy=torch.zeros(B, tokens)) if reuse else {}
+        with torch.no_grad():
+            attribute(model, enc["input_ids"], enc["attention_mask"], completion, cmask,
+                      video_grid_thw=enc["video_grid_thw"], second_per_grid_ts=enc["second_per_grid_ts"],
+                      video_features=features_holder["f"], options=AttributionOptions(), **given)
 
     policy_pass()
     attribution_pass()
-    t_policy = _median_time(policy_pass, repeats)
-    t_attr = _median_time(attribution_pass, repeats)
+    attribution_pass(reuse=False)
+    t = _median_times({"policy": policy_pass, "reuse": attribution_pass,
+                       "full": lambda: attribution_pass(reuse=False)}, repeats)
+    t_policy, t_attr, t_full = t["policy"], t["reuse"], t["full"]
     return {"size": size, "responses": B, "response_tokens": tokens, "policy_pass_s": t_policy,
-            "attribution_s": t_attr, "attribution_over_policy": t_attr / t_policy}
+            "attribution_s": t_attr, "attribution_over_policy": t_attr / t_policy,
+            "attribution_with_unperturbed_s": t_full, "attribution_with_unperturbed_over_policy": t_full / t_policy,
+            "reuse_saves": 1 - t_attr / t_full}
 
 
 def _peak_rss_child(mode: str, rows: int, vocab: int, hidden: int) -> float:
@@ -116,7 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vocab", type=int, default=32000, help="vocabulary size of the memory measurement")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # CPU time of one thread: comparable on a machine shared with other jobs
     result = {"timing": timing(args.size, args.prompts, args.generations, args.tokens, args.repeats),
               "memory": memory(8 * 512, args.vocab, 256)}
     out = Path(__file__).parent / "results" / "attribution_cost.json"
@@ -125,7 +135,10 @@ def main() -> None:
     t, m = result["timing"], result["memory"]
     print(f"attribution pass / policy forward+backward: {t['attribution_over_policy']:.2f} "
           f"({t['attribution_s'] * 1000:.1f} ms vs {t['policy_pass_s'] * 1000:.1f} ms, {t['responses']} responses x "
-          f"{t['response_tokens']} tokens, {t['size']} model)")
+          f"{t['response_tokens']} tokens, {t['size']} model), unperturbed side handed in")
+    print(f"  with the unperturbed input evaluated too: {t['attribution_with_unperturbed_over_policy']:.2f} "
+          f"({t['attribution_with_unperturbed_s'] * 1000:.1f} ms); reusing the old-policy pass saves "
+          f"{t['reuse_saves']:.0%} of the attribution pass")
     print(f"peak memory of log-probs, chunked / full fp32 logits: {m['chunked_over_naive']:.2f} "
           f"({m['chunked_peak_mib']:.0f} MiB vs {m['naive_peak_mib']:.0f} MiB for {m['rows']} rows x {m['vocab']} vocab)")
     print(f"written to {out}")

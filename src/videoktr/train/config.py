@@ -216,6 +216,12 @@ class KTRConfig:
                               "size), entropy_matched = the highest-entropy tokens at the union's update ratio "
                               "(matched per response); none = the union (core.controls)",
                       ("none", "random", "complement", "entropy_matched"))
+    reuse_rollout_logps: bool = _f(True, "where TRL has already computed the old-policy log-probs of the responses "
+                                         "(vLLM importance sampling, num_iterations > 1, steps_per_generation > "
+                                         "gradient_accumulation_steps), take the scores' unperturbed side (log-probs "
+                                         "and entropies) from that pass and run only the perturbed inputs; exact "
+                                         "only without active dropout, so with lora_dropout > 0 attribution keeps "
+                                         "its own unperturbed pass (docs/cost.md)")
 
 
 @dataclass

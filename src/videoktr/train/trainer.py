@@ -153,6 +153,7 @@ class VideoGRPOTrainer(GRPOTrainer):
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
+                 reuse_rollout_logps: bool = True,
                  tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", run_identity: str = "",
                  card: dict | None = None, rollout_log: RolloutLogOptions | None = None,
                  perception: PerceptionOptions | None = None, dynamic_sampling: DynamicSamplingOptions | None = None,
@@ -178,6 +179,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.video_options = video or VideoOptions()
         self.loss_normalization = loss_normalization
         self.mask_kl = mask_kl
+        self.reuse_rollout_logps = reuse_rollout_logps
+        # TRL's old-policy pass of the rollout being generated: (log-probs, entropies) of each call of
+        # _get_per_token_logps_and_entropies made while it runs (None: not capturing), see _old_policy_entropies
+        self._captured_passes: list[tuple[torch.Tensor, torch.Tensor]] | None = None
         self.adapter = adapter_for(self._core())
         if getattr(self, "ref_model", None) is not None:  # TRL loads the reference from the checkpoint path itself:
             # it must compute the policy's 3D position scheme (models.positions), or the KL compares two schemes
@@ -371,6 +376,7 @@ class VideoGRPOTrainer(GRPOTrainer):
             output["advantages"] = output["advantages"] * scaling.to(output["advantages"].dtype)
         elif self.method in WEIGHTED_METHODS:
             output["token_weights"] = self._rollout_weights(output)
+        output.pop("old_entropies", None)  # used by the weights only
         if logged:
             _, seconds = self.rollout_log.write(
                 step, output, inputs, self._rollout_capture, self._local_rewards,
@@ -384,7 +390,16 @@ class VideoGRPOTrainer(GRPOTrainer):
         """TRL's rollouts of `inputs` (G consecutive copies of each prompt) with each row's media (`videos`); keeps
         this process's rows of the rewards in `_local_rewards`. Every process calls it together (TRL gathers the
         rewards across processes)."""
-        output = super()._generate_and_score_completions(inputs)
+        reuse = self.reuses_old_policy_pass()
+        self._captured_passes = [] if reuse else None
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            captured, self._captured_passes = self._captured_passes, None
+        if reuse:
+            entropies = self._old_policy_entropies(output, captured)
+            if entropies is not None:
+                output["old_entropies"] = entropies
         B = output["completion_ids"].shape[0]
         output["videos"] = self._rows if self._rows is not None else [None] * B
         self._pending, self._rows = None, None
@@ -392,6 +407,34 @@ class VideoGRPOTrainer(GRPOTrainer):
         start = self.accelerator.process_index * B  # this process's rows of the gathered rewards
         self._local_rewards = None if rewards is None else rewards[start : start + B].clone()
         return output
+
+    def reuses_old_policy_pass(self) -> bool:
+        """Whether this rollout's key-token scores take their unperturbed side (log-probs and entropies) from TRL's
+        old-policy pass instead of evaluating the unperturbed input again: ktr.reuse_rollout_logps, a method that
+        scores with the log-prob shift (ktr, entropy), TRL computing that pass (as it decides: vLLM with importance
+        sampling, or generation not aligned with the optimizer step: num_iterations > 1 or steps_per_generation >
+        gradient_accumulation_steps), and no dropout live in it (TRL runs it in train mode; attribution runs in
+        eval mode, and a dropped-out log-prob is not the policy's)."""
+        if not (self.reuse_rollout_logps and self.method in ("ktr", "entropy") and self.model.training):
+            return False
+        if self.attribution_options.distance != "logprob":
+            return False  # a full-distribution distance needs the unperturbed hidden states, not only log-probs
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        trl_runs_it = (self.args.gradient_accumulation_steps % generate_every != 0
+                       or (self.use_vllm and self.vllm_importance_sampling_correction))
+        return trl_runs_it and not live_dropout(self.model)
+
+    def _old_policy_entropies(self, output: dict, captured: list) -> torch.Tensor | None:
+        """The entropies [B, C] of TRL's old-policy pass: the captured call whose log-probs are exactly the rollout's
+        `old_per_token_logps` (the reference model's pass, also captured, has its own). None, logged as
+        ktr/reused_old_logps 0, when TRL did not run that pass after all."""
+        old = output.get("old_per_token_logps")
+        found = None
+        if old is not None:
+            found = next((ent for lp, ent in captured
+                          if ent is not None and lp.shape == old.shape and torch.equal(lp, old)), None)
+        self._metrics["train"]["ktr/reused_old_logps"].append(float(found is not None))
+        return found
 
     def _informative(self, output: dict) -> torch.Tensor:
         """[groups] bool: the prompt groups of a round whose rewards differ (dynamic sampling's metric)."""
@@ -630,25 +673,34 @@ class VideoGRPOTrainer(GRPOTrainer):
                 labels[:, :-logits_to_keep] = -100
                 out = model(**kwargs, labels=labels, fused_lm_head=True)
                 logps = out.log_probs[:, -logits_to_keep:]
-                entropy = out.entropy[:, -logits_to_keep:] if compute_entropy else None
+                # the reference model's fused head computes log-probs only (TRL): no entropy there
+                entropy = out.entropy[:, -logits_to_keep:] if compute_entropy and out.entropy is not None else None
         return logps, (entropy if compute_entropy else None), media
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **kwargs):
         rows = self._rows
+        capture = self._captured_passes is not None  # inside a rollout that reuses TRL's old-policy pass
+        with_entropy = compute_entropy or capture
         if rows is None or all(r is None for r in rows):
-            return super()._get_per_token_logps_and_entropies(
+            logps, entropies, aux = super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
-        batch_size = batch_size or input_ids.size(0)
-        logps, entropies = [], []
-        for start in range(0, input_ids.size(0), batch_size):
-            end = start + batch_size
-            lp, ent, _ = self._forward_logps(model, input_ids[start:end], attention_mask[start:end],
-                                                logits_to_keep, rows[start:end], compute_entropy)
-            logps.append(lp)
-            entropies.append(ent)
-        return torch.cat(logps), (torch.cat(entropies) if compute_entropy else None), None
+                compute_entropy=with_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        else:
+            batch_size = batch_size or input_ids.size(0)
+            chunks = []
+            for start in range(0, input_ids.size(0), batch_size):
+                end = start + batch_size
+                lp, ent, _ = self._forward_logps(model, input_ids[start:end], attention_mask[start:end],
+                                                 logits_to_keep, rows[start:end], with_entropy)
+                chunks.append((lp, ent))
+            logps = torch.cat([lp for lp, _ in chunks])
+            with_entropy = with_entropy and all(ent is not None for _, ent in chunks)
+            entropies = torch.cat([ent for _, ent in chunks]) if with_entropy else None
+            aux = None
+        if capture:
+            self._captured_passes.append((logps, entropies))
+        return logps, (entropies if compute_entropy else None), aux
 
     # ----------------------------------------------------------------------------------------------------------
     # Token weights: computed once per rollout, over whole prompt groups (see _generate_and_score_completions)
@@ -701,8 +753,12 @@ class VideoGRPOTrainer(GRPOTrainer):
             return weights
         idx = idx or [0]
         pick = torch.tensor(idx, device=device)
+        unperturbed = {}
+        if "old_entropies" in batch:  # TRL's old-policy pass: only the perturbed inputs are evaluated here
+            unperturbed = {"logp": batch["old_per_token_logps"][pick], "entropy": batch["old_entropies"][pick]}
         attribution = self._attribute(batch, idx, self.attribution_options,
-                                      keep_perturbed_logp=self._rollout_capture is not None)  # a logged step keeps them
+                                      keep_perturbed_logp=self._rollout_capture is not None,  # a logged step keeps them
+                                      **unperturbed)
         group_ids = batch["prompt_group"][pick] if self.selection_options.scope in ("group", "quantile") else None
         all_gather = all_gather_1d if self.selection_options.scope == "global" else None
         sub_weights, masks, stats = select_key_tokens(attribution, self.selection_options, group_ids=group_ids,
@@ -719,10 +775,12 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)
         return weights
 
-    def _attribute(self, batch: dict, idx: list[int], options: AttributionOptions, keep_perturbed_logp: bool = False):
+    def _attribute(self, batch: dict, idx: list[int], options: AttributionOptions, keep_perturbed_logp: bool = False,
+                   logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None):
         """`attribute()` over rows `idx` of a generated batch, in one eval-mode no-grad pass (`_scoring`), the
         vision tower once per clip; with visual_strategy "replace", the donor bank of earlier batches (the first
-        batch of a run with one clip falls back to "zero", logged as ktr/replace_fallback)."""
+        batch of a run with one clip falls back to "zero", logged as ktr/replace_fallback). `logp`, `entropy`
+        [len(idx), C]: the unperturbed side already computed (TRL's old-policy pass): only perturbed rows run."""
         device = batch["completion_mask"].device
         rows = batch["videos"]
         pick = torch.tensor(idx, device=device)
@@ -747,7 +805,8 @@ class VideoGRPOTrainer(GRPOTrainer):
             attribution = attribute(
                 unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
                 batch["completion_mask"][pick], options=chosen, generator=self._attr_generator,
-                donors=self._donors if replace else (), keep_perturbed_logp=keep_perturbed_logp, **kwargs)
+                donors=self._donors if replace else (), keep_perturbed_logp=keep_perturbed_logp, logp=logp,
+                entropy=entropy, **kwargs)
         if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
             self._bank_donors(media)
         return attribution
@@ -927,10 +986,23 @@ class VideoGRPOTrainer(GRPOTrainer):
         return out
 
 
+def live_dropout(model) -> bool:
+    """Whether a forward of `model` in its current mode drops anything out: a dropout module with p > 0 (LoRA's
+    lora_dropout among them) or an attention dropout in the config, while the model is in train mode."""
+    if not model.training:
+        return False
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 and m.training for m in model.modules()):
+        return True
+    config = getattr(base_model(model), "config", None)
+    configs = [config, getattr(config, "text_config", None)]
+    return any((getattr(c, "attention_dropout", 0.0) or 0.0) > 0 for c in configs if c is not None)
+
+
 # fields of TRL's rollout dict by layout: left-padded prompt side [B, P], right-padded completion side [B, C]
 PROMPT_FIELDS = ("prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids")
 COMPLETION_FIELDS = ("completion_ids", "completion_mask", "old_per_token_logps", "ref_per_token_logps",
-                     "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask", "token_weights")
+                     "sampling_per_token_logps", "importance_sampling_ratio", "tool_mask", "token_weights",
+                     "old_entropies")
 
 
 def merge_rollouts(rounds: list[dict], picks: list[tuple[int, int]], group_size: int, pad_token_id: int) -> dict:

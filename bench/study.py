@@ -1,24 +1,30 @@
-"""The study of issue 12: Video-KTR against its baselines and its own variants on the synthetic world, from one
-warm-started checkpoint per world, with equal steps and rollouts, several seeds and paired tests against GRPO.
+"""The study of issues 12 and 19: Video-KTR against its baselines, its own variants and token controls on the
+synthetic worlds, from one or several warm-started checkpoints per world, with equal steps and rollouts, several RL
+seeds, paired tests against GRPO, the distribution of outcomes and the rate of collapse.
 
   .venv/bin/python bench/study.py --quick                  # CI: 2 arms x 2 seeds x 3 steps on a tiny world (minutes)
   .venv/bin/python bench/study.py                          # the full grid (hours; continues where it stopped)
   .venv/bin/python bench/study.py --arms grpo ktr --seeds 0 1 2 --steps 100   # a slice of it
+  .venv/bin/python bench/study.py --worlds sampled_cot --warmstart-seeds 0 1 --arms grpo ktr ktr-random
   .venv/bin/python bench/study.py --list                   # the arms, their options and the cells, nothing run
 
-Every (world, arm, seed) cell is one `videoktr train` run in its own directory, OUT/<world>/<arm>/seed-<s>/, started
-as a fresh process with `--model <the world's warm start>`: all cells of a world start from the same weights, see
-the same RL prompts and are scored on the same held-out clips. A cell whose report.json exists is finished and
-skipped; a killed cell restarts from its own last checkpoint (the trainer's resume), so a killed study continues
-where it stopped. Each finished cell's measurements go to OUT/<world>/<arm>/seed-<s>/cell.json; the study then
-writes OUT/summary.json (mean and std over seeds, paired McNemar tests against grpo), OUT/study.md (the tables)
-and PNG plots in OUT/ (ratio sweep, perturbation strategies, per family). `--doc FILE` also writes the
-tables there. docs/benchmarks.md says what every number means.
+Every (world, warm start, arm, RL seed) cell is one `videoktr train` run in its own directory,
+OUT/<world>/<arm>/seed-<s>/ from warm start 0 and OUT/<world>/<arm>/ws<w>-seed-<s>/ from warm start w, started as a
+fresh process with `--model <that warm start>`: the cells of a warm start start from the same weights, see the same
+RL prompts and are scored on the same held-out clips; a replicate (warm start, RL seed) pairs the arms. A warm start
+w is the world's supervised warm start run with run.seed w (its own base model and data order; cached). A cell
+whose report.json exists is finished and skipped; a killed cell restarts from its own last checkpoint (the
+trainer's resume), so a killed study continues where it stopped, replicate by replicate. Each finished cell's
+measurements go to its cell.json; the study then writes OUT/summary.json (mean and std over replicates, paired
+tests against grpo over clips and over replicates with the replicate count's power, outcomes and collapses, token
+roles), OUT/study.md (the tables) and PNG plots in OUT/ (outcomes, ratio sweep, perturbation strategies, per
+family). `--doc FILE` also writes the tables there. docs/benchmarks.md says what every number means.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -354,6 +360,99 @@ def sampling_path(history: list[dict], window: float = 0.1) -> dict:
     return {name: {"start": mean(key, steps[:k]), "end": mean(key, steps[-k:])} for name, key in keys.items()}
 
 
+ROLES = ("content", "filler", "answer", "format", "other")
+
+
+@functools.lru_cache(maxsize=None)
+def world_vocabulary() -> tuple[frozenset, frozenset]:
+    """(content words, filler words) of the synthetic worlds: content = colours, shapes (and plurals) and number
+    words, what a clip or a question decides; filler = every word that is one alternative of a sampled_cot slot
+    ({a|b|c} in its templates: drawn independently of the clip), content words excepted."""
+    from videoktr.world import PALETTE, SHAPES
+    from videoktr.world import sampled_cot as templates
+
+    numbers = "zero one two three four five six seven eight nine ten eleven twelve".split()
+    content = {c for c, _ in PALETTE} | set(SHAPES) | {s + "s" for s in SHAPES} | set(numbers)
+    constants = [v for k, v in vars(templates).items() if k.isupper() or k.startswith("_") and k[1:].isupper()]
+    texts = [v for v in constants if isinstance(v, str)]
+    texts += [x for v in constants if isinstance(v, dict) for x in v.values() if isinstance(x, str)]
+    filler: set[str] = set()
+    inner = re.compile(r"\{([^{}]*)\}")
+    for text in texts:
+        while True:  # innermost {...} groups first, each replaced by a placeholder
+            m = inner.search(text)
+            if not m:
+                break
+            if "|" in m.group(1):
+                filler |= {w.lower() for w in re.findall(r"[A-Za-z]+", m.group(1))}
+            text = text[: m.start()] + " _ " + text[m.end():]
+    return frozenset(content), frozenset(filler - content)
+
+
+def token_roles(tokens: list[str], sampled_filler: bool = True) -> list[str]:
+    """Each response token's role (ROLES) from the word it belongs to: inside <answer>...</answer> "answer", the
+    tags "format", a colour/shape/number word "content", a sampled_cot slot word "filler" (with `sampled_filler`:
+    on the other worlds those words are fixed text, "other"), else "other"."""
+    content, filler = world_vocabulary()
+    filler = filler if sampled_filler else frozenset()
+    text = "".join(tokens)
+    answer = answer_token_mask(tokens) or [False] * len(tokens)
+    words = [(m.start(), m.end(), m.group(0).lower()) for m in re.finditer(r"<[^<>]*>|[A-Za-z]+", text)]
+    roles, pos, w = [], 0, 0
+    for i, t in enumerate(tokens):
+        lo, hi = pos, pos + len(t)
+        pos = hi
+        while w < len(words) and words[w][1] <= lo:
+            w += 1
+        word = words[w][2] if w < len(words) and words[w][0] < hi and t.strip() else ""
+        if answer[i]:
+            roles.append("answer")
+        elif word.startswith("<"):
+            roles.append("format")
+        elif word in content:
+            roles.append("content")
+        elif word in filler:
+            roles.append("filler")
+        else:
+            roles.append("other")
+    return roles
+
+
+def role_selection(records: list[dict] | None, sampled_filler: bool = True) -> dict:
+    """Per token role, over the attributed responses of a run's rollout log: the share of response tokens in that
+    role, how often each signal's top-r (and the union, or a control's mask) selects a token of that role, and the
+    role's part of the GRPO gradient proxy sum |A| (1 - p) that the mask leaves out (mask_gradient_share)."""
+    if not records:
+        return {}
+    count = {r: 0 for r in ROLES}
+    picked: dict[str, dict[str, int]] = {}
+    left_out = {r: 0.0 for r in ROLES}
+    for rec in records:
+        if not rec["attributed"]:
+            continue
+        roles = token_roles(rec["tokens"], sampled_filler)
+        selected = dict(rec["selected"])
+        if (rec.get("settings") or {}).get("control", "none") != "none" and rec.get("weights") is not None:
+            selected["union"] = [w > 0 for w in rec["weights"]]
+        for i, role in enumerate(roles):
+            count[role] += 1
+            for signal, sel in selected.items():
+                if sel is not None and i < len(sel):
+                    picked.setdefault(signal, {r: 0 for r in ROLES})[role] += bool(sel[i])
+        union, logp = selected.get("union"), (rec.get("logp") or {}).get("full")
+        if union is not None and logp is not None:
+            for i, (chosen, lp) in enumerate(zip(union, logp)):
+                if lp is not None and not chosen and i < len(roles):
+                    left_out[roles[i]] += abs(rec["advantage"]) * (1.0 - math.exp(lp))
+    total = sum(count.values())
+    if not total or not picked:
+        return {}
+    gone = sum(left_out.values())
+    return {"token_share": {r: count[r] / total for r in ROLES},
+            "selected_rate": {s: {r: (v[r] / count[r] if count[r] else None) for r in ROLES} for s, v in picked.items()},
+            "left_out_gradient_share": {r: (left_out[r] / gone if gone else None) for r in ROLES}}
+
+
 def _attribution(report: dict, key: str) -> dict:
     """report.json's attribution table `key` (auc, precision); reports written before 2026-12-06 kept a copy of
     both at the top level (attribution_auc, attribution_precision)."""
@@ -371,13 +470,13 @@ def flatten(tree, prefix="") -> dict[str, float]:
     return out
 
 
-def measure_cell(d: Path) -> dict:
+def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
     """The cell's numbers (cached in cell.json next to report.json)."""
     cached = d / "cell.json"
     report_path = d / "report.json"
     if cached.is_file() and cached.stat().st_mtime >= report_path.stat().st_mtime:
         cell = json.loads(cached.read_text())
-        if "outputs" in cell:  # else written by an earlier version of this script: measure again
+        if "roles" in cell:  # else written by an earlier version of this script: measure again
             return cell
     report = json.loads(report_path.read_text())
     items = json.loads((d / "heldout_items.json").read_text())
@@ -410,6 +509,7 @@ def measure_cell(d: Path) -> dict:
         "wall_seconds": report.get("wall_seconds_total", report.get("wall_seconds")),
         "answer_span": answer_span_rates(d, rollouts),
         "mask_gradient": mask_gradient_share(d, rollouts),
+        "roles": role_selection(rollouts, sampled_filler=world == "sampled_cot"),
         "collapsed": report["accuracy_gain"]["gain"] <= -COLLAPSE,
         "outputs": outputs,
         "sampling": sampling_path(history),
@@ -606,11 +706,24 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                 "answer_span_responses": sum(c["answer_span"]["with_answer"] for c in cs),
                 "mask_gradient": {k: mean_std((c.get("mask_gradient") or {}).get(k) for c in cs)
                                   for k in ("unselected_share", "unselected_confident")},
+                "roles": role_means([c.get("roles") or {} for c in cs]),
             }
             w[arm] = entry
         summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w],
                                     "power": world_power(w)}
     return summary
+
+
+def role_means(per_cell: list[dict]) -> dict:
+    """role_selection's numbers, mean ± std over the cells that have them ({} when none has)."""
+    cells = [r for r in per_cell if r]
+    if not cells:
+        return {}
+    signals = sorted({s for r in cells for s in r["selected_rate"]})
+    return {"token_share": {k: mean_std(r["token_share"][k] for r in cells) for k in ROLES},
+            "selected_rate": {s: {k: mean_std((r["selected_rate"].get(s) or {}).get(k) for r in cells) for k in ROLES}
+                              for s in signals},
+            "left_out_gradient_share": {k: mean_std(r["left_out_gradient_share"][k] for r in cells) for k in ROLES}}
 
 
 def world_power(arms: dict) -> dict:
@@ -658,18 +771,19 @@ def markdown(summary: dict) -> str:
     lines = [f"# Study results ({meta['mode']})", "",
              f"Written by `bench/study.py` from `{meta['out']}/summary.json` ({meta['written']}). "
              f"{meta['note']} RL seeds {meta['seeds']} from each of the warm starts {meta.get('warmstart_seeds', [0])} "
-             f"(a replicate = a warm start and an RL seed; paired tests pair arms within a replicate), {meta['steps']} "
-             "RL steps per cell. docs/benchmarks.md says what every column means.", ""]
+             "(a replicate = a warm start and an RL seed; paired tests pair arms within a replicate). "
+             "docs/benchmarks.md says what every column means.", ""]
     for world, w in summary["worlds"].items():
         arms = w["arms"]
         if not arms:
             continue
-        lines += [f"## World `{world}`", "",
-                  "Held-out accuracy after RL (mean ± std over seeds). Δ vs grpo over clips: paired over the same "
-                  "clips and seeds, pooled over seeds, in points, with its 95% interval and the exact McNemar "
+        steps = sorted({n for e in arms.values() for n in e["steps"]})
+        lines += [f"## World `{world}`", "", f"RL steps per cell: {', '.join(map(str, steps))}.", "",
+                  "Held-out accuracy after RL (mean ± std over replicates). Δ vs grpo over clips: paired over the "
+                  "same clips and replicates, pooled over replicates, in points, with its 95% interval and the exact McNemar "
                   "p-value; it counts every clip as an independent pair, so it ignores how much RL itself varies "
-                  "from run to run. Δ vs grpo over seeds: the mean of the per-seed accuracy differences (same "
-                  "seed, same clips) with the paired t-test's p over seeds (df = seeds - 1), the test to read "
+                  "from run to run. Δ vs grpo over replicates: the mean of the per-replicate accuracy differences (same "
+                  "warm start and seed, same clips) with the paired t-test's p over replicates (df = n - 1), the test to read "
                   "before calling a difference a property of the method.", "",
                   "| arm | what | replicates | before | after | Δ vs warm start | Δ vs grpo over clips | "
                   "Δ vs grpo over replicates | update ratio | steps without gradient | answer span selected (union) |",
@@ -693,7 +807,7 @@ def markdown(summary: dict) -> str:
                 row.append(_ms(e["accuracy_after_per_family"].get(f)) + extra)
             lines.append(f"| {arm} | " + " | ".join(row) + " |")
         lines += ["", "How often the answer span gets a selected token (share of attributed responses with an answer "
-                  "span; mean ± std over seeds), and the share of answer tokens whose score is undefined:", "",
+                  "span; mean ± std over replicates), and the share of answer tokens whose score is undefined:", "",
                   "| arm | visual | temporal | entropy | union | visual undefined | temporal undefined |",
                   "|---|---|---|---|---|---|---|"]
         for arm, e in arms.items():
@@ -708,11 +822,27 @@ def markdown(summary: dict) -> str:
         if masked:
             lines += ["", "What the mask leaves out: of GRPO's policy-gradient proxy sum |A| (1 - p) over the logged "
                       "attributed responses, the share on tokens the mask does not select, and the share of those "
-                      f"tokens the policy samples with p > {CONFIDENT} (mean ± std over seeds). Near 0 and 1: the "
+                      f"tokens the policy samples with p > {CONFIDENT} (mean ± std over replicates). Near 0 and 1: the "
                       "mask removes tokens that carry almost no gradient, and the method is GRPO in effect.", "",
                       "| arm | gradient share outside the mask | unselected tokens with p > 0.99 |", "|---|---|---|"]
             for arm, m in masked:
                 lines.append(f"| {arm} | {_ms(m['unselected_share'])} | {_ms(m['unselected_confident'], digits=2)} |")
+        with_roles = [(arm, e["roles"]) for arm, e in arms.items() if e.get("roles")]
+        if with_roles:
+            lines += ["", "Token roles in the attributed responses of the rollout log (content: a colour, shape or number "
+                      "word; filler: a word of a sampled slot, drawn independently of the clip; answer: inside "
+                      "<answer>; format: the tags; other: fixed words and punctuation): each role's share of the "
+                      "response tokens, how often the union (a control's own mask for a control arm) and each signal "
+                      "select a token of that role, and the role's share of the gradient proxy the mask leaves out "
+                      "(mean over replicates).", "",
+                      "| arm | role | share of tokens | union selects | visual | temporal | entropy | "
+                      "left-out gradient |", "|---|---|---|---|---|---|---|---|"]
+            for arm, r in with_roles:
+                for role in ROLES:
+                    rate = lambda s: _ms((r["selected_rate"].get(s) or {}).get(role), digits=2)  # noqa: E731
+                    lines.append(f"| {arm} | {role} | {_ms(r['token_share'][role], digits=2)} | {rate('union')} | "
+                                 f"{rate('visual')} | {rate('temporal')} | {rate('entropy')} | "
+                                 f"{_ms(r['left_out_gradient_share'][role], digits=2)} |")
         # attribution quality on the warm start (the same model in every cell: the spread is the perturbations'
         # randomness over run seeds)
         ref = arms.get("ktr") or next(iter(arms.values()))
@@ -962,7 +1092,7 @@ def main(argv=None) -> int:
                 for s in args.seeds:
                     d = cell_dir(args, world, a, s, ws)
                     if (d / "report.json").is_file():
-                        by_rep[replicate(ws, s)] = {**measure_cell(d), "seed": s, "warmstart_seed": ws}
+                        by_rep[replicate(ws, s)] = {**measure_cell(d, world), "seed": s, "warmstart_seed": ws}
             if by_rep:
                 cells[world][a] = by_rep
     summary = aggregate(cells, plan)

@@ -222,3 +222,30 @@ def test_variance_collapse_and_outputs():
     path = study.sampling_path(history + [{"train_loss": 0.0}], window=0.5)
     assert path["accuracy"] == {"start": pytest.approx(0.15), "end": pytest.approx(0.7)}
     assert path["entropy"]["end"] == pytest.approx(0.3) and path["length"] == {"start": None, "end": None}
+
+
+def test_token_roles_and_role_selection(monkeypatch, tmp_path):
+    """Roles from the words the tokens belong to (a word split over tokens gives each piece its role), and the
+    per-role selection rates and left-out gradient by hand on two logged responses."""
+    import math
+
+    study = _module()
+    tokens = ["<think>", "Okay", " I", " will", " watch", " the", " red", " circ", "le", ".", "</think>",
+              "<answer>", "red", "</answer>"]
+    assert study.token_roles(tokens) == ["format", "filler", "filler", "filler", "filler", "filler", "content",
+                                         "content", "content", "other", "format", "format", "answer", "format"]
+    records = [
+        {"attributed": True, "advantage": 1.0, "tokens": ["Okay", " red", "."],
+         "selected": {"union": [False, True, False], "entropy": [True, False, False]},
+         "logp": {"full": [math.log(0.5), math.log(0.9), math.log(0.99)]}},
+        {"attributed": False, "advantage": 0.0, "tokens": ["Well"], "selected": {"union": None},
+         "logp": {"full": [0.0]}},
+    ]
+    got = study.role_selection(records)
+    assert got["token_share"]["filler"] == pytest.approx(1 / 3) and got["token_share"]["content"] == pytest.approx(1 / 3)
+    assert got["selected_rate"]["union"]["content"] == 1.0 and got["selected_rate"]["union"]["filler"] == 0.0
+    assert got["selected_rate"]["entropy"]["filler"] == 1.0 and got["selected_rate"]["union"]["answer"] is None
+    # left out: "Okay" (0.5) and "." (0.01), of the filler and other roles
+    assert got["left_out_gradient_share"]["filler"] == pytest.approx(0.5 / 0.51)
+    assert got["left_out_gradient_share"]["other"] == pytest.approx(0.01 / 0.51)
+    assert study.role_selection(None) == {} and study.role_selection(records[1:]) == {}

@@ -470,13 +470,16 @@ def flatten(tree, prefix="") -> dict[str, float]:
     return out
 
 
+CELL_VERSION = 2  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
+
+
 def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
     """The cell's numbers (cached in cell.json next to report.json)."""
     cached = d / "cell.json"
     report_path = d / "report.json"
     if cached.is_file() and cached.stat().st_mtime >= report_path.stat().st_mtime:
         cell = json.loads(cached.read_text())
-        if "roles" in cell:  # else written by an earlier version of this script: measure again
+        if cell.get("version") == CELL_VERSION:  # else written by an earlier version of this script: measure again
             return cell
     report = json.loads(report_path.read_text())
     items = json.loads((d / "heldout_items.json").read_text())
@@ -495,6 +498,7 @@ def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
                 "per_family": {k: v["accuracy"] for k, v in block["per_family"].items()}}
 
     cell = {
+        "version": CELL_VERSION,
         "method": report["method"], "steps": report["steps"],
         "accuracy_before": acc(report["accuracy_before"]), "accuracy_after": acc(report["accuracy_after"]),
         "gain": report["accuracy_gain"],
@@ -729,13 +733,14 @@ def role_means(per_cell: list[dict]) -> dict:
 def world_power(arms: dict) -> dict:
     """The seed count's power on one world: grpo's spread over replicates, the pooled std of the per-replicate
     differences to grpo over every arm (df-weighted), the difference the current replicates detect with it, and the
-    replicates a 2-point difference needs (ALPHA two-sided, POWER)."""
+    replicates a 2-point difference needs (ALPHA two-sided, POWER). grpo's spread is the one within a warm start:
+    warm starts of one world can differ by many points, which the paired differences cancel."""
     tests = [e["vs_grpo_seeds"] for e in arms.values() if e.get("vs_grpo_seeds")]
     dof = sum(t["n"] - 1 for t in tests)
     sd = math.sqrt(sum((t["n"] - 1) * t["sd"] ** 2 for t in tests) / dof) if dof else None
     n = max((t["n"] for t in tests), default=0)
     grpo = arms.get("grpo")
-    return {"grpo_after_std": grpo["accuracy_after"]["std"] if grpo else None,
+    return {"grpo_within_warm_start_std": grpo["variance"]["within_warm_start"] if grpo else None,
             "pooled_sd_of_differences": sd, "replicates": n,
             "detectable_at_n": detectable_difference(sd, n) if sd is not None else None,
             "replicates_for_2_points": replicates_needed(sd) if sd is not None else None,
@@ -889,8 +894,8 @@ def outcome_lines(arms: dict, power: dict | None) -> list[str]:
     if power and power.get("pooled_sd_of_differences") is not None:
         need = power["replicates_for_2_points"]
         lines += ["", f"Power: the per-replicate differences to grpo have a pooled std of "
-                  f"{power['pooled_sd_of_differences'] * 100:.2f} points (grpo's own std over replicates "
-                  f"{(power['grpo_after_std'] or 0) * 100:.2f}); with {power['replicates']} replicates the paired "
+                  f"{power['pooled_sd_of_differences'] * 100:.2f} points (grpo's own std over RL seeds within a warm "
+                  f"start {(power['grpo_within_warm_start_std'] or 0) * 100:.2f}); with {power['replicates']} replicates the paired "
                   f"t-test detects a true difference of {power['detectable_at_n'] * 100:.1f} points (two-sided "
                   f"p < {power['alpha']}, power {power['power']}); a {power['delta'] * 100:.0f}-point difference needs "
                   f"{need if need else 'more than 1000'} replicates."]

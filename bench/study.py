@@ -609,7 +609,8 @@ def paired_seed_test(reference: dict[str, dict], cells: dict[str, dict]) -> dict
     keys = [k for k in sorted(cells) if k in reference]
     power = {"detectable_at_n": detectable_difference(sd, n), "replicates_for_2_points": replicates_needed(sd)}
     if sd == 0:
-        return {"mean_diff": mean, "sd": 0.0, "t": None, "df": n - 1, "p_value": 1.0 if mean == 0 else 0.0,
+        # identical differences: no spread to test against (p undefined unless there is no difference at all)
+        return {"mean_diff": mean, "sd": 0.0, "t": None, "df": n - 1, "p_value": 1.0 if mean == 0 else None,
                 "n": n, "diffs": diffs, "replicates": keys, "power": power}
     t = mean / (sd / math.sqrt(n))
     return {"mean_diff": mean, "sd": sd, "t": t, "df": n - 1, "p_value": student_t_sf2(t, n - 1), "n": n,
@@ -768,7 +769,8 @@ def _vs(v) -> str:
 def _vs_seeds(v) -> str:
     if not v:
         return "-"
-    return f"{v['mean_diff'] * 100:+.1f} (seeds {', '.join(f'{d * 100:+.1f}' for d in v['diffs'])}), p={v['p_value']:.2g}"
+    p = "undefined (identical differences)" if v["p_value"] is None else f"{v['p_value']:.2g}"
+    return f"{v['mean_diff'] * 100:+.1f} (seeds {', '.join(f'{d * 100:+.1f}' for d in v['diffs'])}), p={p}"
 
 
 def markdown(summary: dict) -> str:

@@ -58,7 +58,8 @@ def test_quick_study(tmp_path):
     assert 0 <= vs["pooled"]["p_value"] <= 1 and vs["pooled"]["ci95"][0] <= vs["pooled"]["gain"]
     assert set(arms["ktr"]["vs_grpo_per_family"]) == {"count", "order", "presence", "text"}
     seeds = arms["ktr"]["vs_grpo_seeds"]  # the per-seed accuracy differences and their paired t-test
-    assert seeds["n"] == 2 and seeds["df"] == 1 and len(seeds["diffs"]) == 2 and 0 <= seeds["p_value"] <= 1
+    assert seeds["n"] == 2 and seeds["df"] == 1 and len(seeds["diffs"]) == 2
+    assert seeds["p_value"] is None or 0 <= seeds["p_value"] <= 1  # None: identical differences
     # outcomes per replicate, with what the greedy outputs and the training rollouts looked like
     for name, arm in arms.items():
         assert [o["replicate"] for o in arm["outcomes"]] == ["ws0-seed0", "ws0-seed1"], name
@@ -182,6 +183,10 @@ def test_paired_seed_test():
     assert got["t"] == pytest.approx(mean / (sd / 3 ** 0.5))
     assert got["p_value"] == pytest.approx(study.student_t_sf2(got["t"], 2))
     assert study.paired_seed_test(ref, {0: acc(0.7)}) is None  # one seed: no test
+    # identical differences: no spread, so no p-value (not 0), unless there is no difference at all
+    same = study.paired_seed_test({0: acc(0.5), 1: acc(0.6)}, {0: acc(0.52), 1: acc(0.62)})
+    assert same["sd"] == 0 and same["p_value"] is None
+    assert study.paired_seed_test(ref, ref)["p_value"] == 1.0
 
 
 def test_power_of_a_paired_t_test():

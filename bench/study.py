@@ -285,6 +285,14 @@ def answer_span_rates(run_dir: Path, records: list[dict] | None = None) -> dict:
 CONFIDENT = 0.99  # a token the policy already samples with p > 0.99 carries almost no policy gradient
 
 
+def trained_mask(record: dict) -> list | None:
+    """The token mask the loss trained in one logged response: the union, or for a control arm (settings' control)
+    its own weights."""
+    if (record.get("settings") or {}).get("control", "none") != "none" and record.get("weights") is not None:
+        return [w > 0 for w in record["weights"]]
+    return record["selected"].get("union")
+
+
 def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dict:
     """From the rollout log (`records`: already loaded, else read from run_dir): what the key-token mask leaves
     out, measured by each token's share of the policy gradient GRPO would give it. The gradient of A log p(token)
@@ -300,9 +308,7 @@ def mask_gradient_share(run_dir: Path, records: list[dict] | None = None) -> dic
     chosen = rest = 0.0
     n_rest = confident = 0
     for r in records:
-        union, logp = r["selected"].get("union"), (r.get("logp") or {}).get("full")
-        if (r.get("settings") or {}).get("control", "none") != "none" and r.get("weights") is not None:
-            union = [w > 0 for w in r["weights"]]
+        union, logp = trained_mask(r), (r.get("logp") or {}).get("full")
         if union is None or logp is None:
             continue
         for picked, lp in zip(union, logp):
@@ -431,9 +437,7 @@ def role_selection(records: list[dict] | None, sampled_filler: bool = True) -> d
         if not rec["attributed"]:
             continue
         roles = token_roles(rec["tokens"], sampled_filler)
-        selected = dict(rec["selected"])
-        if (rec.get("settings") or {}).get("control", "none") != "none" and rec.get("weights") is not None:
-            selected["union"] = [w > 0 for w in rec["weights"]]
+        selected = {**rec["selected"], "union": trained_mask(rec)}
         for i, role in enumerate(roles):
             count[role] += 1
             for signal, sel in selected.items():

@@ -398,7 +398,12 @@ class VideoGRPOTrainer(GRPOTrainer):
             captured, self._captured_passes = self._captured_passes, None
         if reuse:
             entropies = self._old_policy_entropies(output, captured)
-            if entropies is not None:
+            # ZeRO-3 / FSDP: every process must run the same attribution forwards, so one process without the
+            # old-policy entropies sends every process back to the full pass
+            missing = entropies is None
+            if self.lockstep:
+                missing = any_process(missing, output["completion_ids"].device)
+            if not missing:
                 output["old_entropies"] = entropies
         B = output["completion_ids"].shape[0]
         output["videos"] = self._rows if self._rows is not None else [None] * B

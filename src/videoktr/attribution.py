@@ -300,6 +300,7 @@ def attribute(
     image_grid_thw: torch.Tensor | None = None,
     image_keys: Sequence | None = None,
     keep_perturbed_logp: bool = False,
+    perturbed_only: bool = False,
 ) -> Attribution:
     """Score every response token under each enabled signal.
 
@@ -313,15 +314,21 @@ def attribute(
     paper B.2); it has no temporal score (excluded there). keep_perturbed_logp: also return the perturbed
     log-probs (`Attribution.perturbed_logp`) when the score is a full-distribution distance (with "logprob" they
     come for free); costs one more LM-head pass per perturbation, so training leaves it off.
+    perturbed_only: evaluate the perturbed inputs only, with no unperturbed side at all (the caller supplies it
+    later, `scores_from_logps`): the result has the perturbed log-probs and where each signal is defined, no
+    scores, no logp (distance "logprob" and one temporal draw only: the mean of |Δ| over several draws needs
+    each draw).
     """
     options = options or AttributionOptions()
     options.validate()
+    if perturbed_only and (options.distance != "logprob" or options.temporal_samples != 1):
+        raise ValueError("perturbed_only needs distance 'logprob' and temporal_samples 1")
     start = time.perf_counter()
     adapter = adapter_for(model)
     B = prompt_ids.shape[0]
     # unperturbed rows: all rows when the caller has no log-probs/entropies yet; only the video rows when they
     # are needed just as the reference of a full-distribution distance
-    need_all_full = logp is None or ("entropy" in options.signals and entropy is None)
+    need_all_full = not perturbed_only and (logp is None or ("entropy" in options.signals and entropy is None))
     need_full = need_all_full or options.distance != "logprob"
 
     media = _batch_videos(model, adapter, prompt_ids, pixel_values_videos, video_grid_thw, video_features,
@@ -340,7 +347,7 @@ def attribute(
         entropy = full_ent if entropy is None else entropy
     scores, valid, perturbed_logp = _perturbation_scores(model, media, hidden_by_part, full_rows, completion_ids,
                                                          completion_mask, logp, options, keep_perturbed_logp)
-    if "entropy" in options.signals:
+    if "entropy" in options.signals and not perturbed_only:
         scores["entropy"] = entropy.float()
         valid["entropy"] = completion_mask.bool().clone()
     return Attribution(scores, valid, logp, entropy, time.perf_counter() - start, draws[0] if draws else [],
@@ -519,6 +526,8 @@ def _perturbation_scores(model, media: _Media, hidden_by_part, full_rows, comple
                     if kind not in perturbed_logp:
                         perturbed_logp[kind] = torch.zeros(B, C, dtype=pert_logp.dtype, device=device)
                     perturbed_logp[kind][rows_t] += pert_logp / len(names)
+                if logp is None:
+                    continue  # perturbed_only: the caller scores them against its own unperturbed side
                 if options.distance == "logprob":
                     score[rows_t] += logprob_shift(logp[rows_t].float(), pert_logp, signed=options.signed) / len(names)
                 else:
@@ -526,7 +535,8 @@ def _perturbation_scores(model, media: _Media, hidden_by_part, full_rows, comple
                     score[rows_t] += lm_head_distribution_distance(hidden_by_part["full"][at], h, head.weight,
                                                                    options.distance, bias=bias,
                                                                    chunk_size=options.chunk_size) / len(names)
-        scores[kind] = score
+        if logp is not None:
+            scores[kind] = score
         has = torch.zeros(B, dtype=torch.bool, device=device)
         has[part_rows] = True
         valid[kind] = cmask & has[:, None]
@@ -538,6 +548,32 @@ def _draw_names(kind: str, options: AttributionOptions) -> list[str]:
     n = options.temporal_samples if kind == "temporal" else 1
     return [kind] + [f"{kind}#{k}" for k in range(1, n)]
 
+
+
+def scores_from_logps(logp: torch.Tensor, entropy: torch.Tensor | None, perturbed_logp: Mapping[str, torch.Tensor],
+                      valid: Mapping[str, torch.Tensor], completion_mask: torch.Tensor, options: AttributionOptions,
+                      seconds: float = 0.0) -> Attribution:
+    """The Attribution of a batch whose perturbed log-probs came from `attribute(perturbed_only=True)` and whose
+    unperturbed side comes from elsewhere (the policy's own forward at the same weights): the same scores
+    `attribute` computes with distance "logprob" and one temporal draw, bit for bit at every valid position
+    given the same inputs.
+
+    logp [B, C], entropy [B, C] (needed with the entropy signal), perturbed_logp[s] [B, C] and valid[s] [B, C]
+    bool for each perturbation signal s in options.signals; completion_mask [B, C].
+    """
+    scores: dict[str, torch.Tensor] = {}
+    out_valid: dict[str, torch.Tensor] = {}
+    for kind in [s for s in ("visual", "temporal") if s in options.signals]:
+        ok = valid[kind].bool()
+        shift = logprob_shift(logp.float(), perturbed_logp[kind], signed=options.signed)  # [B, C]
+        scores[kind] = torch.where(ok.any(1, keepdim=True), shift, torch.zeros_like(shift))
+        out_valid[kind] = ok
+    if "entropy" in options.signals:
+        if entropy is None:
+            raise ValueError("the entropy signal needs the unperturbed entropies")
+        scores["entropy"] = entropy.float()
+        out_valid["entropy"] = completion_mask.bool().clone()
+    return Attribution(scores, out_valid, logp, entropy, seconds, perturbed_logp=dict(perturbed_logp))
 
 @dataclass
 class SelectionOptions:

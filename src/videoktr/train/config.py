@@ -222,6 +222,14 @@ class KTRConfig:
                                          "and entropies) from that pass and run only the perturbed inputs; exact "
                                          "only without active dropout, so with lora_dropout > 0 attribution keeps "
                                          "its own unperturbed pass (docs/cost.md)")
+    select_in_loss: bool = _f(True, "where TRL computes no old-policy pass (num_iterations 1, generation aligned with "
+                                    "the optimizer step, no vLLM importance sampling): attribution evaluates only "
+                                    "the perturbed inputs at the rollout, and the mask is chosen when the loss is "
+                                    "reduced, from the policy forward's own log-probs and entropies (the weights "
+                                    "have not moved since sampling); exact only without active dropout, with "
+                                    "selection response, distance logprob and one temporal draw, else (and at "
+                                    "rollout-logged steps) attribution keeps its own unperturbed pass "
+                                    "(docs/cost.md)")
 
 
 @dataclass

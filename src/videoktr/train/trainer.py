@@ -29,7 +29,8 @@ from typing import NamedTuple
 import torch
 from trl import GRPOTrainer
 
-from ..attribution import AttributionOptions, SelectionOptions, attribute, eval_mode, select_key_tokens
+from ..attribution import (AttributionOptions, SelectionOptions, attribute, eval_mode, scores_from_logps,
+                           select_key_tokens)
 from ..core import (constant_groups, fill_from_rounds, group_position_divergence_source, group_position_kl,
                     k3_dependency, logprobs_and_entropy, masked_clipped_loss, negative_logp_mean, papo_perception_kl,
                     top_ratio_mask, tw_grpo_source_weights, tw_grpo_weights, vppo_advantage_scaling)
@@ -147,13 +148,15 @@ class VideoGRPOTrainer(GRPOTrainer):
 
     Extra arguments: method, attribution (AttributionOptions), selection (SelectionOptions), video
     (VideoOptions), loss_normalization ("sequence" = Eq. 2), mask_kl, seed, rollout_log (RolloutLogOptions: a
-    sample of every N-th step's rollouts in <output_dir>/rollouts/, see train/rollout_log.py).
+    sample of every N-th step's rollouts in <output_dir>/rollouts/, see train/rollout_log.py),
+    reuse_rollout_logps and select_in_loss (where the scores' unperturbed side comes from: `reuses_old_policy_pass`,
+    `selects_in_loss`).
     """
 
     def __init__(self, *args, method: str = "ktr", attribution: AttributionOptions | None = None,
                  selection: SelectionOptions | None = None, video: VideoOptions | None = None,
                  loss_normalization: str = "sequence", mask_kl: bool = False, seed: int = 0,
-                 reuse_rollout_logps: bool = True,
+                 reuse_rollout_logps: bool = True, select_in_loss: bool = True,
                  tgrpo: TemporalGRPOOptions | None = None, twgrpo_variant: str = "source", run_identity: str = "",
                  card: dict | None = None, rollout_log: RolloutLogOptions | None = None,
                  perception: PerceptionOptions | None = None, dynamic_sampling: DynamicSamplingOptions | None = None,
@@ -180,6 +183,7 @@ class VideoGRPOTrainer(GRPOTrainer):
         self.loss_normalization = loss_normalization
         self.mask_kl = mask_kl
         self.reuse_rollout_logps = reuse_rollout_logps
+        self.select_in_loss = select_in_loss
         # TRL's old-policy pass of the rollout being generated: (log-probs, entropies) of each call of
         # _get_per_token_logps_and_entropies made while it runs (None: not capturing), see _old_policy_entropies
         self._captured_passes: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -374,6 +378,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         if self.method == "vppo":
             output["token_weights"], scaling = self._vppo_weights(output)
             output["advantages"] = output["advantages"] * scaling.to(output["advantages"].dtype)
+        elif self.method in ("ktr", "entropy") and self.selects_in_loss() and not logged:
+            output.update(self._perturbed_side(output))  # the mask is chosen in the loss (_loss_time_weights)
         elif self.method in WEIGHTED_METHODS:
             output["token_weights"] = self._rollout_weights(output)
         output.pop("old_entropies", None)  # used by the weights only
@@ -424,10 +430,31 @@ class VideoGRPOTrainer(GRPOTrainer):
             return False
         if self.attribution_options.distance != "logprob":
             return False  # a full-distribution distance needs the unperturbed hidden states, not only log-probs
+        return self._trl_computes_old_logps() and not live_dropout(self.model)
+
+    def _trl_computes_old_logps(self) -> bool:
+        """Whether TRL runs its old-policy pass over each rollout (as TRL 1.16 decides): vLLM with importance
+        sampling, or generation not aligned with the optimizer step (the weights move between sampling and some
+        of the rollout's loss passes)."""
         generate_every = self.args.steps_per_generation * self.num_iterations
-        trl_runs_it = (self.args.gradient_accumulation_steps % generate_every != 0
-                       or (self.use_vllm and self.vllm_importance_sampling_correction))
-        return trl_runs_it and not live_dropout(self.model)
+        return (self.args.gradient_accumulation_steps % generate_every != 0
+                or (self.use_vllm and self.vllm_importance_sampling_correction))
+
+    def selects_in_loss(self) -> bool:
+        """Whether this rollout's key-token mask is chosen when the loss is reduced, from the policy forward's own
+        log-probs and entropies (the unperturbed side), with only the perturbed inputs evaluated at the rollout:
+        ktr.select_in_loss, a masked method (ktr, entropy) in training, where TRL runs no old-policy pass (else
+        `reuses_old_policy_pass`) so that the weights of every loss pass of the rollout are the sampling weights,
+        and where that forward's log-probs are the ones attribution would compute: no live dropout, distance
+        "logprob", one temporal draw; and the mask must be computable per micro-batch (scope "response": each
+        response's own top r%). The same answer on
+        every process (a function of the options and the model only)."""
+        if not (self.select_in_loss and self.method in ("ktr", "entropy") and self.model.training):
+            return False
+        a = self.attribution_options
+        if a.distance != "logprob" or a.temporal_samples != 1 or self.selection_options.scope != "response":
+            return False
+        return not self._trl_computes_old_logps() and not live_dropout(self.model)
 
     def _old_policy_entropies(self, output: dict, captured: list) -> torch.Tensor | None:
         """The entropies [B, C] of TRL's old-policy pass: the captured call whose log-probs are exactly the rollout's
@@ -745,13 +772,10 @@ class VideoGRPOTrainer(GRPOTrainer):
         0) when `skipping_is_exact`; statistics are over the attributed responses."""
         start = time.perf_counter()
         completion_mask = batch["completion_mask"]
-        B, device = completion_mask.shape[0], completion_mask.device
-        active = batch["advantages"].reshape(B, -1).ne(0).any(-1)
-        if not self.skipping_is_exact():
-            active = torch.ones_like(active)
+        device = completion_mask.device
         weights = torch.zeros(completion_mask.shape, dtype=torch.float32, device=device)
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["ktr/attributed_share"].append(active.float().mean().item())
+        active = self._attributed_rows(batch)
         idx = active.nonzero().squeeze(-1).tolist()
         stand_in = not idx  # nothing to attribute here: under lockstep, still run the same forwards (on row 0)
         if stand_in and not self.lockstep:
@@ -780,8 +804,73 @@ class VideoGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["ktr/attribution_seconds"].append(time.perf_counter() - start)
         return weights
 
+    def _attributed_rows(self, batch: dict) -> torch.Tensor:
+        """[B] bool: the rows of a generated batch that get key-token scores: those with a nonzero advantage when
+        `skipping_is_exact`, else all (logged as ktr/attributed_share)."""
+        B = batch["completion_mask"].shape[0]
+        active = batch["advantages"].reshape(B, -1).ne(0).any(-1)
+        if not self.skipping_is_exact():
+            active = torch.ones_like(active)
+        mode = "train" if self.model.training else "eval"
+        self._metrics[mode]["ktr/attributed_share"].append(active.float().mean().item())
+        return active
+
+    def _perturbed_side(self, batch: dict) -> dict:
+        """The rollout fields that `_loss_time_weights` chooses the mask from (`selects_in_loss`): `ktr_attributed`
+        [B] bool (the rows to select in), and per perturbation signal s, `ktr_perturbed_<s>` [B, C] float32 (the
+        perturbed log-probs, 0 where undefined) and `ktr_valid_<s>` [B, C] bool (where the score is defined), from
+        ONE eval-mode no-grad pass over the perturbed inputs of the attributed rows (none with the entropy signal
+        alone). The fields travel with the rows through TRL's shuffling and splitting into micro-batches."""
+        start = time.perf_counter()
+        completion_mask = batch["completion_mask"]
+        B, C, device = *completion_mask.shape, completion_mask.device
+        active = self._attributed_rows(batch)
+        out = {"ktr_attributed": active}
+        kinds = [s for s in ("visual", "temporal") if s in self.attribution_options.signals]
+        if not kinds:
+            return out
+        idx = active.nonzero().squeeze(-1).tolist()
+        if not idx and not self.lockstep:
+            attribution = None
+        else:  # under lockstep a process with nothing to score still runs the same forward (on row 0)
+            attribution = self._attribute(batch, idx or [0], self.attribution_options, keep_perturbed_logp=True,
+                                          perturbed_only=True)
+        pick = torch.tensor(idx, dtype=torch.long, device=device)
+        for kind in kinds:
+            perturbed = torch.zeros(B, C, dtype=torch.float32, device=device)
+            valid = torch.zeros(B, C, dtype=torch.bool, device=device)
+            if idx and attribution is not None:
+                if kind in attribution.perturbed_logp:
+                    perturbed[pick] = attribution.perturbed_logp[kind].float()
+                valid[pick] = attribution.valid[kind]
+            out[f"ktr_perturbed_{kind}"], out[f"ktr_valid_{kind}"] = perturbed, valid
+        self._metrics["train"]["ktr/attribution_seconds"].append(time.perf_counter() - start)
+        return out
+
+    def _loss_time_weights(self, inputs: dict, logp: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+        """Key-token weights [B, C] of a micro-batch whose rollout carries `_perturbed_side`'s fields: the scores'
+        unperturbed side is the policy forward's own log-probs and entropies `logp`, `entropy` [B, C] (detached),
+        the selection that of `_key_token_weights` over the attributed rows (weight 0 elsewhere)."""
+        completion_mask = inputs["completion_mask"]
+        weights = torch.zeros(completion_mask.shape, dtype=torch.float32, device=completion_mask.device)
+        idx = inputs["ktr_attributed"].nonzero().squeeze(-1)
+        if idx.numel() == 0:
+            return weights
+        kinds = [s for s in ("visual", "temporal") if s in self.attribution_options.signals]
+        attribution = scores_from_logps(
+            logp[idx], entropy[idx], {k: inputs[f"ktr_perturbed_{k}"][idx] for k in kinds},
+            {k: inputs[f"ktr_valid_{k}"][idx] for k in kinds}, completion_mask[idx], self.attribution_options)
+        sub_weights, _, stats = select_key_tokens(attribution, self.selection_options,
+                                                  response_valid=completion_mask[idx].bool(),
+                                                  generator=self._control_generator)
+        weights[idx] = sub_weights
+        for k, v in stats.items():
+            self._metrics["train"][f"ktr/{k}"].append(v)
+        return weights
+
     def _attribute(self, batch: dict, idx: list[int], options: AttributionOptions, keep_perturbed_logp: bool = False,
-                   logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None):
+                   logp: torch.Tensor | None = None, entropy: torch.Tensor | None = None,
+                   perturbed_only: bool = False):
         """`attribute()` over rows `idx` of a generated batch, in one eval-mode no-grad pass (`_scoring`), the
         vision tower once per clip; with visual_strategy "replace", the donor bank of earlier batches (the first
         batch of a run with one clip falls back to "zero", logged as ktr/replace_fallback). `logp`, `entropy`
@@ -811,7 +900,7 @@ class VideoGRPOTrainer(GRPOTrainer):
                 unwrapped, batch["prompt_ids"][pick], batch["prompt_mask"][pick], batch["completion_ids"][pick],
                 batch["completion_mask"][pick], options=chosen, generator=self._attr_generator,
                 donors=self._donors if replace else (), keep_perturbed_logp=keep_perturbed_logp, logp=logp,
-                entropy=entropy, **kwargs)
+                entropy=entropy, perturbed_only=perturbed_only, **kwargs)
         if replace:  # this batch's clips become donors for later batches (never for themselves: keyed)
             self._bank_donors(media)
         return attribution
@@ -902,7 +991,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         else:
             logps, entropy, _ = self._forward_logps(model, input_ids, attention_mask, C, rows, compute_entropy=True)
         weights = None
-        if self.method in WEIGHTED_METHODS:
+        if "ktr_attributed" in inputs:  # the mask is chosen here, from this forward (selects_in_loss)
+            weights = self._loss_time_weights(inputs, logps.detach(), entropy.detach())
+        elif self.method in WEIGHTED_METHODS:
             weights = inputs["token_weights"]  # a field of the rollout (see _generate_and_score_completions)
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old

@@ -65,7 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
-MODES = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official")
+MODES = ("grpo", "ktr", "ktr-rollout", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official")
+METHOD_MODES = ("grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo")  # modes that are the trainer's methods
 PAPER_PIXELS = 128 * 28 * 28  # per frame; 448x224 frames fill it exactly
 
 
@@ -503,8 +504,11 @@ def make_trainer(mode: str, shape: Shape, model_dir: Path, rows: list[dict], ste
         from videoktr.models.lora import LoraOptions, peft_config
 
         peft = peft_config(model, LoraOptions(r=shape.lora_r))
+    # ktr-rollout: ktr with its mask chosen at the rollout (the unperturbed input evaluated by attribution), as
+    # before ktr.select_in_loss; official computes its own passes at the rollout
     return cls(model=model, peft_config=peft, processing_class=processor, reward_funcs=[length_reward], args=args,
-               train_dataset=Dataset.from_list(rows), method="ktr" if mode == "official" else mode,
+               train_dataset=Dataset.from_list(rows), method=mode if mode in METHOD_MODES else "ktr",
+               select_in_loss=mode not in ("ktr-rollout", "official"),
                video=VideoOptions(fps=2.0, min_frames=4, max_frames=max(16, shape.frames)))
 
 
@@ -593,17 +597,12 @@ class Instrumented:
             return out
 
         trainer._generate_and_score_completions = rollouts
-        # the token-weights pass: _rollout_weights, or for vppo _vppo_weights (its weights and advantage factors)
-        weights_name = "_vppo_weights" if trainer.method == "vppo" else "_rollout_weights"
-        original_weights = getattr(trainer, weights_name)
-
-        def weights(batch):
-            if len(self.batches) < self.keep_batches:
-                self.batches.append(batch)
-            with clock.part("weights", step_now()):
-                return original_weights(batch)
-
-        setattr(trainer, weights_name, weights)
+        # the token-weights pass: _rollout_weights, or for vppo _vppo_weights (its weights and advantage factors),
+        # or with ktr.select_in_loss the rollout's perturbed pass (_perturbed_side) and the selection in the loss
+        # (_loss_time_weights), summed per step
+        for name in ("_vppo_weights",) if trainer.method == "vppo" else ("_rollout_weights", "_perturbed_side"):
+            self._meter_weights(trainer, name, keep=True)
+        self._meter_weights(trainer, "_loss_time_weights", keep=False)
 
         class StepClock(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
@@ -616,6 +615,20 @@ class Instrumented:
                                                       time.process_time() - self.cpu]
 
         trainer.add_callback(StepClock())
+
+    def _meter_weights(self, trainer, name: str, keep: bool) -> None:
+        original, clock = getattr(trainer, name), self.clock
+
+        def step_now() -> int:
+            return trainer.state.global_step
+
+        def metered(batch, *args):
+            if keep and len(self.batches) < self.keep_batches:
+                self.batches.append(batch)
+            with clock.part("weights", step_now()):
+                return original(batch, *args)
+
+        setattr(trainer, name, metered)
 
     def steps(self, total: int, warmup: int) -> list[dict]:
         """Per step (0-based) of a finished run of `total` steps, the first `warmup` marked."""

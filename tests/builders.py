@@ -80,6 +80,28 @@ def make_trainer(tiny_dir, rows, tmp_path, method="ktr", max_steps=2, run_identi
                             **(trainer_kwargs or {}))
 
 
+def loss_token_weights(trainer, batch) -> torch.Tensor:
+    """The token weights [B, C] the loss multiplies into `batch` (a generated batch taken as one micro-batch): the
+    rollout's `token_weights`, or where the mask is chosen in the loss (ktr.select_in_loss) the weights that
+    `_compute_loss` itself chooses from its policy forward."""
+    if "token_weights" in batch:
+        return batch["token_weights"]
+    import videoktr.train.trainer as trainer_module
+
+    seen, real = [], trainer_module.masked_clipped_loss
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["token_weights"])
+        return real(*args, **kwargs)
+
+    trainer_module.masked_clipped_loss = spy
+    try:
+        trainer._compute_loss(trainer.model, batch)
+    finally:
+        trainer_module.masked_clipped_loss = real
+    return seen[0]
+
+
 def reference_key_token_weights(trainer, batch, generator_state, model_dir, ties: float | None = None,
                                 control_state=None):
     """The reference path for a generated batch: a fresh fp32 copy of the trainer's weights in eval mode, no

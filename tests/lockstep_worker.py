@@ -170,6 +170,19 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
                     "prompt_group", "token_weights")}})
             return batch
 
+        real_select = trainer._loss_time_weights
+
+        def selecting(inputs, logp, entropy, real_select=real_select, saved=saved):
+            """ktr.select_in_loss: the mask of the first rollout's micro-batch (TRL shuffled its rows)."""
+            weights = real_select(inputs, logp, entropy)
+            if saved and "loss" not in saved[0]:
+                saved[0]["loss"] = {"prompt_ids": inputs["prompt_ids"], "completion_ids": inputs["completion_ids"],
+                                    "keys": [None if v is None else v.key for v in inputs["videos"]],
+                                    "weights": weights}
+            return weights
+
+        trainer._loss_time_weights = selecting
+
         trainer._generate_and_score_completions = recording
         trainer.train()
         if lora:  # only adapters train (and they did: rank 0's video groups carry advantages)
@@ -224,7 +237,16 @@ def compare(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: s
                 single.attribution_options.temporal_samples = attribution_options(engine).temporal_samples
             single._attr_generator.set_state(record["state"])
             weights = single._rollout_weights(batch)
-            assert torch.allclose(weights, batch["token_weights"], atol=1e-5), (engine, method, rank)
+            if "token_weights" in batch:  # chosen at the rollout
+                assert torch.allclose(weights, batch["token_weights"], atol=1e-5), (engine, method, rank)
+            else:  # chosen in the loss (ktr.select_in_loss), from the process's own policy forward: match its rows
+                loss = record["loss"]
+                for j in range(loss["weights"].shape[0]):
+                    keys = [None if v is None else v.key for v in batch["videos"]]
+                    i = next(i for i in range(weights.shape[0]) if keys[i] == loss["keys"][j]
+                             and torch.equal(batch["prompt_ids"][i], loss["prompt_ids"][j])
+                             and torch.equal(batch["completion_ids"][i], loss["completion_ids"][j]))
+                    assert torch.allclose(weights[i], loss["weights"][j], atol=1e-5), (engine, method, rank, j)
             print(f"{engine} {method} rank {rank}: same weights as one process", flush=True)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
-from builders import make_trainer, reference_key_token_weights
+from builders import loss_token_weights, make_trainer, reference_key_token_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 CONTROLS = ("random", "complement", "entropy_matched")
@@ -33,12 +33,13 @@ def test_control_masks_equal_the_reference_path_under_checkpointing(tiny_dir, cl
     trainer.selection_options.control = control
     batch, state, control_state = _batch(trainer)
     reference = reference_key_token_weights(trainer, batch, state, tiny_dir, control_state=control_state)
-    assert torch.equal(batch["token_weights"], reference)
+    weights = loss_token_weights(trainer, batch)  # chosen in the loss (ktr.select_in_loss, on by default here)
+    assert "token_weights" not in batch and torch.equal(weights, reference)
     # the union of the same rollouts (no control) sets the size of every response's control mask
     trainer.selection_options.control = "none"
     union = reference_key_token_weights(trainer, batch, state, tiny_dir).bool()
     valid = batch["completion_mask"].bool()
-    chosen = batch["token_weights"].bool()
+    chosen = weights.bool()
     assert not (chosen & ~valid).any()
     if control == "complement":
         assert not (chosen & union).any()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
-from builders import make_trainer, reference_key_token_weights
+from builders import loss_token_weights, make_trainer, reference_key_token_weights
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -59,7 +59,7 @@ def test_masks_match_reference_path(tiny_dir, clip_rows, tmp_path, name):
     reference, near_tie = reference_key_token_weights(trainer, batch, state, tiny_dir, ties=1e-5)
     valid = batch["completion_mask"].bool()
     decided = valid & ~near_tie  # swaps between scores equal to 1e-5 are float noise (tests/builders.py)
-    same = (batch["token_weights"] == reference)[decided].float().mean().item()
+    same = (loss_token_weights(trainer, batch) == reference)[decided].float().mean().item()
     assert same >= agreement, f"{name}: {same:.3f} of response tokens agree with the reference path"
     assert decided.sum() >= 0.8 * valid.sum()
 
@@ -129,20 +129,31 @@ def test_replace_strategy_never_scores_a_clip_against_itself(tiny_dir, clip_rows
     of 200 steps). Now the first step falls back to zeroing (logged) and later steps use earlier clips."""
     import videoktr.train.trainer as trainer_module
 
-    seen = []
+    seen, totals = [], []
+
+    def visual_total(out):
+        return out.scores["visual"][out.valid["visual"]].abs().sum().item()
 
     def recording(*args, **kwargs):
         out = real(*args, **kwargs)
-        seen.append((kwargs["options"].visual_strategy, out.scores["visual"][out.valid["visual"]].abs().sum().item()))
+        seen.append(kwargs["options"].visual_strategy)
+        if not kwargs.get("perturbed_only"):
+            totals.append(visual_total(out))
         return out
 
-    real = trainer_module.attribute
+    def scoring(*args, **kwargs):  # ktr.select_in_loss: the scores are made in the loss
+        out = real_scores(*args, **kwargs)
+        totals.append(visual_total(out))
+        return out
+
+    real, real_scores = trainer_module.attribute, trainer_module.scores_from_logps
     monkeypatch.setattr(trainer_module, "attribute", recording)
+    monkeypatch.setattr(trainer_module, "scores_from_logps", scoring)
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, per_device_train_batch_size=4, max_steps=3)
     trainer.attribution_options.visual_strategy = "replace"
     trainer.train()
-    assert [s for s, _ in seen] == ["zero", "replace", "replace"]
-    assert all(total > 0 for _, total in seen)
+    assert seen == ["zero", "replace", "replace"]
+    assert len(totals) == 3 and all(total > 0 for total in totals)
     assert "ktr/replace_fallback" in trainer.state.log_history[0]
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from builders import reference_key_token_weights, reference_vppo
+from builders import loss_token_weights, reference_key_token_weights, reference_vppo
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 RECIPES = sorted(p.name for p in CONFIGS.glob("*.yaml"))
@@ -60,7 +60,7 @@ def test_recipe_runs_scaled_down(recipe, mixed_data, tiny_dir, tmp_path, monkeyp
         if self.method in ("ktr", "entropy"):
             reference = reference_key_token_weights(self, batch, state, tiny_dir)
             valid = batch["completion_mask"].bool()
-            checked.append((batch["token_weights"] == reference)[valid].float().mean().item())
+            checked.append((loss_token_weights(self, batch) == reference)[valid].float().mean().item())
         if self.method == "vppo":  # its token filter against VPPO's reference path (all rows: no skipping)
             reference, _, _ = reference_vppo(self, batch, tiny_dir, state)
             valid = batch["completion_mask"].bool()

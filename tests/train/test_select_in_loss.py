@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
-from builders import make_trainer
+from builders import loss_token_weights, make_trainer
 
 import videoktr.train.trainer as trainer_module
 
@@ -21,22 +21,7 @@ def clip_rows(tmp_path_factory):
     return make_clip_rows(tmp_path_factory.mktemp("clips"), 300)
 
 
-def loss_weights(trainer, batch, monkeypatch) -> torch.Tensor:
-    """The token weights the loss of `batch` (one micro-batch) multiplies in, through `_compute_loss` itself."""
-    seen = []
-    real = trainer_module.masked_clipped_loss
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["token_weights"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trainer_module, "masked_clipped_loss", spy)
-    trainer._compute_loss(trainer.model, batch)
-    monkeypatch.setattr(trainer_module, "masked_clipped_loss", real)
-    return seen[0]
-
-
-def rollout_and_today(trainer, monkeypatch):
+def rollout_and_today(trainer):
     """One generation batch on the loss-time path, then the same batch's weights from today's rollout path (the
     unperturbed input evaluated again by attribution) with the same perturbation and control draws."""
     trainer.model.train()
@@ -59,15 +44,15 @@ def rollout_and_today(trainer, monkeypatch):
     # rounding, so near-threshold tokens flip (as with reuse_rollout_logps and bf16 against the fp32 reference)
     (dict(gradient_checkpointing=True, bf16=True), 0.8),
 ])
-def test_masks_equal_todays_path(tiny_dir, clip_rows, tmp_path, monkeypatch, settings, agreement):
+def test_masks_equal_todays_path(tiny_dir, clip_rows, tmp_path, settings, agreement):
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, **settings)
     trainer.model.train()
     assert trainer.selects_in_loss() and not trainer.reuses_old_policy_pass()
-    batch, today = rollout_and_today(trainer, monkeypatch)
+    batch, today = rollout_and_today(trainer)
     assert "token_weights" not in batch and batch["ktr_attributed"].any()
     # zero-advantage rows are not attributed and weigh 0
     assert torch.equal(batch["ktr_attributed"], batch["advantages"].ne(0))
-    weights = loss_weights(trainer, batch, monkeypatch)
+    weights = loss_token_weights(trainer, batch)
     mask = batch["completion_mask"].bool()
     same = (weights == today)[mask].float().mean().item()
     assert same >= agreement, f"{same:.3f} of response tokens agree"
@@ -76,18 +61,18 @@ def test_masks_equal_todays_path(tiny_dir, clip_rows, tmp_path, monkeypatch, set
     assert trainer._metrics["train"]["ktr/update_ratio"]
 
 
-def test_micro_batches_in_any_order_select_alike(tiny_dir, clip_rows, tmp_path, monkeypatch):
+def test_micro_batches_in_any_order_select_alike(tiny_dir, clip_rows, tmp_path):
     """TRL shuffles the rollout's rows and splits them into micro-batches: scope "response" selects each
     response's own top r%, so every split and order gives each row the same mask."""
     from trl.trainer.utils import split_tensor_dict
 
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
-    batch, _ = rollout_and_today(trainer, monkeypatch)
-    whole = loss_weights(trainer, batch, monkeypatch)
+    batch, _ = rollout_and_today(trainer)
+    whole = loss_token_weights(trainer, batch)
     order = torch.tensor([5, 2, 7, 0, 3, 6, 1, 4])
     shuffled = {k: (v[order] if torch.is_tensor(v) and v.dim() > 0 else [v[i] for i in order] if isinstance(v, list)
                     else v) for k, v in batch.items()}
-    parts = [loss_weights(trainer, part, monkeypatch) for part in split_tensor_dict(shuffled, 2)]
+    parts = [loss_token_weights(trainer, part) for part in split_tensor_dict(shuffled, 2)]
     assert torch.equal(torch.cat(parts), whole[order])
 
 
@@ -115,19 +100,19 @@ def test_only_perturbed_inputs_run_at_the_rollout(tiny_dir, clip_rows, tmp_path,
     entropy.model.train()
     batch = entropy._generate_and_score_completions(next(iter(entropy.get_train_dataloader())))
     assert not calls and "ktr_perturbed_visual" not in batch
-    weights = loss_weights(entropy, batch, monkeypatch)
+    weights = loss_token_weights(entropy, batch)
     assert weights[batch["ktr_attributed"]].sum() > 0
 
 
 @pytest.mark.parametrize("control", ["random", "entropy_matched"])
-def test_controls_choose_in_the_loss(tiny_dir, clip_rows, tmp_path, monkeypatch, control):
+def test_controls_choose_in_the_loss(tiny_dir, clip_rows, tmp_path, control):
     """A control trains as many tokens per response as the union it replaces, chosen in the loss."""
     from videoktr.attribution import SelectionOptions
 
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path,
                            trainer_kwargs={"selection": SelectionOptions(control=control)})
-    batch, today = rollout_and_today(trainer, monkeypatch)
-    weights = loss_weights(trainer, batch, monkeypatch)
+    batch, today = rollout_and_today(trainer)
+    weights = loss_token_weights(trainer, batch)
     assert torch.equal(weights.sum(1), today.sum(1))  # per response: the union's size (fp32: the same union)
     if control == "entropy_matched":
         assert torch.equal(weights, today)

@@ -109,7 +109,8 @@ def test_all_tokens_masked_gives_zero_policy_gradient(tiny_dir, clip_rows, tmp_p
 
 
 def test_key_token_mask_is_a_field_of_the_rollout(tiny_dir, clip_rows, tmp_path, monkeypatch):
-    trainer = make_trainer(tiny_dir, clip_rows, tmp_path)
+    # the rollout path (where the mask is not chosen in the loss: tests/train/test_select_in_loss.py)
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, trainer_kwargs={"select_in_loss": False})
     inputs = generated_batch(trainer)
     first = inputs["token_weights"].clone()
     active = inputs["advantages"] != 0

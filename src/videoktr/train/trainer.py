@@ -990,11 +990,11 @@ class VideoGRPOTrainer(GRPOTrainer):
             logps, entropy, masked_logps = self._papo_forward(model, input_ids, attention_mask, C, rows)
         else:
             logps, entropy, _ = self._forward_logps(model, input_ids, attention_mask, C, rows, compute_entropy=True)
-        weights = None
-        if "ktr_attributed" in inputs:  # the mask is chosen here, from this forward (selects_in_loss)
+        weights = inputs.get("token_weights")  # a field of the rollout (see _generate_and_score_completions)
+        if weights is None and "ktr_attributed" in inputs:  # chosen here, from this forward (selects_in_loss)
             weights = self._loss_time_weights(inputs, logps.detach(), entropy.detach())
-        elif self.method in WEIGHTED_METHODS:
-            weights = inputs["token_weights"]  # a field of the rollout (see _generate_and_score_completions)
+        if weights is None and self.method in WEIGHTED_METHODS:
+            raise KeyError("a rollout of a token-weighting method carries token_weights or the ktr_* fields")
         old = inputs.get("old_per_token_logps")
         old = logps.detach() if old is None else old
         loss, stats = masked_clipped_loss(

@@ -14,7 +14,8 @@ the width, depth and vocabulary it runs at; full training of the 3B needs fp32 m
 AdamW states (16 bytes x 3.8B = 60 GB) before activations, too close to 80 GB at this shape, while the 7B's
 frozen fp32 weights (33 GB) and adapters leave room. The price: LoRA's backward skips the base weights' gradients,
 so the policy pass is cheaper than a full fine-tune's and the attribution's share of the step is an upper bound
-of the full fine-tune's.
+of the full fine-tune's. The adapters have no dropout (as the full fine-tune has none), so ktr runs its default path:
+the rollout evaluates only the perturbed inputs and the mask is chosen in the loss (ktr.select_in_loss).
 
 Settings (the paper's per-GPU shape and the 7B recipe): one prompt with a 16-frame clip at 128*28*28 pixels per
 frame (448x224, 1024 video tokens), G = 8 responses of 256-768 tokens (forced, identical in both modes: the bench's
@@ -206,7 +207,10 @@ def make_trainer(mode: str, model, processor, clips: list[Path], setup: Setup, s
                       seed=0, disable_tqdm=True)
     from transformers import PrinterCallback
 
-    trainer = VideoGRPOTrainer(model=model, peft_config=peft_config(model, LoraOptions(r=setup.lora_r)),
+    # lora_dropout 0: the 7B recipe trains without dropout, so its ktr takes the default path (ktr.select_in_loss:
+    # the rollout evaluates the perturbed inputs only); LoRA's default 0.05 would keep the unperturbed pass
+    lora = LoraOptions(r=setup.lora_r, dropout=0.0)
+    trainer = VideoGRPOTrainer(model=model, peft_config=peft_config(model, lora),
                                processing_class=processor, reward_funcs=[cost.length_reward], args=args,
                                train_dataset=Dataset.from_list(cost.clip_rows(clips)), method=mode,
                                video=VideoOptions(fps=2.0, min_frames=4, max_frames=max(16, setup.frames)))
@@ -304,6 +308,8 @@ def run_mode(mode: str, setup: Setup, config, processor, clips, warmup: int, ste
     cuda = setup.device != "cpu"
     measured = cost.Instrumented(trainer, shape, sync=torch.cuda.synchronize if cuda else None)
     measured.keep_batches = 1 if keep_batch else 0
+    trainer.model.train()
+    select_in_loss = trainer.selects_in_loss()  # ktr's default path: the mask chosen in the loss
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -319,7 +325,8 @@ def run_mode(mode: str, setup: Setup, config, processor, clips, warmup: int, ste
                         sum(p.numel() for p in model.parameters()))
     out = {"mode": mode, "steps": per_step, "peak_gpu_bytes": peak, "model_build_s": build_s, "train_s": train_s,
            "parameters": total, "trainable_parameters": trainable,
-           "encoder_calls_per_step": measured.counter.calls["train"] / (warmup + steps)}
+           "encoder_calls_per_step": measured.counter.calls["train"] / (warmup + steps),
+           "select_in_loss": select_in_loss}
     del trainer, model, measured
     gc.collect()
     if cuda:

@@ -45,6 +45,7 @@ def test_gpu_check_tiny_runs_on_cpu(tmp_path):
         assert 0 < run["trainable_parameters"] < run["parameters"]  # LoRA: adapters only
         assert summary[mode]["step_s"] > summary[mode]["step_without_sampling_s"] > 0
     assert summary["ktr"]["attribution_s"] > 0 and summary["grpo"]["attribution_s"] == 0
+    assert result["runs"]["ktr"]["select_in_loss"]  # the recipe's default path: only perturbed inputs at the rollout
     assert len(summary["ratios_per_step"]["step"]) == 2 and summary["ratios"]["step"] > 0
     agreement = result["mask_agreement"]
     for name in ("trainer_vs_reference_same_precision", "trainer_vs_reference_fp32", "reference_vs_reference_fp32"):

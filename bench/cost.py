@@ -503,7 +503,8 @@ def make_trainer(mode: str, shape: Shape, model_dir: Path, rows: list[dict], ste
     if shape.lora_r:
         from videoktr.models.lora import LoraOptions, peft_config
 
-        peft = peft_config(model, LoraOptions(r=shape.lora_r))
+        # no dropout, as the 7B recipe's full fine-tune has none: ktr then takes its default path (select_in_loss)
+        peft = peft_config(model, LoraOptions(r=shape.lora_r, dropout=0.0))
     # ktr-rollout: ktr with its mask chosen at the rollout (the unperturbed input evaluated by attribution), as
     # before ktr.select_in_loss; official computes its own passes at the rollout
     return cls(model=model, peft_config=peft, processing_class=processor, reward_funcs=[length_reward], args=args,

@@ -651,17 +651,49 @@ class Instrumented:
         return out
 
 
+def force_old_policy_pass(trainer) -> None:
+    """TRL's old-policy pass over every rollout, as with vLLM's importance-sampling correction (on by default there),
+    while sampling stays HF's and generation stays aligned with the optimizer step. TRL runs that pass when
+    gradient_accumulation_steps is not a multiple of steps_per_generation x num_iterations; the rollout sees such a
+    steps_per_generation while it runs, the rest of the step the real one. ktr then reuses the pass
+    (ktr.reuse_rollout_logps) and evaluates only the perturbed inputs at the rollout."""
+    real = trainer._generate_and_score_completions
+
+    def rollouts(inputs):
+        args = trainer.args
+        kept = args.steps_per_generation
+        args.steps_per_generation = args.gradient_accumulation_steps + 1
+        try:
+            return real(inputs)
+        finally:
+            args.steps_per_generation = kept
+
+    trainer._generate_and_score_completions = rollouts
+
+
 def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: int, warmup: int,
-          profile: bool = False) -> dict:
+          profile: bool = False, old_policy_pass: bool = False) -> dict:
     """Train `warmup + steps` steps of `mode` in this process, measured by `Instrumented`; the first `warmup`
     steps are recorded but left out of the times. `profile`: under torch's profiler, and the LM head's share of
-    each pass (`lm_head_shares`) in the result."""
+    each pass (`lm_head_shares`) in the result. `old_policy_pass`: TRL's old-policy pass over every rollout, as on
+    the vLLM path (`force_old_policy_pass`)."""
     import torch
 
     torch.set_flush_denormal(True)  # CPU: denormal floats of a random model's drifting weights take slow paths
     torch.set_num_threads(bench_threads())
     trainer = make_trainer(mode, shape, model_dir, clip_rows(clips), warmup + steps,
                            tempfile.mkdtemp(prefix=f"cost-{mode}-"))
+    reused: list[bool] = []  # ktr: whether each rollout found TRL's old-policy pass to reuse
+    if old_policy_pass:
+        force_old_policy_pass(trainer)
+        real_old = trainer._old_policy_entropies
+
+        def counting(output, captured):
+            found = real_old(output, captured)
+            reused.append(found is not None)
+            return found
+
+        trainer._old_policy_entropies = counting
     cuda = torch.cuda.is_available()
     measured = Instrumented(trainer, shape, sync=torch.cuda.synchronize if cuda else None)
     counter = measured.counter
@@ -694,7 +726,9 @@ def child(mode: str, shape: Shape, model_dir: Path, clips: list[Path], steps: in
             "generation_encoder_calls_per_step": counter.calls["generation"] / total,
             "generation_videos_encoded_per_step": counter.videos["generation"] / total,
             "unique_videos_per_step": shape.prompts, "responses_per_step": shape.prompts * shape.generations,
-            "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(), "lm_head_shares": shares}
+            "device": "cuda" if cuda else "cpu", "threads": torch.get_num_threads(), "lm_head_shares": shares,
+            "old_policy_pass": old_policy_pass,
+            "old_policy_pass_reused": sum(reused), "rollouts": total}
 
 
 def pass_meter(vocab: int, current, head_weight=None):
@@ -941,7 +975,9 @@ def markdown(results: dict) -> str:
         lines.append(f"\n### {name}: {s['prompts']} prompt(s) x G={s['generations']}, {s['frames']} frames of "
                      f"{s['width']}x{s['height']}, responses {s['min_tokens']}-{s['max_tokens']} tokens, "
                      f"{s['rollouts']} rollouts, model `{s['model']}`; {entry['rounds']} rounds x "
-                     f"{entry['steps']} steps (after {entry['warmup']} warm-up) per mode\n")
+                     f"{entry['steps']} steps (after {entry['warmup']} warm-up) per mode"
+                     + ("; TRL's old-policy pass over every rollout, as on the vLLM path (--old-policy-pass)"
+                        if results.get("old_policy_pass") else "") + "\n")
         lines.append("Times are medians over the measured steps of every round; `x grpo` is the median [quartiles] "
                      "of the per-step ratios (step i of the mode over step i of grpo, same round, same rollouts); "
                      "`in-step x grpo` is the median of each step over the same step less its token-weights pass, "
@@ -1001,6 +1037,10 @@ def main() -> None:
                         help="also meter 1+1 steps of grpo and ktr per shape: CPU seconds and FLOPs per pass, the LM "
                              "head's share of each, ktr / grpo FLOPs (--rounds 0: only this)")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (the test's configuration)")
+    parser.add_argument("--old-policy-pass", action="store_true",
+                        help="TRL's old-policy pass over every rollout in every mode, as on the vLLM path with its "
+                             "importance-sampling correction (HF sampling stays): grpo pays that pass and ktr reuses "
+                             "it (ktr.reuse_rollout_logps)")
     parser.add_argument("--work-dir", default="", help="where the model and clips are written (default: a temp dir)")
     parser.add_argument("--output", default=str(Path(__file__).resolve().parent / "results" / "cost.json"))
     parser.add_argument("--summarise", default="", metavar="JSON",
@@ -1024,7 +1064,7 @@ def main() -> None:
             print(json.dumps(equivalence(shape, Path(task["model"]), clips)))
         else:
             print(json.dumps(child(task["mode"], shape, Path(task["model"]), clips, task["steps"], task["warmup"],
-                                   task.get("profile", False))))
+                                   task.get("profile", False), task.get("old_policy_pass", False))))
         return
     if args.steps < 1:
         parser.error("--steps must be >= 1")
@@ -1046,6 +1086,7 @@ def main() -> None:
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="videoktr-cost-"))
     modes = ["grpo"] + [m for m in args.modes if m != "grpo"]
     results = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": threads,
+               "old_policy_pass": args.old_policy_pass,
                "modes": modes, "models": {}, "shapes": {}}
     failed = []
     for name, shape in chosen.items():
@@ -1053,7 +1094,7 @@ def main() -> None:
         results["models"][shape.model] = json.loads((model_dir / "videoktr_model.json").read_text())
         clips = write_clips(root, shape, shape.prompts * (args.steps + args.warmup))
         base = {"shape": dataclasses.asdict(shape), "model": str(model_dir), "clips": [str(c) for c in clips],
-                "steps": args.steps, "warmup": args.warmup}
+                "steps": args.steps, "warmup": args.warmup, "old_policy_pass": args.old_policy_pass}
         runs: dict[str, list[dict]] = {m: [] for m in modes}
         for r in range(args.rounds):
             order = modes[r % len(modes):] + modes[: r % len(modes)]  # rotated: no mode always first or last

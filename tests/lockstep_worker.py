@@ -90,12 +90,15 @@ def lora_options(engine: str):
     return LoraOptions(r=4, vision="lora") if engine.endswith("+lora") else None
 
 
-def attribution_options(engine: str):
+def attribution_options(engine: str, control: str = "none"):
     """The "fsdp" engine also runs issue 12's temporal options (a derangement, averaged over 2 draws per clip):
-    K draws widen the attribution pass, which every process must still run in lockstep."""
+    K draws widen the attribution pass, which every process must still run in lockstep. Its controls keep the
+    defaults, so that under FSDP the mask is chosen in the loss (ktr.select_in_loss needs one draw)."""
     from videoktr.attribution import AttributionOptions
 
-    return AttributionOptions(temporal_strategy="derange", temporal_samples=2) if engine == "fsdp" else None
+    if engine == "fsdp" and control == "none":
+        return AttributionOptions(temporal_strategy="derange", temporal_samples=2)
+    return None
 
 
 def _local(t):
@@ -151,12 +154,14 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
         model = load_model(model_dir, dtype="float32")
         trainer = VideoGRPOTrainer(model=model, processing_class=processor, reward_funcs=[lockstep_reward], args=args,
                                    train_dataset=Dataset.from_list(rows), method=method,
-                                   attribution=attribution_options(engine),
+                                   attribution=attribution_options(engine, control),
                                    selection=SelectionOptions(control=control),
                                    peft_config=peft_config(model, lora) if lora else None,
                                    dynamic_sampling=sampling)
         # ZeRO-3/FSDP must run every forward in lockstep; DDP's forwards and generation have no collectives
         assert trainer.lockstep == engine.startswith(("fsdp", "zero3")) and trainer.accelerator.num_processes == 2
+        trainer.model.train()
+        in_loss = trainer.selects_in_loss()  # ktr.select_in_loss: the mask chosen in the loss on this path
         before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         real = trainer._generate_and_score_completions
         saved = []
@@ -208,8 +213,10 @@ def main(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: str)
             assert len(logged) == 2 and all(h["dynamic_sampling/generation_batches"] == 3 for h in logged), logged
             if rank == 1:
                 assert all(h["dynamic_sampling/unfilled_groups"] == 2 for h in logged), logged
+        assert in_loss == ("loss" in saved[0]), (engine, name, rank, in_loss)
         torch.save(saved[0], out / f"{engine}-{name}-rank{rank}.pt")
-        print(f"rank {rank}: {engine} {name} done", flush=True)
+        where = "in the loss" if in_loss else "at the rollout"
+        print(f"rank {rank}: {engine} {name} done (mask chosen {where})", flush=True)
     from videoktr.train.distributed import end_process_group
 
     end_process_group()

@@ -447,8 +447,8 @@ class VideoGRPOTrainer(GRPOTrainer):
         `reuses_old_policy_pass`) so that the weights of every loss pass of the rollout are the sampling weights,
         and where that forward's log-probs are the ones attribution would compute: no live dropout, distance
         "logprob", one temporal draw; and the mask must be computable per micro-batch (scope "response": each
-        response's own top r%). The same answer on
-        every process (a function of the options and the model only)."""
+        response's own top r%). The same answer on every process (a function of the options and the model only).
+        At a rollout-logged step the rollout path runs anyway (the rollout log records its mask)."""
         if not (self.select_in_loss and self.method in ("ktr", "entropy") and self.model.training):
             return False
         a = self.attribution_options

@@ -39,7 +39,8 @@ def test_cost_bench_quick(tmp_path):
     assert last.startswith("step_time_ratio=") and " peak_memory_ratio=" in last and " training_time_ratio=" in last
     result = json.loads(out.read_text())
     entry = result["shapes"]["quick"]
-    assert set(entry["modes"]) == {"grpo", "ktr", "entropy", "twgrpo", "tgrpo", "vppo", "papo", "official"}
+    assert set(entry["modes"]) == {"grpo", "ktr", "ktr-rollout", "entropy", "twgrpo", "tgrpo", "vppo", "papo",
+                                   "official"}
     assert entry["same_tokens"] == []
     unique, responses = 2, 4
     reference = entry["runs"]["grpo"][0]["steps"]
@@ -66,10 +67,13 @@ def test_cost_bench_quick(tmp_path):
     # PAPO's masked half reuses the policy pass's encoding: one call, on the unique clips
     assert entry["modes"]["papo"]["encoder_calls_per_step"] == 1
     assert entry["modes"]["papo"]["videos_encoded_per_step"] == unique
-    for mode in ("ktr", "entropy", "twgrpo", "vppo"):
+    for mode in ("ktr", "ktr-rollout", "twgrpo", "vppo"):
         assert entry["modes"][mode]["encoder_calls_per_step"] == 2, mode
         assert entry["modes"][mode]["videos_encoded_per_step"] == 2 * unique, mode
         assert entry["modes"][mode]["weights_cpu_s"]["median"] > 0, mode
+    # entropy chooses its mask in the loss from the policy pass (ktr.select_in_loss): no pass of its own
+    assert entry["modes"]["entropy"]["encoder_calls_per_step"] == 1
+    assert entry["modes"]["entropy"]["weights_cpu_s"]["median"] > 0
     # the official cost structure: every response's copy encoded in the 3 attribution passes and the policy pass
     assert entry["modes"]["official"]["encoder_calls_per_step"] == 4
     assert entry["modes"]["official"]["videos_encoded_per_step"] == 4 * responses
@@ -78,6 +82,24 @@ def test_cost_bench_quick(tmp_path):
     assert eq["weights_agreement"] == 1.0
     for signal in ("visual", "temporal", "entropy"):
         assert eq[f"max_abs_score_diff_{signal}"] < 1e-4, signal
+
+
+@pytest.mark.slow
+def test_old_policy_pass_is_paid_by_grpo_and_reused_by_ktr(tmp_path):
+    """--old-policy-pass: TRL's old-policy pass over every rollout (the vLLM path's structure): grpo encodes the
+    clips in it and in the policy pass; ktr reuses it and adds only its perturbed pass."""
+    out = tmp_path / "cost.json"
+    proc = subprocess.run([sys.executable, str(BENCH), "--quick", "--shapes", "quick", "--steps", "1", "--rounds", "1",
+                           "--modes", "grpo", "ktr", "--old-policy-pass", "--work-dir", str(tmp_path / "work"),
+                           "--output", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    entry = result["shapes"]["quick"]
+    assert result["old_policy_pass"] and entry["same_tokens"] == []
+    assert entry["modes"]["grpo"]["encoder_calls_per_step"] == 2
+    assert entry["modes"]["ktr"]["encoder_calls_per_step"] == 3
+    ktr = entry["runs"]["ktr"][0]
+    assert ktr["old_policy_pass"] and ktr["old_policy_pass_reused"] == ktr["rollouts"] == 2
 
 
 def test_forced_sampling_samples_exactly_the_targets(cost, tiny):

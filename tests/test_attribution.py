@@ -257,6 +257,34 @@ def test_precomputed_logp_skips_unperturbed_rows(tiny, batch):
         assert torch.allclose(again.scores[s], ref.scores[s], atol=1e-5)
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_perturbed_only_then_scores_from_logps_equals_attribute(tiny, batch, signed):
+    """ktr.select_in_loss's two halves: the perturbed inputs alone at the rollout, the scores later against an
+    unperturbed side computed elsewhere; bit for bit what one `attribute` call computes, at every valid position
+    (row 3 has no video: no visual or temporal score)."""
+    from videoktr.attribution import scores_from_logps
+
+    model, _ = tiny
+    options = AttributionOptions(signed=signed)
+    full = attribute(model, **batch, options=options, generator=torch.Generator().manual_seed(5))
+    part = attribute(model, **batch, options=options, generator=torch.Generator().manual_seed(5),
+                     perturbed_only=True, keep_perturbed_logp=True)
+    assert part.scores == {} and part.logp is None and set(part.perturbed_logp) == {"visual", "temporal"}
+    for kind in ("visual", "temporal"):
+        assert torch.equal(part.valid[kind], full.valid[kind])
+    rebuilt = scores_from_logps(full.logp, full.entropy, part.perturbed_logp, part.valid, batch["completion_mask"],
+                                options)
+    for s in ("visual", "temporal", "entropy"):
+        valid = full.valid[s]
+        assert torch.equal(rebuilt.valid[s], valid), s
+        assert torch.equal(rebuilt.scores[s][valid], full.scores[s][valid]), s
+    assert torch.equal(select_key_tokens(rebuilt)[0], select_key_tokens(full)[0])
+    with pytest.raises(ValueError, match="perturbed_only"):
+        attribute(model, **batch, options=AttributionOptions(distance="kl"), perturbed_only=True)
+    with pytest.raises(ValueError, match="perturbed_only"):
+        attribute(model, **batch, options=AttributionOptions(temporal_samples=2), perturbed_only=True)
+
+
 def test_signed_and_distance_variants(tiny, batch):
     model, processor = tiny
     signed = attribute(model, **batch, options=AttributionOptions(signals=("visual",), signed=True))

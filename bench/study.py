@@ -82,10 +82,14 @@ ARMS: dict[str, tuple[dict, str]] = {
                             "token control: entropy only, at the union's update ratio (per response)"),
     **{f"{m}-lr{lr:g}": ({"method": m, "learning_rate": lr}, f"step control: {m} at lr {lr:g}")
        for m in ("grpo", "ktr") for lr in (3e-5, 3e-4)},
+    # the step control at the rate where grpo's step is too large: grpo's step with the union's tokens
+    "ktr-selected-lr0.0003": ({"method": "ktr", "loss_normalization": "selected", "learning_rate": 3e-4},
+                              "step control: ktr-selected at lr 0.0003"),
 }
 # arms every world runs; the others (ratio, strategies, distances, weights) run on the main world only
 CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
-        "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-random",
+        "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-selected-lr0.0003",
+        "ktr-random",
         "ktr-complement", "ktr-entropy-matched", "vppo", "papo", "grpo-ds", "ktr-ds"]
 MAIN_WORLD = "short"
 

@@ -144,3 +144,38 @@ def test_a_warm_start_records_the_position_scheme_it_trained_under(setup):
         out = W.warm_start(base, world.root, root / f"ws-{scheme}", rope_positions=scheme, **kwargs)
         assert recorded_scheme(out) == scheme and W.read_info(out)["settings"]["rope_positions"] == scheme
         assert scheme_of(load_model(out, dtype="float32")) == scheme
+
+
+def test_a_warm_start_is_found_by_its_content_whatever_its_folder_is_called(tmp_path, monkeypatch):
+    """Finding: the folder name digests the base model's path as spelled, so the cache reached as an absolute path
+    (instead of the relative `.cache/videoktr`) missed its warm start and built another one. Now the run looks for a
+    finished warm start with the same content key first, and existing folders keep their names."""
+    from videoktr.train.config import load_config
+    from videoktr.world import run as world_run
+
+    built = []
+
+    def fake_warm_start(base, world, out, **kwargs):  # a finished warm start, as warm_start() leaves it
+        out = Path(out)
+        if not W.is_built(base, world, out, **kwargs):
+            out.mkdir(parents=True, exist_ok=True)
+            for name in ("config.json", "model.safetensors"):
+                (out / name).write_text("{}")
+            settings = W.WarmStartSettings(**kwargs)
+            settings.target = tuple(settings.target)
+            (out / "warmstart.json").write_text(json.dumps(
+                {"complete": True, "key": W.cache_key(base, world, settings)}))
+            built.append(out.name)
+        return out
+
+    monkeypatch.setattr(W, "warm_start", fake_warm_start)
+    monkeypatch.chdir(tmp_path)
+    small = {"model_size": "tiny", "world_train": 40, "world_eval": 4, "world_rl": 4}
+    _, relative = world_run.prepare_world_and_model(load_config(overrides={**small, "cache_dir": "cache"}))
+    _, absolute = world_run.prepare_world_and_model(
+        load_config(overrides={**small, "cache_dir": str(tmp_path / "cache")}))
+    assert absolute.resolve() == relative.resolve() and len(built) == 1
+    # other settings are another warm start, found by no spelling
+    _, other = world_run.prepare_world_and_model(
+        load_config(overrides={**small, "cache_dir": str(tmp_path / "cache"), "warmstart_max_steps": 300}))
+    assert other.resolve() != relative.resolve() and len(built) == 2

@@ -59,6 +59,9 @@ def prepare_world_and_model(config: TrainConfig):
                 "rope_positions": config.model.rope_positions, **budget}
     model_dir = Path(config.model.warmstart_dir or cache / f"warmstart-{warmstart_digest(base_dir, world, settings)}")
     reused = warmstart.is_built(base_dir, world_dir, model_dir, **settings)
+    if not reused and not config.model.warmstart_dir:  # built before under another spelling of the cache's path
+        found = warmstart.find_built(base_dir, world_dir, cache, **settings)
+        model_dir, reused = (found, True) if found is not None else (model_dir, False)
     print(f"[2/5] warm start ({'cached, reused' if reused else 'building; cached for later runs'}): {model_dir}")
     warmstart.warm_start(base_dir, world_dir, model_dir, **settings)
     return world, model_dir

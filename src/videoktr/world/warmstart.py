@@ -75,6 +75,17 @@ def is_built(base_model_dir: str | Path, world_dir: str | Path, output_dir: str 
     return is_complete(output_dir, cache_key(base_model_dir, world_dir, settings))
 
 
+def find_built(base_model_dir: str | Path, world_dir: str | Path, cache_dir: str | Path, **kwargs) -> Path | None:
+    """A finished warm start for these inputs among `cache_dir`'s warmstart-* folders, found by its content key
+    (`cache_key`: the settings, the base model's files and the world), whatever its folder is called. The folder
+    name digests the base model's path as spelled (world.run.warmstart_digest), so the same cache reached by another
+    spelling (an absolute path, a moved checkout) finds its warm start here instead of building it again."""
+    settings = WarmStartSettings(**kwargs)
+    settings.target = tuple(settings.target)
+    key = cache_key(base_model_dir, world_dir, settings)
+    return next((d for d in sorted(Path(cache_dir).glob("warmstart-*")) if is_complete(d, key)), None)
+
+
 def is_complete(output_dir: str | Path, key: str | None = None) -> bool:
     """Whether `output_dir` holds a finished warm start (for `key`, when given)."""
     out = Path(output_dir)

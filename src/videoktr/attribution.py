@@ -549,7 +549,6 @@ def _draw_names(kind: str, options: AttributionOptions) -> list[str]:
     return [kind] + [f"{kind}#{k}" for k in range(1, n)]
 
 
-
 def scores_from_logps(logp: torch.Tensor, entropy: torch.Tensor | None, perturbed_logp: Mapping[str, torch.Tensor],
                       valid: Mapping[str, torch.Tensor], completion_mask: torch.Tensor, options: AttributionOptions,
                       seconds: float = 0.0) -> Attribution:
@@ -574,6 +573,7 @@ def scores_from_logps(logp: torch.Tensor, entropy: torch.Tensor | None, perturbe
         scores["entropy"] = entropy.float()
         out_valid["entropy"] = completion_mask.bool().clone()
     return Attribution(scores, out_valid, logp, entropy, seconds, perturbed_logp=dict(perturbed_logp))
+
 
 @dataclass
 class SelectionOptions:

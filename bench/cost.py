@@ -7,7 +7,8 @@ per-step ratios to `grpo`.
   .venv/bin/python bench/cost.py --frames 16 32 64   # the paper shape at 16, 32 and 64 frames
   .venv/bin/python bench/cost.py --quick         # tiny sizes, seconds per process (the test's configuration)
 
-Modes: the trainer's methods `grpo`, `ktr` (ours), `entropy`, `twgrpo`, `tgrpo`, `vppo` (one eval-mode no-grad
+Modes: `ktr-rollout` (ktr with ktr.select_in_loss off: its mask chosen at the rollout by a pass that also evaluates
+the unperturbed input), the trainer's methods `grpo`, `ktr` (ours), `entropy`, `twgrpo`, `tgrpo`, `vppo` (one eval-mode no-grad
 pass for the visual dependency, like ktr's attribution with one perturbation), `papo` (no attribution pass, but a
 policy pass WITH gradient over twice the rows: the real and the masked input), and `official`: NOT a training
 method but Video-KTR's key-token mask computed with the official code's cost structure (`OfficialCostTrainer`

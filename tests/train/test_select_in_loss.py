@@ -1,8 +1,8 @@
 """ktr.select_in_loss: on the default path (TRL runs no old-policy pass: num_iterations 1, generation aligned with the
 optimizer step), the rollout evaluates only the perturbed inputs, and the key-token mask is chosen in the loss from the
 policy forward's own log-probs and entropies. Masks equal today's path (the unperturbed input evaluated again by
-attribution) in fp32, with and without gradient checkpointing; bf16 with near ties forgiven; per micro-batch in any
-row order; never where it is not exact."""
+attribution) in fp32, with and without gradient checkpointing; under bf16 on at least 80% of the tokens; per
+micro-batch in any row order; never where it is not exact."""
 
 from __future__ import annotations
 

@@ -544,6 +544,8 @@ class Instrumented:
         def step_now() -> int:
             return trainer.state.global_step
 
+        self._step_now = step_now
+
         @contextlib.contextmanager
         def sampling_phase(kind: str):
             counter.phase = "generation"
@@ -619,10 +621,7 @@ class Instrumented:
         trainer.add_callback(StepClock())
 
     def _meter_weights(self, trainer, name: str, keep: bool) -> None:
-        original, clock = getattr(trainer, name), self.clock
-
-        def step_now() -> int:
-            return trainer.state.global_step
+        original, clock, step_now = getattr(trainer, name), self.clock, self._step_now
 
         def metered(batch, *args):
             if keep and len(self.batches) < self.keep_batches:

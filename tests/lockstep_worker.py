@@ -248,8 +248,8 @@ def compare(model_dir: str, data_dir: str, out_dir: str, engine: str, methods: s
                 assert torch.allclose(weights, batch["token_weights"], atol=1e-5), (engine, method, rank)
             else:  # chosen in the loss (ktr.select_in_loss), from the process's own policy forward: match its rows
                 loss = record["loss"]
+                keys = [None if v is None else v.key for v in batch["videos"]]
                 for j in range(loss["weights"].shape[0]):
-                    keys = [None if v is None else v.key for v in batch["videos"]]
                     i = next(i for i in range(weights.shape[0]) if keys[i] == loss["keys"][j]
                              and torch.equal(batch["prompt_ids"][i], loss["prompt_ids"][j])
                              and torch.equal(batch["completion_ids"][i], loss["completion_ids"][j]))

@@ -52,13 +52,14 @@ def test_masks_equal_todays_path(tiny_dir, clip_rows, tmp_path, settings, agreem
     assert "token_weights" not in batch and batch["ktr_attributed"].any()
     # zero-advantage rows are not attributed and weigh 0
     assert torch.equal(batch["ktr_attributed"], batch["advantages"].ne(0))
+    logged = len(trainer._metrics["train"]["ktr/update_ratio"])  # today's path above logged its own
     weights = loss_token_weights(trainer, batch)
     mask = batch["completion_mask"].bool()
     same = (weights == today)[mask].float().mean().item()
     assert same >= agreement, f"{same:.3f} of response tokens agree"
     assert weights[~batch["ktr_attributed"]].eq(0).all()
     # the update-ratio statistics come from the loss now
-    assert trainer._metrics["train"]["ktr/update_ratio"]
+    assert len(trainer._metrics["train"]["ktr/update_ratio"]) == logged + 1
 
 
 def test_micro_batches_in_any_order_select_alike(tiny_dir, clip_rows, tmp_path):
@@ -156,8 +157,14 @@ def test_trains_under_the_recipe_settings(tiny_dir, clip_rows, tmp_path):
     """Two optimizer steps with gradient accumulation, bf16 and gradient checkpointing on the loss-time path."""
     trainer = make_trainer(tiny_dir, clip_rows, tmp_path, gradient_accumulation_steps=2, bf16=True,
                            gradient_checkpointing=True, logging_steps=1)
+    trainer.model.train()
+    assert trainer.selects_in_loss()  # these settings take the loss-time path
+    chosen = []
+    real = trainer._loss_time_weights
+    trainer._loss_time_weights = lambda *args: chosen.append(1) or real(*args)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
     logs = [h for h in trainer.state.log_history if "ktr/update_ratio" in h]
     assert logs and all(0 < h["ktr/update_ratio"] <= 1 for h in logs)
+    assert len(chosen) == 4  # 2 optimizer steps x 2 micro-batches, each chose its mask in the loss
     assert any(not torch.equal(p, before[n]) for n, p in trainer.model.named_parameters() if n in before)

@@ -426,11 +426,15 @@ class VideoGRPOTrainer(GRPOTrainer):
         sampling, or generation not aligned with the optimizer step: num_iterations > 1 or steps_per_generation >
         gradient_accumulation_steps), and no dropout live in it (TRL runs it in train mode; attribution runs in
         eval mode, and a dropped-out log-prob is not the policy's)."""
-        if not (self.reuse_rollout_logps and self.method in ("ktr", "entropy") and self.model.training):
-            return False
-        if self.attribution_options.distance != "logprob":
-            return False  # a full-distribution distance needs the unperturbed hidden states, not only log-probs
-        return self._trl_computes_old_logps() and not live_dropout(self.model)
+        return self.reuse_rollout_logps and self._training_logps_are_the_policys() and self._trl_computes_old_logps()
+
+    def _training_logps_are_the_policys(self) -> bool:
+        """What both ways of taking the scores' unperturbed side from a training-time pass need: a masked method
+        (ktr, entropy) in training, distance "logprob" (a full-distribution distance needs the unperturbed hidden
+        states, not only log-probs) and no dropout live in that train-mode pass (a dropped-out log-prob is not the
+        policy's)."""
+        return (self.method in ("ktr", "entropy") and self.model.training
+                and self.attribution_options.distance == "logprob" and not live_dropout(self.model))
 
     def _trl_computes_old_logps(self) -> bool:
         """Whether TRL runs its old-policy pass over each rollout (as TRL 1.16 decides): vLLM with importance
@@ -449,12 +453,9 @@ class VideoGRPOTrainer(GRPOTrainer):
         "logprob", one temporal draw; and the mask must be computable per micro-batch (scope "response": each
         response's own top r%). The same answer on every process (a function of the options and the model only).
         At a rollout-logged step the rollout path runs anyway (the rollout log records its mask)."""
-        if not (self.select_in_loss and self.method in ("ktr", "entropy") and self.model.training):
-            return False
-        a = self.attribution_options
-        if a.distance != "logprob" or a.temporal_samples != 1 or self.selection_options.scope != "response":
-            return False
-        return not self._trl_computes_old_logps() and not live_dropout(self.model)
+        return (self.select_in_loss and self.attribution_options.temporal_samples == 1
+                and self.selection_options.scope == "response" and self._training_logps_are_the_policys()
+                and not self._trl_computes_old_logps())
 
     def _old_policy_entropies(self, output: dict, captured: list) -> torch.Tensor | None:
         """The entropies [B, C] of TRL's old-policy pass: the captured call whose log-probs are exactly the rollout's

@@ -85,11 +85,14 @@ ARMS: dict[str, tuple[dict, str]] = {
     # the step control at the rate where grpo's step is too large: grpo's step with the union's tokens
     "ktr-selected-lr0.0003": ({"method": "ktr", "loss_normalization": "selected", "learning_rate": 3e-4},
                               "step control: ktr-selected at lr 0.0003"),
+    # the token control at that rate: the union's step with random tokens
+    "ktr-random-lr0.0003": ({"method": "ktr", "control": "random", "learning_rate": 3e-4},
+                            "token control: ktr-random at lr 0.0003"),
 }
 # arms every world runs; the others (ratio, strategies, distances, weights) run on the main world only
 CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
         "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-selected-lr0.0003",
-        "ktr-random",
+        "ktr-random", "ktr-random-lr0.0003",
         "ktr-complement", "ktr-entropy-matched", "vppo", "papo", "grpo-ds", "ktr-ds"]
 MAIN_WORLD = "short"
 

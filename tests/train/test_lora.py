@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from builders import clip_rows as make_clip_rows
-from builders import make_trainer, reference_key_token_weights
+from builders import loss_token_weights, make_trainer, reference_key_token_weights
 from videor1_fixture import write_videor1_fixture
 
 from videoktr.cli import main
@@ -59,24 +59,32 @@ def test_every_method_trains_the_adapters_only(tiny_dir, clip_rows, tmp_path, me
     assert trainer.state.log_history[-2]["kl"] > 0  # the reference (adapters off) differs from the policy
 
 
-@pytest.mark.parametrize("settings,agreement", [(dict(gradient_checkpointing=True), 1.0),
-                                                (dict(gradient_checkpointing=True, bf16=True), 0.8)],
-                         ids=["checkpointing", "checkpointing-bf16"])
-def test_attribution_scores_the_model_with_its_adapters(tiny_dir, clip_rows, tmp_path, settings, agreement):
+@pytest.mark.parametrize("settings,agreement,dropout", [
+    (dict(gradient_checkpointing=True), 1.0, 0.05),
+    (dict(gradient_checkpointing=True, bf16=True), 0.8, 0.05),
+    # no adapter dropout: the mask is chosen in the loss (ktr.select_in_loss) from the adapted policy forward
+    (dict(gradient_checkpointing=True), 1.0, 0.0),
+    (dict(gradient_checkpointing=True, bf16=True), 0.8, 0.0)],
+    ids=["checkpointing", "checkpointing-bf16", "in-loss-checkpointing", "in-loss-checkpointing-bf16"])
+def test_attribution_scores_the_model_with_its_adapters(tiny_dir, clip_rows, tmp_path, settings, agreement, dropout):
     """Key-token weights equal the reference path's on the merged weights (adapters on), and differ from the
-    base model's (so the adapters were not bypassed)."""
-    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, lora=LoraOptions(r=4, vision="lora"), **settings)
+    base model's (so the adapters were not bypassed). With live adapter dropout the rollout chooses the mask; with
+    none the loss does, from the training forward with its adapters."""
+    trainer = make_trainer(tiny_dir, clip_rows, tmp_path, lora=LoraOptions(r=4, vision="lora", dropout=dropout),
+                           **settings)
     randomise_adapters(trainer)
+    assert trainer.selects_in_loss() == (dropout == 0)
     batch, state = generation_batch(trainer)
+    weights = loss_token_weights(trainer, batch)
     valid = batch["completion_mask"].bool()
     merged, near_tie = reference_key_token_weights(trainer, batch, state, tiny_dir, ties=1e-5)
     decided = valid & ~near_tie  # a random model's entropies tie to 1e-6: those swaps are float noise
-    same = (batch["token_weights"] == merged)[decided].float().mean().item()
+    same = (weights == merged)[decided].float().mean().item()
     assert same >= agreement, f"{same:.3f} of response tokens agree with the merged model's reference"
     assert decided.sum() >= 0.8 * valid.sum()
     randomise_adapters(trainer, std=0.0)  # B = 0: the merged reference is the base model's
     base = reference_key_token_weights(trainer, batch, state, tiny_dir)
-    assert not torch.equal(base[valid], batch["token_weights"][valid])
+    assert not torch.equal(base[valid], weights[valid])
 
 
 def test_reference_policy_is_the_model_without_adapters(tiny_dir, clip_rows, tmp_path):

@@ -84,10 +84,14 @@ ZERO3_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / 
 
 
 def lora_options(engine: str):
-    """Adapters on the LM and the vision tower for the "+lora" engines ("ddp+lora", "fsdp+lora"), else None."""
+    """Adapters on the LM and the vision tower for the "+lora" engines ("ddp+lora", "fsdp+lora", "zero3+lora"), else
+    None. "fsdp+lora" has no adapter dropout, so that under FSDP ktr's mask is chosen in the loss (ktr.select_in_loss)
+    and compared row by row; the others keep peft's default dropout, which keeps the rollout path."""
     from videoktr.models.lora import LoraOptions
 
-    return LoraOptions(r=4, vision="lora") if engine.endswith("+lora") else None
+    if not engine.endswith("+lora"):
+        return None
+    return LoraOptions(r=4, vision="lora", dropout=0.0 if engine.startswith("fsdp") else 0.05)
 
 
 def attribution_options(engine: str, control: str = "none"):

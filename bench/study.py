@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -373,6 +374,54 @@ def sampling_path(history: list[dict], window: float = 0.1) -> dict:
     return {name: {"start": mean(key, steps[:k]), "end": mean(key, steps[-k:])} for name, key in keys.items()}
 
 
+
+def _model_weights(folder: Path) -> dict | None:
+    path = folder / "model.safetensors"
+    if not path.is_file():
+        return None
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _start_model(run_dir: Path, config: dict) -> Path | None:
+    """The folder of the model a run started from (config.json's model.model), spelt relative to the directory the
+    study ran in: tried as given, then beside each folder above the run."""
+    given = Path(((config.get("model") or {}).get("model")) or "")
+    if not str(given) or given == Path("."):
+        return None
+    for base in (Path.cwd(), *run_dir.resolve().parents):
+        if (base / given / "model.safetensors").is_file():
+            return base / given
+    return None
+
+
+def optimizer_path(run_dir: Path, history: list[dict]) -> dict:
+    """How far a run moved its weights, beside the gradients it saw. AdamW divides each step by a running root mean
+    square of the gradient, so its step is set by the learning rate, not by the loss's scale: a masked loss that is
+    a fraction of GRPO's (Eq. 2's 1/|o_i| over fewer tokens) does not by itself take a smaller step. weights_moved:
+    the L2 distance of the last checkpoint's weights (its step = the run's last) from the model the run started
+    from, and that distance over the start model's norm; grad_norm: the median of the logged gradient norms (before
+    clipping); clipped: the share of steps whose norm exceeded rl.max_grad_norm."""
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    norms = [h["grad_norm"] for h in history if h.get("grad_norm") is not None]
+    limit = (config.get("rl") or {}).get("max_grad_norm")
+    out = {"grad_norm": statistics.median(norms) if norms else None,
+           "clipped": sum(n > limit for n in norms) / len(norms) if norms and limit else None,
+           "weights_moved": None, "weights_moved_relative": None}
+    steps = [h["step"] for h in history if "step" in h]
+    last = run_dir / f"checkpoint-{max(steps)}" if steps else None
+    start = _start_model(run_dir, config)
+    end = _model_weights(last) if last is not None and start is not None else None
+    if end is None:
+        return out
+    begin = _model_weights(start)
+    shared = [k for k in end if k in begin and end[k].shape == begin[k].shape and end[k].is_floating_point()]
+    moved = sum(((end[k].double() - begin[k].double()) ** 2).sum().item() for k in shared) ** 0.5
+    norm = sum((begin[k].double() ** 2).sum().item() for k in shared) ** 0.5
+    out.update(weights_moved=moved, weights_moved_relative=moved / norm if norm else None)
+    return out
+
 ROLES = ("content", "filler", "answer", "format", "other")
 
 
@@ -481,7 +530,7 @@ def flatten(tree, prefix="") -> dict[str, float]:
     return out
 
 
-CELL_VERSION = 2  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
+CELL_VERSION = 3  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
 
 
 def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
@@ -528,6 +577,7 @@ def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
         "collapsed": report["accuracy_gain"]["gain"] <= -COLLAPSE,
         "outputs": outputs,
         "sampling": sampling_path(history),
+        "optimizer": optimizer_path(d, history),
     }
     tmp = cached.with_suffix(".tmp")
     tmp.write_text(json.dumps(cell, indent=1))
@@ -723,6 +773,8 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                 "mask_gradient": {k: mean_std((c.get("mask_gradient") or {}).get(k) for c in cs)
                                   for k in ("unselected_share", "unselected_confident")},
                 "roles": role_means([c.get("roles") or {} for c in cs]),
+                "optimizer": {k: mean_std((c.get("optimizer") or {}).get(k) for c in cs)
+                              for k in ("weights_moved", "weights_moved_relative", "grad_norm", "clipped")},
             }
             w[arm] = entry
         summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w],
@@ -814,6 +866,7 @@ def markdown(summary: dict) -> str:
                          f"{_ms(e['update_ratio'], digits=2)} | {_ms(e['share_steps_without_gradient'], digits=2)} | "
                          f"{_ms(union, digits=2)} |")
         lines += outcome_lines(arms, w.get("power"))
+        lines += optimizer_lines(arms)
         families = sorted({f for e in arms.values() for f in e["accuracy_after_per_family"]})
         lines += ["", "Per question family: accuracy after RL (mean ± std), and the pooled paired Δ vs grpo "
                   "(points, p).", "", "| arm | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
@@ -927,6 +980,23 @@ def outcome_lines(arms: dict, power: dict | None) -> list[str]:
                          f"{_arrow(per('format'), 'outputs')} | {_arrow(per('top_answer_share'), 'outputs')} | "
                          f"{_arrow(per('mean_words'), 'outputs', 1)} | {_arrow(per('distinct_responses'), 'outputs')} | "
                          f"{_arrow(smp.get('accuracy'), 'sampling')} | {_arrow(smp.get('entropy'), 'sampling')} |")
+    return lines
+
+
+def optimizer_lines(arms: dict) -> list[str]:
+    """How far each arm moved its weights beside its gradient norms (Markdown lines; none where no cell has them)."""
+    rows = [(arm, e["optimizer"]) for arm, e in arms.items() if ((e.get("optimizer") or {}).get("weights_moved"))]
+    if not rows:
+        return []
+    lines = ["", "The step each arm took: the L2 distance its weights moved from the warm start over the run (and "
+             "over the warm start's norm), the median gradient norm before clipping, and the share of steps clipped "
+             "(mean ± std over replicates). AdamW sets the step by the learning rate, not by the loss's scale: a "
+             "loss a fraction of GRPO's moves the weights as far.", "",
+             "| arm | weights moved | relative to the warm start | gradient norm (median) | steps clipped |",
+             "|---|---|---|---|---|"]
+    for arm, o in rows:
+        lines.append(f"| {arm} | {_ms(o['weights_moved'])} | {_ms(o['weights_moved_relative'], digits=4)} | "
+                     f"{_ms(o['grad_norm'], digits=2)} | {_ms(o['clipped'], digits=2)} |")
     return lines
 
 

@@ -254,3 +254,36 @@ def test_token_roles_and_role_selection(monkeypatch, tmp_path):
     assert got["left_out_gradient_share"]["filler"] == pytest.approx(0.5 / 0.51)
     assert got["left_out_gradient_share"]["other"] == pytest.approx(0.01 / 0.51)
     assert study.role_selection(None) == {} and study.role_selection(records[1:]) == {}
+
+
+def test_optimizer_path(tmp_path, monkeypatch):
+    """How far a run moved its weights from the model it started from (found relative to the study's directory),
+    its median gradient norm and its share of clipped steps."""
+    import torch
+    from safetensors.torch import save_file
+
+    study = _module()
+    start, run = tmp_path / ".cache" / "warm", tmp_path / "runs" / "w" / "grpo" / "seed-0"
+    for folder in (start, run / "checkpoint-2", run / "checkpoint-1"):
+        folder.mkdir(parents=True)
+    save_file({"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([[0.0, 4.0]]), "n": torch.tensor([7])},
+              str(start / "model.safetensors"))
+    save_file({"a": torch.tensor([3.0, 1.0]), "b": torch.tensor([[2.0, 4.0]]), "n": torch.tensor([9])},
+              str(run / "checkpoint-2" / "model.safetensors"))
+    save_file({"a": torch.tensor([0.0, 0.0]), "b": torch.tensor([[0.0, 0.0]])},
+              str(run / "checkpoint-1" / "model.safetensors"))
+    (run / "config.json").write_text(json.dumps({"model": {"model": ".cache/warm"}, "rl": {"max_grad_norm": 1.0}}))
+    history = [{"step": 1, "grad_norm": 0.5}, {"step": 2, "grad_norm": 2.0}, {"step": 2, "train_loss": 0.1}]
+    monkeypatch.chdir(tmp_path / "runs")  # the start model is not beside the working directory: found above the run
+    got = study.optimizer_path(run, history)
+    # the last checkpoint (step 2) against the start, floating-point tensors only: sqrt(1 + 4) over the norm 5
+    assert got["weights_moved"] == pytest.approx(5 ** 0.5)
+    assert got["weights_moved_relative"] == pytest.approx(5 ** 0.5 / 5)
+    assert got["grad_norm"] == pytest.approx(1.25) and got["clipped"] == 0.5
+    (run / "checkpoint-2" / "model.safetensors").unlink()  # no final weights: the gradient side only
+    got = study.optimizer_path(run, history)
+    assert got["weights_moved"] is None and got["clipped"] == 0.5
+    lines = study.optimizer_lines({"grpo": {"optimizer": {"weights_moved": {"mean": 1.0, "std": 0.1, "n": 2},
+                                                          "weights_moved_relative": None, "grad_norm": None,
+                                                          "clipped": None}}})
+    assert any(line.startswith("| grpo | 1.000 ± 0.100 |") for line in lines)

@@ -46,7 +46,9 @@ SUBSETS = {"E": ["entropy"], "V": ["visual"], "T": ["temporal"], "VT": ["visual"
            "ET": ["entropy", "temporal"], "VE": ["visual", "entropy"]}
 BASE_LR = 1e-4  # rl.learning_rate's default
 # KTR's mean update ratio on the default run (README: about 0.36): Eq. 2 keeps 1/|o_i| over all response tokens,
-# so the masked loss, and its gradient, is that much smaller than GRPO's at the same learning rate
+# so the masked loss is that much smaller than GRPO's at the same learning rate. AdamW's step is set by the learning
+# rate, not by the loss's scale: the study measures how far each arm moves its weights (optimizer_path), and on
+# sampled_cot every arm at one rate moved them the same distance (docs/study.md)
 UPDATE_RATIO = 0.36
 
 ARMS: dict[str, tuple[dict, str]] = {
@@ -70,7 +72,7 @@ ARMS: dict[str, tuple[dict, str]] = {
        for d in ("kl", "jsd", "l1", "l2", "cosine", "hellinger")},
     **{f"ktr-w-{w}": ({"method": "ktr", "weighting": w}, f"RQ4: soft weights {w}")
        for w in ("softmax", "sigmoid", "linear", "exponential")},
-    # step-size control: Eq. 2's 1/|o_i| shrinks KTR's gradient by its update ratio against GRPO at one lr
+    # step-size control: Eq. 2's 1/|o_i| shrinks KTR's loss by its update ratio against GRPO at one lr
     "ktr-lr-matched": ({"method": "ktr", "learning_rate": round(BASE_LR / UPDATE_RATIO, 8)},
                        f"step control: ktr at lr / update ratio ({BASE_LR:g} / {UPDATE_RATIO})"),
     "ktr-selected": ({"method": "ktr", "loss_normalization": "selected"},

@@ -91,11 +91,19 @@ ARMS: dict[str, tuple[dict, str]] = {
     # the token control at that rate: the union's step with random tokens
     "ktr-random-lr0.0003": ({"method": "ktr", "control": "random", "learning_rate": 3e-4},
                             "token control: ktr-random at lr 0.0003"),
+    # clipping controls: ktr-selected's gradient is ktr's over its update ratio (about 0.44 on sampled_cot, nearly
+    # the same in every response), which AdamW cancels; what remains is max_grad_norm 1, which clips ktr-selected at
+    # every step, grpo at some and ktr at fewer. Without clipping (the official script's 5 is never reached there)
+    # the arms differ only in their tokens; ktr clipped at 0.44 is ktr-selected's clipping on ktr's loss
+    **{f"{m}-noclip": ({"method": m, "max_grad_norm": 0.0}, f"clip control: {m} without gradient clipping")
+       for m in ("grpo", "ktr")},
+    "ktr-clip0.44": ({"method": "ktr", "max_grad_norm": 0.44},
+                     "clip control: ktr clipped at its update ratio, as ktr-selected is in effect"),
 }
 # arms every world runs; the others (ratio, strategies, distances, weights) run on the main world only
 CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
         "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-selected-lr0.0003",
-        "ktr-random", "ktr-random-lr0.0003",
+        "ktr-random", "ktr-random-lr0.0003", "grpo-noclip", "ktr-noclip", "ktr-clip0.44",
         "ktr-complement", "ktr-entropy-matched", "vppo", "papo", "grpo-ds", "ktr-ds"]
 MAIN_WORLD = "short"
 

@@ -300,6 +300,29 @@ def answer_span_rates(run_dir: Path, records: list[dict] | None = None) -> dict:
     return out
 
 
+
+def response_update_ratios(records: list[dict] | None) -> dict:
+    """From the rollout log: how much the update ratio (the share of a response's tokens the loss trains) varies
+    between responses. Eq. 2 divides a response's masked sum by all of its tokens and normalising over the selected
+    ones divides it by them instead, so the two differ by each response's ratio: by a constant that AdamW cancels
+    where the ratio is the same in every response, by a reweighting of responses where it is not. `std`: over the
+    attributed responses; `positive`, `negative`: the mean ratio of the responses with advantage above and below
+    0 (a ratio that differs by sign would tilt Eq. 2's update toward one side)."""
+    ratios = {"all": [], "positive": [], "negative": []}
+    for r in records or []:
+        mask = trained_mask(r) if r["attributed"] else None
+        if not mask:
+            continue
+        u = sum(bool(m) for m in mask) / len(mask)
+        ratios["all"].append(u)
+        if r["advantage"]:
+            ratios["positive" if r["advantage"] > 0 else "negative"].append(u)
+    if len(ratios["all"]) < 2:
+        return {}
+    mean = lambda v: sum(v) / len(v) if v else None  # noqa: E731
+    return {"responses": len(ratios["all"]), "std": statistics.stdev(ratios["all"]),
+            "positive": mean(ratios["positive"]), "negative": mean(ratios["negative"])}
+
 CONFIDENT = 0.99  # a token the policy already samples with p > 0.99 carries almost no policy gradient
 
 
@@ -540,7 +563,7 @@ def flatten(tree, prefix="") -> dict[str, float]:
     return out
 
 
-CELL_VERSION = 3  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
+CELL_VERSION = 4  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
 
 
 def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
@@ -583,6 +606,7 @@ def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
         "wall_seconds": report.get("wall_seconds_total", report.get("wall_seconds")),
         "answer_span": answer_span_rates(d, rollouts),
         "mask_gradient": mask_gradient_share(d, rollouts),
+        "response_update_ratios": response_update_ratios(rollouts),
         "roles": role_selection(rollouts, sampled_filler=world == "sampled_cot"),
         "collapsed": report["accuracy_gain"]["gain"] <= -COLLAPSE,
         "outputs": outputs,
@@ -783,6 +807,8 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                 "mask_gradient": {k: mean_std((c.get("mask_gradient") or {}).get(k) for c in cs)
                                   for k in ("unselected_share", "unselected_confident")},
                 "roles": role_means([c.get("roles") or {} for c in cs]),
+                "response_update_ratios": {k: mean_std((c.get("response_update_ratios") or {}).get(k) for c in cs)
+                                           for k in ("std", "positive", "negative")},
                 "optimizer": {k: mean_std((c.get("optimizer") or {}).get(k) for c in cs)
                               for k in ("weights_moved", "weights_moved_relative", "grad_norm", "clipped")},
             }
@@ -1001,12 +1027,19 @@ def optimizer_lines(arms: dict) -> list[str]:
     lines = ["", "The step each arm took: the L2 distance its weights moved from the warm start over the run (and "
              "over the warm start's norm), the median gradient norm before clipping, and the share of steps clipped "
              "(mean ± std over replicates). AdamW sets the step by the learning rate, not by the loss's scale: a "
-             "loss a fraction of GRPO's moves the weights as far.", "",
-             "| arm | weights moved | relative to the warm start | gradient norm (median) | steps clipped |",
-             "|---|---|---|---|---|"]
+             "loss a fraction of GRPO's moves the weights as far. "
+             "Update ratio per response: the std of the share of a response's tokens the loss trains, between "
+             "the logged attributed responses of a run, and its mean over the responses with positive and with "
+             "negative advantage (mean over replicates): where it is nearly the same in every response, Eq. 2's "
+             "normalisation and the selected tokens' differ by a constant that AdamW cancels.", "",
+             "| arm | weights moved | relative to the warm start | gradient norm (median) | steps clipped | "
+             "update ratio per response: std | advantage > 0 | advantage < 0 |",
+             "|---|---|---|---|---|---|---|---|"]
     for arm, o in rows:
+        u = arms[arm].get("response_update_ratios") or {}
+        cols = [_ms(u.get(k), digits=3) for k in ("std", "positive", "negative")]
         lines.append(f"| {arm} | {_ms(o['weights_moved'])} | {_ms(o['weights_moved_relative'], digits=4)} | "
-                     f"{_ms(o['grad_norm'], digits=2)} | {_ms(o['clipped'], digits=2)} |")
+                     f"{_ms(o['grad_norm'], digits=2)} | {_ms(o['clipped'], digits=2)} | " + " | ".join(cols) + " |")
     return lines
 
 

@@ -287,3 +287,18 @@ def test_optimizer_path(tmp_path, monkeypatch):
                                                           "weights_moved_relative": None, "grad_norm": None,
                                                           "clipped": None}}})
     assert any(line.startswith("| grpo | 1.000 ± 0.100 |") for line in lines)
+
+
+def test_response_update_ratios():
+    """The spread of the update ratio between attributed responses, and its mean by the sign of the advantage."""
+    study = _module()
+
+    def record(advantage, union, attributed=True):
+        return {"attributed": attributed, "advantage": advantage, "selected": {"union": union}, "settings": {}}
+
+    records = [record(1.0, [1, 0, 0, 0]), record(-0.5, [1, 1, 0, 0]), record(-0.5, [1, 1, 1, 1]),
+               record(2.0, [1, 1, 1, 1], attributed=False)]  # not attributed: no mask trained, left out
+    got = study.response_update_ratios(records)
+    assert got["responses"] == 3 and got["std"] == pytest.approx(study.statistics.stdev([0.25, 0.5, 1.0]))
+    assert got["positive"] == 0.25 and got["negative"] == pytest.approx(0.75)
+    assert study.response_update_ratios([records[0]]) == {} and study.response_update_ratios(None) == {}

@@ -97,6 +97,8 @@ ARMS: dict[str, tuple[dict, str]] = {
     # the arms differ only in their tokens; ktr clipped at 0.44 is ktr-selected's clipping on ktr's loss
     **{f"{m}-noclip": ({"method": m, "max_grad_norm": 0.0}, f"clip control: {m} without gradient clipping")
        for m in ("grpo", "ktr")},
+    **{f"{m}-noclip-lr0.0003": ({"method": m, "max_grad_norm": 0.0, "learning_rate": 3e-4},
+                                f"clip control: {m} without gradient clipping at lr 0.0003") for m in ("grpo", "ktr")},
     "ktr-clip0.44": ({"method": "ktr", "max_grad_norm": 0.44},
                      "clip control: ktr clipped at its update ratio, as ktr-selected is in effect"),
 }
@@ -104,6 +106,7 @@ ARMS: dict[str, tuple[dict, str]] = {
 CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgrpo", "ktr-lr-matched",
         "ktr-selected", "grpo-lr3e-05", "grpo-lr0.0003", "ktr-lr3e-05", "ktr-lr0.0003", "ktr-selected-lr0.0003",
         "ktr-random", "ktr-random-lr0.0003", "grpo-noclip", "ktr-noclip", "ktr-clip0.44",
+        "grpo-noclip-lr0.0003", "ktr-noclip-lr0.0003",
         "ktr-complement", "ktr-entropy-matched", "vppo", "papo", "grpo-ds", "ktr-ds"]
 MAIN_WORLD = "short"
 

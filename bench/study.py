@@ -109,6 +109,23 @@ CORE = ["grpo", "ktr", *[f"ktr-{k}" for k in SUBSETS], "tgrpo", "entropy", "twgr
         "grpo-noclip-lr0.0003", "ktr-noclip-lr0.0003",
         "ktr-complement", "ktr-entropy-matched", "vppo", "papo", "grpo-ds", "ktr-ds"]
 MAIN_WORLD = "short"
+# paired contrasts between two arms (other than each against grpo), reported where both ran on shared replicates:
+# (arm, reference, what the difference isolates)
+CONTRASTS = [
+    ("ktr", "ktr-random", "the union's tokens against a random set of the same size"),
+    ("ktr", "ktr-complement", "the union's tokens against the ones it leaves out"),
+    ("ktr-selected", "ktr", "normalisation over the selected tokens against Eq. 2's, same masks"),
+    ("ktr-noclip", "grpo-noclip", "the union against every token, without clipping"),
+    ("ktr-noclip", "ktr", "no clipping against max_grad_norm 1, ktr"),
+    ("grpo-noclip", "grpo", "no clipping against max_grad_norm 1, grpo"),
+    ("ktr-clip0.44", "ktr", "ktr clipped at its update ratio (ktr-selected's clipping) against at 1"),
+    ("ktr-clip0.44", "ktr-selected", "ktr clipped at its update ratio against ktr-selected"),
+    ("ktr-lr0.0003", "ktr-random-lr0.0003", "at 3e-4: the union's tokens against a random set of the same size"),
+    ("ktr-selected-lr0.0003", "ktr-lr0.0003", "at 3e-4: normalisation over the selected tokens against Eq. 2's"),
+    ("ktr-noclip-lr0.0003", "grpo-noclip-lr0.0003", "at 3e-4 without clipping: the union against every token"),
+    ("grpo-noclip-lr0.0003", "grpo-lr0.0003", "at 3e-4: no clipping against max_grad_norm 1, grpo"),
+    ("ktr-noclip-lr0.0003", "ktr-lr0.0003", "at 3e-4: no clipping against max_grad_norm 1, ktr"),
+]
 
 # world name -> overrides of the world (data.world_style when the config has it)
 WORLDS = {"short": {}, "long_cot": {"world_style": "long_cot"}, "sampled_cot": {"world_style": "sampled_cot"}}
@@ -816,8 +833,13 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                               for k in ("weights_moved", "weights_moved_relative", "grad_norm", "clipped")},
             }
             w[arm] = entry
+        contrasts = []
+        for a, b, what in CONTRASTS:
+            test = paired_seed_test(arms[b], arms[a]) if arms.get(a) and arms.get(b) else None
+            if test is not None:
+                contrasts.append({"arm": a, "reference": b, "what": what, "test": test})
         summary["worlds"][world] = {"arms": w, "missing": [f"{a}" for a in grid_.get(world, []) if a not in w],
-                                    "power": world_power(w)}
+                                    "power": world_power(w), "contrasts": contrasts}
     return summary
 
 
@@ -906,6 +928,12 @@ def markdown(summary: dict) -> str:
                          f"{_ms(union, digits=2)} |")
         lines += outcome_lines(arms, w.get("power"))
         lines += optimizer_lines(arms)
+        if w.get("contrasts"):
+            lines += ["", "Paired contrasts between arms over their shared replicates (arm minus reference, points; the "
+                      "paired t-test over replicates, df = n - 1):", "",
+                      "| arm | reference | what it isolates | Δ over replicates |", "|---|---|---|---|"]
+            for c in w["contrasts"]:
+                lines.append(f"| {c['arm']} | {c['reference']} | {c['what']} | {_vs_seeds(c['test'])} |")
         families = sorted({f for e in arms.values() for f in e["accuracy_after_per_family"]})
         lines += ["", "Per question family: accuracy after RL (mean ± std), and the pooled paired Δ vs grpo "
                   "(points, p).", "", "| arm | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]

@@ -302,3 +302,11 @@ def test_response_update_ratios():
     assert got["responses"] == 3 and got["std"] == pytest.approx(study.statistics.stdev([0.25, 0.5, 1.0]))
     assert got["positive"] == 0.25 and got["negative"] == pytest.approx(0.75)
     assert study.response_update_ratios([records[0]]) == {} and study.response_update_ratios(None) == {}
+
+
+def test_contrasts_name_arms_of_the_grid():
+    """Every paired contrast names two different arms the study can run, so a typo cannot hide a contrast."""
+    study = _module()
+    for arm, reference, what in study.CONTRASTS:
+        assert arm in study.ARMS and reference in study.ARMS and arm != reference and what
+        assert arm in study.CORE and reference in study.CORE  # both run on every world

@@ -859,8 +859,12 @@ def world_power(arms: dict) -> dict:
     """The seed count's power on one world: grpo's spread over replicates, the pooled std of the per-replicate
     differences to grpo over every arm (df-weighted), the difference the current replicates detect with it, and the
     replicates a 2-point difference needs (ALPHA two-sided, POWER). grpo's spread is the one within a warm start:
-    warm starts of one world can differ by many points, which the paired differences cancel."""
-    tests = [e["vs_grpo_seeds"] for e in arms.values() if e.get("vs_grpo_seeds")]
+    warm starts of one world can differ by many points, which the paired differences cancel. Arms at another
+    learning rate than grpo's are left out of the pooled std: their differences to grpo include the rate's own
+    effect (at 3e-4 a collapse in some replicates and not in others), which is not the spread of a method
+    comparison."""
+    tests = [e["vs_grpo_seeds"] for e in arms.values()
+             if e.get("vs_grpo_seeds") and "learning_rate" not in (e.get("options") or {})]
     dof = sum(t["n"] - 1 for t in tests)
     sd = math.sqrt(sum((t["n"] - 1) * t["sd"] ** 2 for t in tests) / dof) if dof else None
     n = max((t["n"] for t in tests), default=0)

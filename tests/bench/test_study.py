@@ -310,3 +310,18 @@ def test_contrasts_name_arms_of_the_grid():
     for arm, reference, what in study.CONTRASTS:
         assert arm in study.ARMS and reference in study.ARMS and arm != reference and what
         assert arm in study.CORE and reference in study.CORE  # both run on every world
+
+
+def test_world_power_pools_the_arms_at_grpos_learning_rate():
+    """The power of the replicate count comes from the spread of method comparisons: an arm at another learning
+    rate (whose differences to grpo include that rate's collapses) is left out of the pooled std."""
+    study = _module()
+
+    def arm(sd, n, **options):
+        return {"options": {"method": "ktr", **options}, "vs_grpo_seeds": {"n": n, "sd": sd}}
+
+    arms = {"grpo": {"options": {"method": "grpo"}, "vs_grpo_seeds": None, "variance": {"within_warm_start": 0.01}},
+            "ktr": arm(0.02, 6), "ktr-random": arm(0.03, 3), "ktr-lr0.0003": arm(0.09, 6, learning_rate=3e-4)}
+    got = study.world_power(arms)
+    assert got["pooled_sd_of_differences"] == pytest.approx(((5 * 0.02 ** 2 + 2 * 0.03 ** 2) / 7) ** 0.5)
+    assert got["replicates"] == 6 and got["grpo_within_warm_start_std"] == 0.01

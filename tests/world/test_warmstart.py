@@ -161,10 +161,8 @@ def test_a_warm_start_is_found_by_its_content_whatever_its_folder_is_called(tmp_
             out.mkdir(parents=True, exist_ok=True)
             for name in ("config.json", "model.safetensors"):
                 (out / name).write_text("{}")
-            settings = W.WarmStartSettings(**kwargs)
-            settings.target = tuple(settings.target)
             (out / "warmstart.json").write_text(json.dumps(
-                {"complete": True, "key": W.cache_key(base, world, settings)}))
+                {"complete": True, "key": W.settings_key(base, world, **kwargs)}))
             built.append(out.name)
         return out
 

@@ -67,12 +67,18 @@ def cache_key(base_model_dir: str | Path, world_dir: str | Path, settings: WarmS
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def settings_key(base_model_dir: str | Path, world_dir: str | Path, **kwargs) -> str:
+    """The content key of a warm start from warm_start's keyword settings (WarmStartSettings fields, whose defaults
+    are warm_start's)."""
+    settings = WarmStartSettings(**kwargs)
+    settings.target = tuple(settings.target)
+    return cache_key(base_model_dir, world_dir, settings)
+
+
 def is_built(base_model_dir: str | Path, world_dir: str | Path, output_dir: str | Path, **kwargs) -> bool:
     """Whether `warm_start(base_model_dir, world_dir, output_dir, **kwargs)` would return at once (cached);
     `kwargs` are warm_start's settings (WarmStartSettings fields, whose defaults are warm_start's)."""
-    settings = WarmStartSettings(**kwargs)
-    settings.target = tuple(settings.target)
-    return is_complete(output_dir, cache_key(base_model_dir, world_dir, settings))
+    return is_complete(output_dir, settings_key(base_model_dir, world_dir, **kwargs))
 
 
 def find_built(base_model_dir: str | Path, world_dir: str | Path, cache_dir: str | Path, **kwargs) -> Path | None:
@@ -80,9 +86,7 @@ def find_built(base_model_dir: str | Path, world_dir: str | Path, cache_dir: str
     (`cache_key`: the settings, the base model's files and the world), whatever its folder is called. The folder
     name digests the base model's path as spelled (world.run.warmstart_digest), so the same cache reached by another
     spelling (an absolute path, a moved checkout) finds its warm start here instead of building it again."""
-    settings = WarmStartSettings(**kwargs)
-    settings.target = tuple(settings.target)
-    key = cache_key(base_model_dir, world_dir, settings)
+    key = settings_key(base_model_dir, world_dir, **kwargs)
     return next((d for d in sorted(Path(cache_dir).glob("warmstart-*")) if is_complete(d, key)), None)
 
 

@@ -449,18 +449,50 @@ def _start_model(run_dir: Path, config: dict) -> Path | None:
     return None
 
 
+def _cv(values: list[float]) -> float | None:
+    m = sum(values) / len(values) if values else 0.0
+    return statistics.pstdev(values) / m if len(values) > 1 and m > 0 else None
+
+
+def _pearson(x: list[float], y: list[float]) -> float | None:
+    if len(x) < 3 or statistics.pstdev(x) == 0 or statistics.pstdev(y) == 0:
+        return None
+    mx, my = statistics.fmean(x), statistics.fmean(y)
+    cov = statistics.fmean([(a - mx) * (b - my) for a, b in zip(x, y)])
+    return cov / (statistics.pstdev(x) * statistics.pstdev(y))
+
+
+def step_weights(history: list[dict], limit: float | None) -> dict:
+    """How the gradient's size varies from step to step, before and after clipping. AdamW cancels a constant scale,
+    so what clipping can change is the relative weight of steps: norm_cv is the coefficient of variation of the
+    logged gradient norms over the run's steps, clipped_norm_cv that of min(norm, limit) (what the optimizer saw;
+    equal to norm_cv without clipping); norm_signal_corr is the Pearson correlation of the norm with the share of
+    the step's groups that carry a gradient (1 - frac_reward_zero_std): above 0, the larger steps are the ones
+    with more groups to learn from, and clipping flattens them toward the rest."""
+    rows = [h for h in history if h.get("grad_norm") is not None]
+    norms = [float(h["grad_norm"]) for h in rows]
+    seen = [min(n, limit) for n in norms] if limit else norms
+    signal = [(n, 1.0 - float(h["frac_reward_zero_std"])) for n, h in zip(norms, rows)
+              if h.get("frac_reward_zero_std") is not None]
+    return {"norm_cv": _cv(norms), "clipped_norm_cv": _cv(seen),
+            "norm_signal_corr": _pearson([n for n, _ in signal], [g for _, g in signal])}
+
+
 def optimizer_path(run_dir: Path, history: list[dict]) -> dict:
     """How far a run moved its weights, beside the gradients it saw. AdamW divides each step by a running root mean
     square of the gradient, so its step is set by the learning rate, not by the loss's scale: a masked loss that is
     a fraction of GRPO's (Eq. 2's 1/|o_i| over fewer tokens) does not by itself take a smaller step. weights_moved:
     the L2 distance of the last checkpoint's weights (its step = the run's last) from the model the run started
     from, and that distance over the start model's norm; grad_norm: the median of the logged gradient norms (before
-    clipping); clipped: the share of steps whose norm exceeded rl.max_grad_norm."""
+    clipping); clipped: the share of steps whose norm exceeded rl.max_grad_norm. Clipping matters to AdamW only
+    through how it weighs one step against another (a constant factor cancels), so the step weights are measured
+    too (step_weights)."""
     config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
     norms = [h["grad_norm"] for h in history if h.get("grad_norm") is not None]
     limit = (config.get("rl") or {}).get("max_grad_norm")
     out = {"grad_norm": statistics.median(norms) if norms else None,
            "clipped": sum(n > limit for n in norms) / len(norms) if norms and limit else None,
+           **step_weights(history, limit),
            "weights_moved": None, "weights_moved_relative": None}
     steps = [h["step"] for h in history if "step" in h]
     last = run_dir / f"checkpoint-{max(steps)}" if steps else None
@@ -583,7 +615,7 @@ def flatten(tree, prefix="") -> dict[str, float]:
     return out
 
 
-CELL_VERSION = 4  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
+CELL_VERSION = 5  # bump when measure_cell measures something new or otherwise: cached cell.json files are redone
 
 
 def measure_cell(d: Path, world: str = "sampled_cot") -> dict:
@@ -830,7 +862,8 @@ def aggregate(cells: dict[str, dict[str, dict[int, dict]]], grid_: dict[str, lis
                 "response_update_ratios": {k: mean_std((c.get("response_update_ratios") or {}).get(k) for c in cs)
                                            for k in ("std", "positive", "negative")},
                 "optimizer": {k: mean_std((c.get("optimizer") or {}).get(k) for c in cs)
-                              for k in ("weights_moved", "weights_moved_relative", "grad_norm", "clipped")},
+                              for k in ("weights_moved", "weights_moved_relative", "grad_norm", "clipped",
+                                        "norm_cv", "clipped_norm_cv", "norm_signal_corr")},
             }
             w[arm] = entry
         contrasts = []
@@ -1075,6 +1108,16 @@ def optimizer_lines(arms: dict) -> list[str]:
         cols = [_ms(u.get(k), digits=3) for k in ("std", "positive", "negative")]
         lines.append(f"| {arm} | {_ms(o['weights_moved'])} | {_ms(o['weights_moved_relative'], digits=4)} | "
                      f"{_ms(o['grad_norm'], digits=2)} | {_ms(o['clipped'], digits=2)} | " + " | ".join(cols) + " |")
+    weighed = [(arm, o) for arm, o in rows if o.get("norm_cv")]
+    if weighed:
+        lines += ["", "How clipping weighs one step against another (AdamW cancels a constant scale, so this is all "
+                  "clipping can change): the coefficient of variation of the gradient norm over a run's steps "
+                  "before clipping and after it (what the optimizer saw), and the correlation of the norm with the "
+                  "share of the step's groups that carry a gradient (mean ± std over replicates).", "",
+                  "| arm | norm's variation over steps | after clipping | correlation with groups that learn |",
+                  "|---|---|---|---|"]
+        lines += [f"| {arm} | {_ms(o['norm_cv'], digits=2)} | {_ms(o.get('clipped_norm_cv'), digits=2)} | "
+                  f"{_ms(o.get('norm_signal_corr'), digits=2)} |" for arm, o in weighed]
     return lines
 
 

@@ -280,6 +280,9 @@ def test_optimizer_path(tmp_path, monkeypatch):
     assert got["weights_moved"] == pytest.approx(5 ** 0.5)
     assert got["weights_moved_relative"] == pytest.approx(5 ** 0.5 / 5)
     assert got["grad_norm"] == pytest.approx(1.25) and got["clipped"] == 0.5
+    # the optimizer saw 0.5 and 1.0 (clipped at 1): coefficients of variation 0.75/1.25 before, 0.25/0.75 after
+    assert got["norm_cv"] == pytest.approx(0.6) and got["clipped_norm_cv"] == pytest.approx(1 / 3)
+    assert got["norm_signal_corr"] is None  # no frac_reward_zero_std logged
     (run / "checkpoint-2" / "model.safetensors").unlink()  # no final weights: the gradient side only
     got = study.optimizer_path(run, history)
     assert got["weights_moved"] is None and got["clipped"] == 0.5
@@ -287,6 +290,33 @@ def test_optimizer_path(tmp_path, monkeypatch):
                                                           "weights_moved_relative": None, "grad_norm": None,
                                                           "clipped": None}}})
     assert any(line.startswith("| grpo | 1.000 ± 0.100 |") for line in lines)
+
+
+def test_step_weights_against_a_slow_reference():
+    """The variation of the gradient norm over steps, before and after clipping, and its correlation with the share
+    of groups that carry a gradient, against numpy's definitions."""
+    import numpy as np
+
+    study = _module()
+    rng = np.random.default_rng(0)
+    norms, zero = rng.uniform(0.3, 2.0, 40), rng.uniform(0.0, 0.6, 40)
+    history = [{"step": i + 1, "grad_norm": float(n), "frac_reward_zero_std": float(z)}
+               for i, (n, z) in enumerate(zip(norms, zero))] + [{"step": 40, "train_loss": 0.0}]
+    got = study.step_weights(history, 1.0)
+    seen = np.minimum(norms, 1.0)
+    assert got["norm_cv"] == pytest.approx(norms.std() / norms.mean())
+    assert got["clipped_norm_cv"] == pytest.approx(seen.std() / seen.mean())
+    assert got["norm_signal_corr"] == pytest.approx(np.corrcoef(norms, 1 - zero)[0, 1])
+    unclipped = study.step_weights(history, 0.0)  # max_grad_norm 0: no clipping, the optimizer saw the norms
+    assert unclipped["clipped_norm_cv"] == pytest.approx(unclipped["norm_cv"])
+    assert study.step_weights([], 1.0) == {"norm_cv": None, "clipped_norm_cv": None, "norm_signal_corr": None}
+    lines = study.optimizer_lines({"ktr": {"optimizer": {"weights_moved": {"mean": 1.0, "std": 0.0, "n": 1},
+                                                         "weights_moved_relative": None, "grad_norm": None,
+                                                         "clipped": None,
+                                                         "norm_cv": {"mean": 0.23, "std": 0.01, "n": 2},
+                                                         "clipped_norm_cv": {"mean": 0.12, "std": 0.01, "n": 2},
+                                                         "norm_signal_corr": None}}})
+    assert any(line.startswith("| ktr | 0.23 ± 0.01 | 0.12 ± 0.01 |") for line in lines)
 
 
 def test_response_update_ratios():

@@ -454,16 +454,8 @@ def _start_model(run_dir: Path, config: dict) -> Path | None:
 
 
 def _cv(values: list[float]) -> float | None:
-    m = sum(values) / len(values) if values else 0.0
-    return statistics.pstdev(values) / m if len(values) > 1 and m > 0 else None
-
-
-def _pearson(x: list[float], y: list[float]) -> float | None:
-    if len(x) < 3 or statistics.pstdev(x) == 0 or statistics.pstdev(y) == 0:
-        return None
-    mx, my = statistics.fmean(x), statistics.fmean(y)
-    cov = statistics.fmean([(a - mx) * (b - my) for a, b in zip(x, y)])
-    return cov / (statistics.pstdev(x) * statistics.pstdev(y))
+    mean = statistics.fmean(values) if values else 0.0  # a step without gradient logs a norm of 0: kept
+    return statistics.pstdev(values) / mean if len(values) > 1 and mean > 0 else None
 
 
 def step_weights(history: list[dict], limit: float | None) -> dict:
@@ -478,8 +470,11 @@ def step_weights(history: list[dict], limit: float | None) -> dict:
     seen = [min(n, limit) for n in norms] if limit else norms
     signal = [(n, 1.0 - float(h["frac_reward_zero_std"])) for n, h in zip(norms, rows)
               if h.get("frac_reward_zero_std") is not None]
-    return {"norm_cv": _cv(norms), "clipped_norm_cv": _cv(seen),
-            "norm_signal_corr": _pearson([n for n, _ in signal], [g for _, g in signal])}
+    try:  # Pearson's r; undefined for fewer than 3 steps or a constant series
+        corr = statistics.correlation(*zip(*signal)) if len(signal) >= 3 else None
+    except statistics.StatisticsError:
+        corr = None
+    return {"norm_cv": _cv(norms), "clipped_norm_cv": _cv(seen), "norm_signal_corr": corr}
 
 
 def optimizer_path(run_dir: Path, history: list[dict]) -> dict:
